@@ -1,0 +1,128 @@
+//! Liveness, readiness and the Prometheus metrics endpoint.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+}
+
+/// `GET /api/v1/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+    /// RFC 3339.
+    pub timestamp: String,
+}
+
+/// `GET /api/v1/ready` when ready.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// Always `ready`.
+    pub status: &'static str,
+    pub timestamp: String,
+    /// `postgres` or `sqlite`.
+    pub database: &'static str,
+    pub projections: Vec<ProjectionStatus>,
+}
+
+/// How far one projection is behind the log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    pub position: i64,
+    pub lag_events: i64,
+    pub lag_seconds: f64,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        timestamp: state.now().to_rfc3339(),
+    })
+}
+
+/// Readiness: the database answers and every projection is within the configured lag.
+#[utoipa::path(get, path = "/api/v1/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness),
+        (status = 503, description = "Not ready; `message` lists what is wrong", body = ErrorBody),
+    ))]
+async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    let timeout = std::time::Duration::from_secs(2);
+    let mut problems = Vec::new();
+    match tokio::time::timeout(timeout, state.db().ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => problems.push("database does not answer".to_owned()),
+    }
+    let mut projections = Vec::new();
+    if problems.is_empty() {
+        match tokio::time::timeout(timeout, state.projector().lag()).await {
+            Ok(Ok(lags)) => {
+                let max = state.config().ready_max_projection_lag.as_secs_f64();
+                for lag in lags {
+                    if lag.seconds > max {
+                        problems.push(format!(
+                            "projection {} is {:.1} s behind ({} events; limit {max} s)",
+                            lag.name, lag.seconds, lag.events
+                        ));
+                    }
+                    projections.push(ProjectionStatus {
+                        name: lag.name,
+                        position: lag.checkpoint.position,
+                        lag_events: lag.events,
+                        lag_seconds: lag.seconds,
+                    });
+                }
+            }
+            Ok(Err(_)) | Err(_) => problems.push("projection status unavailable".to_owned()),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::not_ready(problems));
+    }
+    Ok(Json(Readiness {
+        status: "ready",
+        timestamp: state.now().to_rfc3339(),
+        database: state.db().engine(),
+        projections,
+    }))
+}
+
+/// Prometheus metrics (OpenMetrics text format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Lag gauges are measured on scrape; a failure leaves the last values in place.
+    if let Err(error) = state.projector().lag().await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "could not measure projection lag"
+        );
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        state.metrics().render(),
+    )
+        .into_response()
+}

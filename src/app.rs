@@ -1,0 +1,193 @@
+//! Wiring: [`Application::build`] opens the database, migrates it, starts the projector
+//! and the cross-process signals, and binds the listener; [`AppState`] is what handlers
+//! receive.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::db::Db;
+use crate::events::{EventStore, LogSignal, signal};
+use crate::projections::{self, Projector, ProjectorSettings};
+use crate::telemetry::Metrics;
+
+/// Shared state of one server process; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    clock: SharedClock,
+    store: EventStore,
+    projector: Arc<Projector>,
+}
+
+impl AppState {
+    /// The configuration the process started with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The clock service.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// The current time from the clock service.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        self.inner.store.db()
+    }
+
+    /// The event log.
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    /// The projector (read-your-writes waits, lag).
+    pub fn projector(&self) -> &Arc<Projector> {
+        &self.inner.projector
+    }
+
+    /// The metrics registry of this process.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.inner.store.metrics()
+    }
+}
+
+/// A built server, bound to its address, not yet serving.
+pub struct Application {
+    state: AppState,
+    listener: TcpListener,
+    tasks: JoinSet<()>,
+    background: CancellationToken,
+}
+
+impl Application {
+    /// Builds the application with the system clock.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the application with a given clock (tests inject a manual one).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let db = Db::connect(&config.database, config.database_max_connections).await?;
+        db.migrate().await?;
+        let metrics = Arc::new(Metrics::new());
+        let signal = LogSignal::new();
+        let store = EventStore::new(db.clone(), signal.clone(), metrics);
+        let settings = ProjectorSettings {
+            batch_size: config.projection_batch_size,
+            poll_interval: config.projection_poll_interval,
+        };
+        let projector = Arc::new(Projector::new(
+            store.clone(),
+            clock.clone(),
+            settings,
+            projections::all(),
+        ));
+        projector
+            .init()
+            .await
+            .context("cannot initialise the projections")?;
+
+        let background = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        projector.spawn(&mut tasks, &background);
+        if let Db::Postgres(pool) = &db {
+            tasks.spawn(signal::run_pg_notifier(
+                pool.clone(),
+                signal.clone(),
+                background.clone(),
+            ));
+            tasks.spawn(signal::run_pg_listener(
+                pool.clone(),
+                signal,
+                background.clone(),
+            ));
+        }
+        let listener = TcpListener::bind((config.host, config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let state = AppState {
+            inner: Arc::new(Shared {
+                config,
+                clock,
+                store,
+                projector,
+            }),
+        };
+        Ok(Self {
+            state,
+            listener,
+            tasks,
+            background,
+        })
+    }
+
+    /// The address the server is bound to (port 0 in tests becomes a real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The shared state (tests use it to reach the store and the projector).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, finishes in-flight
+    /// requests, lets each projection commit its current batch, and closes the database.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = crate::api::router(self.state.clone());
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.background.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.state.db().close().await;
+        served.context("the HTTP server failed")
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

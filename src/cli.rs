@@ -1,0 +1,110 @@
+//! The command line: `serve` (the default), `migrate`, and operator tools.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::{Application, shutdown_signal};
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::db::Db;
+use crate::events::{EventStore, LogSignal};
+use crate::projections::{self, Projector, ProjectorSettings};
+use crate::telemetry::{Metrics, init_tracing};
+
+/// The central authentication and credit service.
+#[derive(Debug, Parser)]
+#[command(name = "mana-core-auth", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; `serve` when none is given.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (migrates the database first).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Inspect or rebuild the projections (read models).
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
+}
+
+/// Projection maintenance.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsAction {
+    /// Print each projection's checkpoint and lag.
+    Status,
+    /// Empty a projection and replay the whole log into it.
+    Rebuild {
+        /// The projection's name (see `status`).
+        name: String,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    init_tracing(config.log_format, &config.log_filter)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = Db::connect(&config.database, 2).await?;
+            db.migrate().await?;
+            tracing::info!(engine = db.engine(), "migrations applied");
+            Ok(())
+        }
+        Command::Projections { action } => projections_command(config, action).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let engine = match &config.database {
+        crate::config::DatabaseConfig::Postgres { .. } => "postgres",
+        crate::config::DatabaseConfig::Sqlite { .. } => "sqlite",
+    };
+    let app = Application::build(config).await?;
+    tracing::info!(address = %app.local_addr(), engine, "listening");
+    app.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn projections_command(config: Config, action: ProjectionsAction) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database, 4).await?;
+    db.migrate().await?;
+    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let settings = ProjectorSettings {
+        batch_size: config.projection_batch_size,
+        poll_interval: config.projection_poll_interval,
+    };
+    let projector = Projector::new(store, Arc::new(SystemClock), settings, projections::all());
+    projector.init().await?;
+    match action {
+        ProjectionsAction::Status => {
+            for lag in projector.lag().await? {
+                println!(
+                    "{:<24} checkpoint {:<24} behind {:>8} events, {:>8.1} s",
+                    lag.name,
+                    lag.checkpoint.to_string(),
+                    lag.events,
+                    lag.seconds
+                );
+            }
+        }
+        ProjectionsAction::Rebuild { name } => {
+            projector
+                .rebuild(&name)
+                .await
+                .with_context(|| format!("rebuilding {name}"))?;
+            println!("rebuilt {name}");
+        }
+    }
+    db.close().await;
+    Ok(())
+}

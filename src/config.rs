@@ -1,0 +1,367 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every variable is parsed here; a malformed value stops start-up with one line that
+//! names the variable (see [`ConfigError`]). Names follow the original service's
+//! `.env.example` where they overlap (`PORT`, `DATABASE_URL`, `REDIS_HOST`, `JWT_ISSUER`,
+//! `CORS_ORIGINS`, ...). `.env.example` documents every variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A value that must never be printed: `Debug` shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Which engine holds the event log and the read models.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// `DATABASE_URL=postgres://...`
+    Postgres { url: Secret },
+    /// `DATABASE_URL=sqlite://path` or unset (the embedded default).
+    Sqlite { path: PathBuf },
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The deployment mode (`APP_ENV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// The whole configuration of one server process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub app_env: AppEnv,
+    pub database: DatabaseConfig,
+    pub database_max_connections: u32,
+    pub redis_url: Option<Secret>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub cors_origins: Vec<String>,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub projection_poll_interval: Duration,
+    pub projection_batch_size: usize,
+    pub ready_max_projection_lag: Duration,
+    pub read_your_writes_timeout: Duration,
+}
+
+/// A variable that could not be parsed. Its `Display` is the one line printed at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+/// The default development origins of the original service's `.env.example`.
+pub const DEFAULT_CORS_ORIGINS: &str = "http://localhost:3000,http://localhost:8081";
+/// The default SQLite file, created with its folder on first start.
+pub const DEFAULT_SQLITE_PATH: &str = "./data/mana-core-auth.db";
+
+impl Config {
+    /// Reads the process environment (after loading `.env` if present).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Parses a set of variables; tests pass their own map.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Env(vars);
+        Ok(Self {
+            host: env.parse("HOST", "127.0.0.1")?,
+            port: env.parse("PORT", "3001")?,
+            app_env: match env.get("APP_ENV").unwrap_or("development") {
+                "development" | "dev" | "test" => AppEnv::Development,
+                "production" | "prod" => AppEnv::Production,
+                other => {
+                    return Err(env.bad("APP_ENV", other, "expected development or production"));
+                }
+            },
+            database: parse_database_url(env.get("DATABASE_URL"))?,
+            database_max_connections: env.parse_range("DATABASE_MAX_CONNECTIONS", "10", 1, 1000)?,
+            redis_url: parse_redis(&env)?,
+            jwt_issuer: env.non_empty("JWT_ISSUER", "manacore")?,
+            jwt_audience: env.non_empty("JWT_AUDIENCE", "manacore")?,
+            cors_origins: parse_origins(env.get("CORS_ORIGINS").unwrap_or(DEFAULT_CORS_ORIGINS))?,
+            log_format: match env.get("LOG_FORMAT").unwrap_or("text") {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(env.bad("LOG_FORMAT", other, "expected text or json")),
+            },
+            log_filter: env.get("RUST_LOG").unwrap_or("info").to_owned(),
+            body_limit_bytes: env.parse_range("BODY_LIMIT_BYTES", "65536", 1024, 16 << 20)?,
+            request_timeout: Duration::from_secs(env.parse_range(
+                "REQUEST_TIMEOUT_SECS",
+                "30",
+                1,
+                3600,
+            )?),
+            projection_poll_interval: Duration::from_millis(env.parse_range(
+                "PROJECTION_POLL_INTERVAL_MS",
+                "200",
+                10,
+                60_000,
+            )?),
+            projection_batch_size: env.parse_range("PROJECTION_BATCH_SIZE", "500", 1, 100_000)?,
+            ready_max_projection_lag: Duration::from_secs(env.parse_range(
+                "READY_MAX_PROJECTION_LAG_SECS",
+                "10",
+                1,
+                86_400,
+            )?),
+            read_your_writes_timeout: Duration::from_millis(env.parse_range(
+                "READ_YOUR_WRITES_TIMEOUT_MS",
+                "2000",
+                0,
+                60_000,
+            )?),
+        })
+    }
+
+    /// A configuration for tests and tools: everything at its default except the database.
+    pub fn for_database(database: DatabaseConfig) -> Self {
+        let mut config = Self::from_vars(&HashMap::new()).expect("defaults parse");
+        config.database = database;
+        config.port = 0;
+        config
+    }
+}
+
+struct Env<'a>(&'a HashMap<String, String>);
+
+impl Env<'_> {
+    /// A variable's value; an empty value counts as unset, as in most `.env` loaders.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn bad(&self, variable: &'static str, value: &str, reason: &str) -> ConfigError {
+        ConfigError {
+            variable,
+            reason: format!("{reason} (got {value:?})"),
+        }
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        let raw = self.get(name).unwrap_or(default);
+        raw.parse()
+            .map_err(|e: T::Err| self.bad(name, raw, &e.to_string()))
+    }
+
+    fn parse_range<T>(
+        &self,
+        name: &'static str,
+        default: &str,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let value: T = self.parse(name, default)?;
+        if value < min || value > max {
+            let raw = self.get(name).unwrap_or(default);
+            return Err(self.bad(name, raw, &format!("must be between {min} and {max}")));
+        }
+        Ok(value)
+    }
+
+    fn non_empty(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        Ok(self.get(name).unwrap_or(default).to_owned())
+    }
+}
+
+fn parse_database_url(raw: Option<&str>) -> Result<DatabaseConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError {
+        variable: "DATABASE_URL",
+        reason: reason.to_owned(),
+    };
+    let Some(url) = raw else {
+        return Ok(DatabaseConfig::Sqlite {
+            path: PathBuf::from(DEFAULT_SQLITE_PATH),
+        });
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        if rest.is_empty() || rest.starts_with('/') && rest.len() == 1 {
+            return Err(bad(
+                "a postgres URL needs a host, e.g. postgres://user@localhost:5432/db",
+            ));
+        }
+        return Ok(DatabaseConfig::Postgres {
+            url: Secret::new(url),
+        });
+    }
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            return Err(bad(
+                "a sqlite URL needs a file path, e.g. sqlite://./data/mana-core-auth.db",
+            ));
+        }
+        return Ok(DatabaseConfig::Sqlite {
+            path: PathBuf::from(path),
+        });
+    }
+    Err(bad(
+        "unsupported scheme: expected postgres://... or sqlite://... (value not shown)",
+    ))
+}
+
+fn parse_redis(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
+    if let Some(url) = env.get("REDIS_URL") {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError {
+                variable: "REDIS_URL",
+                reason: "expected redis://host:port or rediss://... (value not shown)".into(),
+            });
+        }
+        return Ok(Some(Secret::new(url)));
+    }
+    let Some(host) = env.get("REDIS_HOST") else {
+        return Ok(None);
+    };
+    let port: u16 = env.parse("REDIS_PORT", "6379")?;
+    let auth = env
+        .get("REDIS_PASSWORD")
+        .map(|p| format!(":{p}@"))
+        .unwrap_or_default();
+    Ok(Some(Secret::new(format!("redis://{auth}{host}:{port}"))))
+}
+
+fn parse_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let mut origins = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let valid = origin.split_once("://").is_some_and(|(scheme, host)| {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+                && !host.is_empty()
+                && !host.contains('/')
+        });
+        if !valid {
+            return Err(ConfigError {
+                variable: "CORS_ORIGINS",
+                reason: format!("{origin:?} is not an origin like https://app.example.com"),
+            });
+        }
+        origins.push(origin.to_owned());
+    }
+    Ok(origins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_environment_selects_sqlite_and_the_documented_defaults() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(config.port, 3001);
+        assert_eq!(config.host.to_string(), "127.0.0.1");
+        assert_eq!(
+            config.database,
+            DatabaseConfig::Sqlite {
+                path: DEFAULT_SQLITE_PATH.into()
+            }
+        );
+        assert_eq!(config.jwt_audience, "manacore");
+        assert_eq!(
+            config.cors_origins,
+            ["http://localhost:3000", "http://localhost:8081"]
+        );
+        assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn a_malformed_value_names_its_variable() {
+        let err = Config::from_vars(&vars(&[("PORT", "eighty")])).unwrap_err();
+        assert_eq!(err.variable, "PORT");
+        let err = Config::from_vars(&vars(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+        let err = Config::from_vars(&vars(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(err.variable, "LOG_FORMAT");
+        let err = Config::from_vars(&vars(&[("CORS_ORIGINS", "localhost:3000")])).unwrap_err();
+        assert_eq!(err.variable, "CORS_ORIGINS");
+    }
+
+    #[test]
+    fn database_urls_select_the_engine() {
+        let pg = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
+        assert!(matches!(pg.database, DatabaseConfig::Postgres { .. }));
+        let lite = Config::from_vars(&vars(&[("DATABASE_URL", "sqlite:///tmp/x.db")])).unwrap();
+        assert_eq!(
+            lite.database,
+            DatabaseConfig::Sqlite {
+                path: "/tmp/x.db".into()
+            }
+        );
+    }
+
+    #[test]
+    fn redis_can_be_given_as_host_port_and_password() {
+        let config = Config::from_vars(&vars(&[
+            ("REDIS_HOST", "cache"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_PASSWORD", "pw"),
+        ]))
+        .unwrap();
+        assert_eq!(config.redis_url.unwrap().expose(), "redis://:pw@cache:6380");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config =
+            Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:hunter2@h/db")])).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

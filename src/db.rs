@@ -1,0 +1,239 @@
+//! Connection pools for the two engines, migrations, and the transaction type that
+//! projections write through.
+//!
+//! PostgreSQL gets one pool. SQLite gets a single-connection writer pool (SQLite has one
+//! writer at a time; queueing in-process is cheaper than `SQLITE_BUSY` retries) and a
+//! reader pool, in WAL mode with a busy timeout and foreign keys on, at the default
+//! durability (`synchronous=FULL`).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+use crate::config::DatabaseConfig;
+
+static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The database of one deployment: PostgreSQL, or the embedded SQLite file.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+}
+
+/// Why the database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot create the folder for the SQLite file {path}: {source}")]
+    CreateFolder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the database carries migration {0}, which this build of mana-core-auth does not know; \
+         it was written by a newer version: run that version, or restore a matching backup"
+    )]
+    UnknownMigration(i64),
+    #[error("migration failed: {0}")]
+    Migrate(#[source] MigrateError),
+}
+
+/// A write transaction on either engine. Projections receive one per batch.
+pub enum DbTx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl DbTx {
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Sqlite(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// Runs one statement with its bind values on whichever engine a [`DbTx`] (or any
+/// `&mut` executor pair) holds; evaluates to `Result<u64, sqlx::Error>` (rows affected).
+/// SQL uses `$1`-style parameters, which both engines accept.
+#[macro_export]
+macro_rules! exec {
+    ($tx:expr, $sql:expr $(, $bind:expr)* $(,)?) => {
+        match $tx {
+            $crate::db::DbTx::Postgres(tx) => sqlx::query($sql)$(.bind($bind))*
+                .execute(&mut **tx).await.map(|r| r.rows_affected()),
+            $crate::db::DbTx::Sqlite(tx) => sqlx::query($sql)$(.bind($bind))*
+                .execute(&mut **tx).await.map(|r| r.rows_affected()),
+        }
+    };
+}
+
+impl Db {
+    /// Opens the configured database (creating the SQLite file and its folder).
+    pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<Self, DbError> {
+        match config {
+            DatabaseConfig::Postgres { url } => {
+                let options = PgConnectOptions::from_str(url.expose())
+                    .map_err(DbError::Connect)?
+                    .application_name("mana-core-auth");
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(DbError::Connect)?;
+                Ok(Self::Postgres(pool))
+            }
+            DatabaseConfig::Sqlite { path } => Self::open_sqlite(path, max_connections).await,
+        }
+    }
+
+    async fn open_sqlite(path: &Path, max_connections: u32) -> Result<Self, DbError> {
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(|source| DbError::CreateFolder {
+                path: folder.display().to_string(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(DbError::Connect)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .connect_with(options.read_only(false))
+            .await
+            .map_err(DbError::Connect)?;
+        Ok(Self::Sqlite { writer, reader })
+    }
+
+    /// Applies the migrations this build carries; refuses a database that has one it
+    /// does not know. Safe to run from several processes at once on PostgreSQL (sqlx
+    /// takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let result = match self {
+            Self::Postgres(pool) => PG_MIGRATIONS.run(pool).await,
+            Self::Sqlite { writer, .. } => SQLITE_MIGRATIONS.run(writer).await,
+        };
+        result.map_err(|e| match e {
+            MigrateError::VersionMissing(v) => DbError::UnknownMigration(v),
+            other => DbError::Migrate(other),
+        })
+    }
+
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write lock is
+    /// taken up front and a reader-turned-writer never deadlocks.
+    pub async fn begin_write(&self) -> Result<DbTx, sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => Ok(DbTx::Postgres(pool.begin().await?)),
+            Self::Sqlite { writer, .. } => {
+                Ok(DbTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?))
+            }
+        }
+    }
+
+    /// Answers whether the database responds.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Self::Sqlite { reader, .. } => sqlx::query("SELECT 1").execute(reader).await.map(drop),
+        }
+    }
+
+    /// Which engine this is, for logs and metrics.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// Closes every pool (graceful shutdown).
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite { writer, reader } => {
+                writer.close().await;
+                reader.close().await;
+            }
+        }
+    }
+}
+
+/// A UTC time bound to and read from either engine: `timestamptz` on PostgreSQL, a fixed
+/// RFC 3339 text (microseconds, `Z`) on SQLite so that text order is time order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DbTime(pub chrono::DateTime<chrono::Utc>);
+
+mod db_time {
+    use chrono::{DateTime, Utc};
+    use sqlx::encode::IsNull;
+    use sqlx::error::BoxDynError;
+    use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+    use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
+    use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
+
+    use super::DbTime;
+    use crate::events::{parse_sqlite_time, sqlite_time};
+
+    impl Type<Postgres> for DbTime {
+        fn type_info() -> PgTypeInfo {
+            <DateTime<Utc> as Type<Postgres>>::type_info()
+        }
+    }
+
+    impl Encode<'_, Postgres> for DbTime {
+        fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+            <DateTime<Utc> as Encode<Postgres>>::encode_by_ref(&self.0, buf)
+        }
+    }
+
+    impl Decode<'_, Postgres> for DbTime {
+        fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+            Ok(Self(<DateTime<Utc> as Decode<Postgres>>::decode(value)?))
+        }
+    }
+
+    impl Type<Sqlite> for DbTime {
+        fn type_info() -> SqliteTypeInfo {
+            <String as Type<Sqlite>>::type_info()
+        }
+    }
+
+    impl<'q> Encode<'q, Sqlite> for DbTime {
+        fn encode_by_ref(
+            &self,
+            buf: &mut Vec<SqliteArgumentValue<'q>>,
+        ) -> Result<IsNull, BoxDynError> {
+            <String as Encode<Sqlite>>::encode(sqlite_time(self.0), buf)
+        }
+    }
+
+    impl Decode<'_, Sqlite> for DbTime {
+        fn decode(value: SqliteValueRef<'_>) -> Result<Self, BoxDynError> {
+            let text = <String as Decode<Sqlite>>::decode(value)?;
+            Ok(Self(parse_sqlite_time(&text)?))
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The event log: event envelopes and metadata, the store for each engine behind one
+//! type ([`EventStore`]), the global log reader, and the commit signal that wakes
+//! projectors in this process and in others.
+//!
+//! Every state change of the service is an event appended here. Events are never
+//! updated or deleted (both engines refuse it with a trigger).
+
+mod postgres;
+mod repository;
+pub mod signal;
+mod sqlite;
+mod store;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use signal::LogSignal;
+pub use store::{AppendError, EventStore, StoreError};
+
+/// A place in the global order of the log.
+///
+/// On PostgreSQL the order is `(txid, position)`: the id of the writing transaction,
+/// then the position the row got at insert. Readers only read rows whose transaction is
+/// older than every transaction still running, so a transaction that commits late is
+/// never skipped. On SQLite the single writer makes `position` order the commit order and
+/// `txid` is always 0.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LogCursor {
+    pub txid: i64,
+    pub position: i64,
+}
+
+impl LogCursor {
+    /// The start of the log: every event comes after it.
+    pub const START: Self = Self {
+        txid: 0,
+        position: 0,
+    };
+}
+
+impl std::fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.txid, self.position)
+    }
+}
+
+/// Who caused an event: a user id, or `system` for jobs and the CLI.
+pub const SYSTEM_ACTOR: &str = "system";
+
+/// The metadata every event carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct EventMetadata {
+    /// When the command that produced the event ran (from the clock service).
+    pub recorded_at: DateTime<Utc>,
+    /// The request that caused it, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// A user id, or `system`.
+    pub actor: String,
+    /// The client's address, when there was one (personal data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+}
+
+impl EventMetadata {
+    /// Metadata for an event caused by the service itself.
+    pub fn system(recorded_at: DateTime<Utc>) -> Self {
+        Self {
+            recorded_at,
+            request_id: None,
+            actor: SYSTEM_ACTOR.to_owned(),
+            client_ip: None,
+        }
+    }
+
+    /// The JSON form stored in the `metadata` column.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// An event ready to be appended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The aggregate's sequence number for this event (1 for the first); a sequence that
+    /// is already taken makes the whole append fail with [`AppendError::Conflict`].
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// An event as read back from the global log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordedEvent {
+    pub cursor: LogCursor,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// The event's global position.
+    pub fn position(&self) -> i64 {
+        self.cursor.position
+    }
+
+    /// Decodes the payload into an event type.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.payload)
+    }
+
+    /// The metadata, decoded (events written by other tools may lack some fields).
+    pub fn event_metadata(&self) -> Option<EventMetadata> {
+        EventMetadata::deserialize(&self.metadata).ok()
+    }
+}
+
+/// The fixed text form of a time in SQLite columns: sortable as text, microseconds, UTC.
+pub(crate) fn sqlite_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses a time written by [`sqlite_time`] (or any RFC 3339 text).
+pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
+}

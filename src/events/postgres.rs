@@ -1,0 +1,120 @@
+//! The PostgreSQL side of the event store.
+//!
+//! Loading an aggregate goes through postgres-es's `PostgresEventRepository` (the table is
+//! its schema plus three columns). Appending is ours: postgres-es binds the aggregate type
+//! of the calling aggregate to every event and issues one INSERT per event, so it cannot
+//! write several aggregates atomically (a registration writes four) nor report the
+//! positions a command needs for read-your-writes. Our append is one statement, hence one
+//! round trip and atomic without an explicit transaction.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Executor, PgPool, Postgres, Row};
+
+use super::{AppendError, LogCursor, NewEvent, RecordedEvent, StoreError};
+
+const APPEND: &str = "
+WITH appended AS (
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                        payload, metadata, recorded_at)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                         $6::jsonb[], $7::jsonb[], $8::timestamptz[])
+    RETURNING txid, position
+)
+SELECT max(txid) AS txid, max(position) AS position FROM appended";
+
+const READ_AFTER: &str = "
+SELECT txid, position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at
+  FROM events
+ WHERE (txid, position) > ($1, $2)
+   AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY txid, position
+ LIMIT $3";
+
+const HEAD: &str = "
+SELECT txid, position FROM events
+ WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY txid DESC, position DESC LIMIT 1";
+
+pub(super) async fn append(pool: &PgPool, events: &[NewEvent]) -> Result<LogCursor, AppendError> {
+    let column = |f: fn(&NewEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
+    let types = column(|e| e.aggregate_type.clone());
+    let ids = column(|e| e.aggregate_id.clone());
+    let event_types = column(|e| e.event_type.clone());
+    let versions = column(|e| e.event_version.clone());
+    let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+    let payloads: Vec<Value> = events.iter().map(|e| e.payload.clone()).collect();
+    let metadata: Vec<Value> = events.iter().map(|e| e.metadata.clone()).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
+    let row = sqlx::query(APPEND)
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .bind(event_types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadata)
+        .bind(times)
+        .fetch_one(pool)
+        .await
+        .map_err(classify)?;
+    let txid = row.try_get("txid").map_err(StoreError::from)?;
+    let position = row.try_get("position").map_err(StoreError::from)?;
+    Ok(LogCursor { txid, position })
+}
+
+/// A taken sequence number is a conflict; every other error is the database's.
+fn classify(error: sqlx::Error) -> AppendError {
+    if let sqlx::Error::Database(db) = &error {
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some("events_pkey") {
+            return AppendError::Conflict;
+        }
+    }
+    AppendError::Store(StoreError::Database(error))
+}
+
+pub(super) async fn read_after<'c, E>(
+    executor: E,
+    after: LogCursor,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    let rows = sqlx::query(READ_AFTER)
+        .bind(after.txid)
+        .bind(after.position)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
+pub(super) async fn head(pool: &PgPool) -> Result<LogCursor, StoreError> {
+    let row = sqlx::query(HEAD).fetch_optional(pool).await?;
+    Ok(match row {
+        Some(row) => LogCursor {
+            txid: row.try_get("txid")?,
+            position: row.try_get("position")?,
+        },
+        None => LogCursor::START,
+    })
+}
+
+fn decode(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
+    Ok(RecordedEvent {
+        cursor: LogCursor {
+            txid: row.try_get("txid")?,
+            position: row.try_get("position")?,
+        },
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}

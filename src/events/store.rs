@@ -1,0 +1,152 @@
+//! [`EventStore`]: the one type the rest of the code uses for the log, whatever the engine.
+
+use std::sync::Arc;
+
+use cqrs_es::Aggregate;
+use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+use postgres_es::PostgresEventRepository;
+
+use super::{LogCursor, LogSignal, NewEvent, RecordedEvent, postgres, sqlite};
+use crate::db::{Db, DbTx};
+use crate::telemetry::Metrics;
+
+/// The event log of one deployment.
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    postgres_es: Option<PostgresEventRepository>,
+    signal: LogSignal,
+    metrics: Arc<Metrics>,
+}
+
+/// A failure to read or write the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored event is unreadable: {0}")]
+    Corrupt(String),
+    #[error("event repository error: {0}")]
+    Repository(String),
+}
+
+/// Why an append did not happen. Nothing of a failed append is written.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer took one of the sequence numbers first: reload and retry.
+    #[error("optimistic concurrency conflict")]
+    Conflict,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EventStore {
+    /// The store over an opened (and migrated) database.
+    pub fn new(db: Db, signal: LogSignal, metrics: Arc<Metrics>) -> Self {
+        let postgres_es = match &db {
+            Db::Postgres(pool) => Some(PostgresEventRepository::new(pool.clone())),
+            Db::Sqlite { .. } => None,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                postgres_es,
+                signal,
+                metrics,
+            }),
+        }
+    }
+
+    /// The database underneath.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The wake-up signal followers of this log listen to.
+    pub fn signal(&self) -> &LogSignal {
+        &self.inner.signal
+    }
+
+    /// The metrics this store reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Appends events of one or more aggregates atomically: all or none. Returns the
+    /// cursor of the last event written.
+    pub async fn append(&self, events: &[NewEvent]) -> Result<LogCursor, AppendError> {
+        if events.is_empty() {
+            return Err(StoreError::Repository("nothing to append".into()).into());
+        }
+        let cursor = match &self.inner.db {
+            Db::Postgres(pool) => postgres::append(pool, events).await?,
+            Db::Sqlite { writer, .. } => sqlite::append(writer, events).await?,
+        };
+        for event in events {
+            self.inner.metrics.event_appended(&event.event_type);
+        }
+        self.inner.signal.events_committed();
+        Ok(cursor)
+    }
+
+    /// An aggregate's events with a sequence above `after_sequence`, in order.
+    pub async fn load<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        after_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, StoreError> {
+        match (&self.inner.db, &self.inner.postgres_es) {
+            (Db::Postgres(_), Some(repo)) => {
+                let loaded = if after_sequence == 0 {
+                    repo.get_events::<A>(aggregate_id).await
+                } else {
+                    repo.get_last_events::<A>(aggregate_id, after_sequence)
+                        .await
+                };
+                loaded.map_err(|e| StoreError::Repository(e.to_string()))
+            }
+            (Db::Sqlite { reader, .. }, _) => {
+                let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
+                sqlite::aggregate_events(reader, A::TYPE, aggregate_id, after).await
+            }
+            (Db::Postgres(_), None) => Err(StoreError::Repository("no postgres repository".into())),
+        }
+    }
+
+    /// Up to `limit` events after `after`, in global order. Never skips an event whose
+    /// transaction commits late and never returns one twice.
+    pub async fn read_after(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &self.inner.db {
+            Db::Postgres(pool) => postgres::read_after(pool, after, limit).await,
+            Db::Sqlite { reader, .. } => sqlite::read_after(reader, after, limit).await,
+        }
+    }
+
+    /// Like [`read_after`](Self::read_after), inside a write transaction (projectors).
+    pub async fn read_after_in(
+        tx: &mut DbTx,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match tx {
+            DbTx::Postgres(tx) => postgres::read_after(&mut **tx, after, limit).await,
+            DbTx::Sqlite(tx) => sqlite::read_after(&mut **tx, after, limit).await,
+        }
+    }
+
+    /// The cursor of the newest readable event ([`LogCursor::START`] when empty).
+    pub async fn head(&self) -> Result<LogCursor, StoreError> {
+        match &self.inner.db {
+            Db::Postgres(pool) => postgres::head(pool).await,
+            Db::Sqlite { reader, .. } => sqlite::head(reader).await,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! mana-core-auth: the central authentication and credit service, as an event-sourced
+//! CQRS backend. See `docs/ARCHITECTURE.md` for a tour of the code.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod projections;
+pub mod telemetry;
+
+pub use app::{AppState, Application};
+pub use config::Config;

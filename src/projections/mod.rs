@@ -1,0 +1,38 @@
+//! The read side: a projector that follows the global log and feeds named projections
+//! (plain SQL tables that analytics jobs may read).
+//!
+//! Each projection's rows and its checkpoint are written in the same transaction, so a
+//! crash loses nothing and applies nothing twice. With several server processes, a
+//! projection is applied by one of them at a time (a transaction-level advisory lock on
+//! PostgreSQL; SQLite's single writer), and the checkpoint update is a compare-and-set
+//! as a second guard. [`Projector::wait_for`] gives requests read-your-writes.
+
+mod projector;
+mod streams;
+
+use async_trait::async_trait;
+
+pub use projector::{BatchOutcome, ProjectionLag, Projector, ProjectorSettings};
+pub use streams::Streams;
+
+use crate::db::DbTx;
+use crate::events::RecordedEvent;
+
+/// A read model built from the log.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// The projection's name; its checkpoint row is keyed by it.
+    fn name(&self) -> &'static str;
+
+    /// The tables this projection owns, emptied when it is rebuilt.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies one event inside the batch transaction. Events the projection does not
+    /// care about are ignored. An error rolls the whole batch back (rows and checkpoint).
+    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()>;
+}
+
+/// Every projection the service runs, in the order they are fed.
+pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
+    vec![std::sync::Arc::new(Streams)]
+}

@@ -1,0 +1,242 @@
+//! Logging (tracing) and metrics (Prometheus text format).
+//!
+//! The subscriber is installed once by the binary. Metrics live in a [`Metrics`] value
+//! owned by each application instance (no global registry), rendered at `GET /metrics`.
+//! Nothing here ever records a token, password, hash or `Authorization` header.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{ConfigError, LogFormat};
+
+/// Installs the global tracing subscriber. A malformed `RUST_LOG` is a configuration
+/// error naming the variable.
+pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), ConfigError> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| ConfigError {
+        variable: "RUST_LOG",
+        reason: e.to_string(),
+    })?;
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
+            .try_init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stdout().is_terminal();
+            registry
+                .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+                .try_init()
+        }
+    };
+    // Already installed (a second application in one test process): keep the first.
+    drop(result);
+    Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventTypeLabels {
+    event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectionLabels {
+    projection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AggregateLabels {
+    aggregate: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The metrics of one application instance.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram>,
+    events_appended: Family<EventTypeLabels, Counter>,
+    command_conflicts: Family<AggregateLabels, Counter>,
+    projection_position: Family<ProjectionLabels, Gauge>,
+    projection_lag_events: Family<ProjectionLabels, Gauge>,
+    projection_lag_seconds: Family<ProjectionLabels, FloatGauge>,
+    projection_errors: Family<ProjectionLabels, Counter>,
+    read_your_writes_timeouts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric of the service, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mana_core_auth");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16))) as fn() -> Histogram,
+        );
+        let events_appended = Family::<EventTypeLabels, Counter>::default();
+        let command_conflicts = Family::<AggregateLabels, Counter>::default();
+        let projection_position = Family::<ProjectionLabels, Gauge>::default();
+        let projection_lag_events = Family::<ProjectionLabels, Gauge>::default();
+        let projection_lag_seconds = Family::<ProjectionLabels, FloatGauge>::default();
+        let projection_errors = Family::<ProjectionLabels, Counter>::default();
+        let read_your_writes_timeouts = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            http_duration.clone(),
+        );
+        registry.register(
+            "events_appended",
+            "Events appended to the log, by type",
+            events_appended.clone(),
+        );
+        registry.register(
+            "command_conflicts",
+            "Optimistic concurrency conflicts retried by the command layer",
+            command_conflicts.clone(),
+        );
+        registry.register(
+            "projection_position",
+            "Global position of the last event a projection applied",
+            projection_position.clone(),
+        );
+        registry.register(
+            "projection_lag_events",
+            "Events readable in the log that a projection has not applied yet (capped)",
+            projection_lag_events.clone(),
+        );
+        registry.register(
+            "projection_lag_seconds",
+            "Age of the oldest event a projection has not applied yet",
+            projection_lag_seconds.clone(),
+        );
+        registry.register(
+            "projection_errors",
+            "Projection batches that failed and were retried",
+            projection_errors.clone(),
+        );
+        registry.register(
+            "read_your_writes_timeouts",
+            "Requests that answered before the projections caught up with their write",
+            read_your_writes_timeouts.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            events_appended,
+            command_conflicts,
+            projection_position,
+            projection_lag_events,
+            projection_lag_seconds,
+            projection_errors,
+            read_your_writes_timeouts,
+        }
+    }
+
+    /// Records one finished HTTP request.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status: status.to_string(),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Counts an appended event.
+    pub fn event_appended(&self, event_type: &str) {
+        self.events_appended
+            .get_or_create(&EventTypeLabels {
+                event_type: event_type.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a retried optimistic conflict.
+    pub fn command_conflict(&self, aggregate: &str) {
+        self.command_conflicts
+            .get_or_create(&AggregateLabels {
+                aggregate: aggregate.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publishes a projection's position.
+    pub fn projection_position(&self, projection: &str, position: i64) {
+        self.projection_position
+            .get_or_create(&Self::projection(projection))
+            .set(position);
+    }
+
+    /// Publishes a projection's lag.
+    pub fn projection_lag(&self, projection: &str, events: i64, seconds: f64) {
+        let labels = Self::projection(projection);
+        self.projection_lag_events
+            .get_or_create(&labels)
+            .set(events);
+        self.projection_lag_seconds
+            .get_or_create(&labels)
+            .set(seconds);
+    }
+
+    /// Counts a failed projection batch.
+    pub fn projection_error(&self, projection: &str) {
+        self.projection_errors
+            .get_or_create(&Self::projection(projection))
+            .inc();
+    }
+
+    /// Counts a read-your-writes wait that timed out.
+    pub fn read_your_writes_timeout(&self) {
+        self.read_your_writes_timeouts.inc();
+    }
+
+    fn projection(name: &str) -> ProjectionLabels {
+        ProjectionLabels {
+            projection: name.to_owned(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
