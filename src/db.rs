@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use sqlx::{Connection, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use crate::config::DatabaseConfig;
 
@@ -33,9 +33,9 @@ pub enum Db {
 /// Why the database could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
-    #[error("cannot create the folder for the SQLite file {path}: {source}")]
+    #[error("cannot create the folder for the SQLite file {path}")]
     CreateFolder {
         path: String,
         source: std::io::Error,
@@ -45,7 +45,7 @@ pub enum DbError {
          it was written by a newer version: run that version, or restore a matching backup"
     )]
     UnknownMigration(i64),
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Migrate(#[source] MigrateError),
 }
 
@@ -91,10 +91,19 @@ impl Db {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
-                    .await
-                    .map_err(DbError::Connect)?;
-                Ok(Self::Postgres(pool))
+                    .connect_with(options.clone())
+                    .await;
+                match pool {
+                    Ok(pool) => Ok(Self::Postgres(pool)),
+                    // The pool only says it timed out; one direct attempt tells why.
+                    Err(sqlx::Error::PoolTimedOut) => {
+                        let direct = sqlx::PgConnection::connect_with(&options).await;
+                        Err(DbError::Connect(
+                            direct.err().unwrap_or(sqlx::Error::PoolTimedOut),
+                        ))
+                    }
+                    Err(error) => Err(DbError::Connect(error)),
+                }
             }
             DatabaseConfig::Sqlite { path } => Self::open_sqlite(path, max_connections).await,
         }

@@ -78,12 +78,18 @@ trait Job<A: Aggregate>: Send {
     fn finish(self: Box<Self>, written: Result<Option<LogCursor>, AggregateError<A::Error>>);
 }
 
+/// What a command answered: its events and the caller's view, or its refusal.
+type Outcome<A, R> = Result<(Vec<<A as Aggregate>::Event>, R), <A as Aggregate>::Error>;
+/// The channel a caller waits on.
+type Reply<A, R> =
+    oneshot::Sender<Result<Committed<A, R>, AggregateError<<A as Aggregate>::Error>>>;
+
 struct TypedJob<A: Aggregate, R, F> {
     command: A::Command,
     ctx: CommandContext,
     view: F,
-    outcome: Option<Result<(Vec<A::Event>, R), A::Error>>,
-    reply: oneshot::Sender<Result<Committed<A, R>, AggregateError<A::Error>>>,
+    outcome: Option<Outcome<A, R>>,
+    reply: Reply<A, R>,
 }
 
 impl<A, R, F> Job<A> for TypedJob<A, R, F>

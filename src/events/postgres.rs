@@ -66,10 +66,11 @@ pub(super) async fn append(pool: &PgPool, events: &[NewEvent]) -> Result<LogCurs
 
 /// A taken sequence number is a conflict; every other error is the database's.
 fn classify(error: sqlx::Error) -> AppendError {
-    if let sqlx::Error::Database(db) = &error {
-        if db.code().as_deref() == Some("23505") && db.constraint() == Some("events_pkey") {
-            return AppendError::Conflict;
-        }
+    if let sqlx::Error::Database(db) = &error
+        && db.code().as_deref() == Some("23505")
+        && db.constraint() == Some("events_pkey")
+    {
+        return AppendError::Conflict;
     }
     AppendError::Store(StoreError::Database(error))
 }

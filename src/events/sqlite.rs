@@ -59,10 +59,11 @@ pub(super) async fn append(
 
 /// A taken sequence number is a conflict; every other error is the database's.
 fn classify(error: sqlx::Error) -> AppendError {
-    if let sqlx::Error::Database(db) = &error {
-        if db.is_unique_violation() && db.message().contains("events.aggregate_type") {
-            return AppendError::Conflict;
-        }
+    if let sqlx::Error::Database(db) = &error
+        && db.is_unique_violation()
+        && db.message().contains("events.aggregate_type")
+    {
+        return AppendError::Conflict;
     }
     AppendError::Store(StoreError::Database(error))
 }

@@ -1,0 +1,340 @@
+//! Shared test support: a fresh database per test on each engine, the application in
+//! process (with a controllable clock), and spawned server binaries for multi-process
+//! tests. PostgreSQL and Redis must be reachable; a test fails loudly when they are not.
+#![allow(dead_code)]
+
+pub mod counter;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mana_core_auth::clock::{ManualClock, SharedClock, SystemClock};
+use mana_core_auth::config::{Config, DatabaseConfig, Secret};
+use mana_core_auth::{AppState, Application};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+/// The maintenance database tests create their own databases from.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis the tests use.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Which engine a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+pub const ENGINES: [Engine; 2] = [Engine::Postgres, Engine::Sqlite];
+
+/// A database that exists for one test and is dropped after it.
+pub struct TestDb {
+    pub engine: Engine,
+    pub config: DatabaseConfig,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(engine: Engine) -> Self {
+        match engine {
+            Engine::Postgres => Self::postgres().await,
+            Engine::Sqlite => Self::sqlite(),
+        }
+    }
+
+    /// A fresh PostgreSQL database.
+    pub async fn postgres() -> Self {
+        let admin = admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is not reachable at {admin} ({e}). The tests need it: start it, or \
+                 point TEST_DATABASE_URL at one."
+                )
+            });
+        let name = format!("mca_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("TEST_DATABASE_URL needs a database name"),
+        };
+        Self {
+            engine: Engine::Postgres,
+            config: DatabaseConfig::Postgres {
+                url: Secret::new(url),
+            },
+            pg_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    /// A fresh SQLite file in a temporary folder.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("data").join("test.db");
+        Self {
+            engine: Engine::Sqlite,
+            config: DatabaseConfig::Sqlite { path },
+            pg_name: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// The `DATABASE_URL` for a spawned server.
+    pub fn url(&self) -> String {
+        match &self.config {
+            DatabaseConfig::Postgres { url } => url.expose().to_owned(),
+            DatabaseConfig::Sqlite { path } => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// A configuration on this database, everything else at its defaults, port 0.
+    pub fn app_config(&self) -> Config {
+        let mut config = Config::for_database(self.config.clone());
+        config.database_max_connections = 5;
+        config
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        let admin = admin_url();
+        // Drop runs outside async context: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = sqlx::query(&sql).execute(&mut conn).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// The application running in this test process.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub clock: Option<ManualClock>,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts the application with the system clock.
+    pub async fn spawn(config: Config) -> Self {
+        Self::start(config, Arc::new(SystemClock), None).await
+    }
+
+    /// Starts the application with a manual clock the test moves.
+    pub async fn spawn_with_clock(config: Config, clock: ManualClock) -> Self {
+        Self::start(config, Arc::new(clock.clone()), Some(clock)).await
+    }
+
+    async fn start(config: Config, clock: SharedClock, manual: Option<ManualClock>) -> Self {
+        let app = Application::build_with_clock(config, clock)
+            .await
+            .expect("application builds");
+        let addr = app.local_addr();
+        let state = app.state().clone();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let handle = tokio::spawn(app.run_until(async move { stop.cancelled().await }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            state,
+            client: reqwest::Client::new(),
+            clock: manual,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+/// A server binary running in its own process.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    pub base: String,
+    child: Child,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _cwd: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Spawns `mana-core-auth serve` with `env` (on top of an empty environment) and
+    /// waits until it says where it listens.
+    pub fn spawn(env: &HashMap<String, String>) -> Self {
+        let cwd = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .env_clear()
+            .env("PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(env)
+            .current_dir(cwd.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server binary");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && value["message"] == "listening"
+                {
+                    let _ = tx.send(value["address"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; logs:\n{}",
+                    logs.lock().expect("logs").join("\n")
+                );
+            }
+        };
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            child,
+            logs,
+            _cwd: cwd,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server binary cargo built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mana-core-auth"))
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens (and migrates) a test database and returns the event store over it.
+pub async fn open_store(db: &TestDb) -> mana_core_auth::events::EventStore {
+    let handle = mana_core_auth::db::Db::connect(&db.config, 8)
+        .await
+        .expect("connect");
+    handle.migrate().await.expect("migrate");
+    mana_core_auth::events::EventStore::new(
+        handle,
+        mana_core_auth::events::LogSignal::new(),
+        Arc::new(mana_core_auth::telemetry::Metrics::new()),
+    )
+}
+
+/// A command context stamped now, acting as `system`.
+pub fn ctx() -> mana_core_auth::commands::CommandContext {
+    mana_core_auth::commands::CommandContext::system(chrono::Utc::now())
+}
