@@ -28,6 +28,11 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run one of the project's benchmarks (see docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        scenario: crate::bench::BenchCommand,
+    },
     /// Inspect or rebuild the projections (read models).
     Projections {
         #[command(subcommand)]
@@ -60,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { action } => projections_command(config, action).await,
+        Command::Bench { scenario } => crate::bench::run(scenario).await,
     }
 }
 

@@ -80,6 +80,31 @@ macro_rules! exec {
     };
 }
 
+/// Inserts many rows with one multi-row `INSERT ... VALUES (...), (...)` on either engine;
+/// evaluates to `Result<u64, sqlx::Error>`. `$head` is `INSERT INTO t (a, b)`; the closure
+/// form names each row's values, in column order; an optional `$tail` follows the values
+/// (e.g. `ON CONFLICT ...`). Callers keep a batch under the engines' bind limits (32,766
+/// values on SQLite).
+#[macro_export]
+macro_rules! insert_rows {
+    ($tx:expr, $head:expr, $rows:expr, |$row:ident| ($($value:expr),+ $(,)?) $(, $tail:expr)?) => {
+        match $tx {
+            $crate::db::DbTx::Postgres(tx) => {
+                let mut builder = sqlx::QueryBuilder::<sqlx::Postgres>::new($head);
+                builder.push_values($rows, |mut b, $row| { $( b.push_bind($value); )+ });
+                $( builder.push($tail); )?
+                builder.build().persistent(false).execute(&mut **tx).await.map(|r| r.rows_affected())
+            }
+            $crate::db::DbTx::Sqlite(tx) => {
+                let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new($head);
+                builder.push_values($rows, |mut b, $row| { $( b.push_bind($value); )+ });
+                $( builder.push($tail); )?
+                builder.build().persistent(false).execute(&mut **tx).await.map(|r| r.rows_affected())
+            }
+        }
+    };
+}
+
 impl Db {
     /// Opens the configured database (creating the SQLite file and its folder).
     pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<Self, DbError> {

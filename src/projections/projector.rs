@@ -167,35 +167,26 @@ impl Projector {
     /// Applies at most one batch of one projection.
     pub async fn run_batch(&self, projection: &dyn Projection) -> anyhow::Result<BatchOutcome> {
         let name = projection.name();
+        let started = std::time::Instant::now();
         let mut tx = self.db().begin_write().await?;
-        if let DbTx::Postgres(pg) = &mut tx {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(lock_key(name))
-                .fetch_one(&mut **pg)
-                .await?;
-            if !locked {
-                drop(tx);
-                let checkpoint = self.checkpoint(name).await?;
-                self.publish(name, checkpoint);
-                return Ok(BatchOutcome::NotLeader(checkpoint));
-            }
+        let (leader, checkpoint) = lock_checkpoint(&mut tx, name).await?;
+        if !leader {
+            drop(tx);
+            self.publish(name, checkpoint);
+            return Ok(BatchOutcome::NotLeader(checkpoint));
         }
-        let checkpoint = checkpoint_in(&mut tx, name).await?;
         let events =
             EventStore::read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?;
+        let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor) else {
             drop(tx);
             self.publish(name, checkpoint);
             return Ok(BatchOutcome::CaughtUp(checkpoint));
         };
-        for event in &events {
-            projection.apply(&mut tx, event).await.with_context(|| {
-                format!(
-                    "{name} failed on event {} ({})",
-                    event.cursor, event.event_type
-                )
-            })?;
-        }
+        projection
+            .apply_batch(&mut tx, &events)
+            .await
+            .with_context(|| format!("projection {name} failed"))?;
         let moved = exec!(
             &mut tx,
             "UPDATE projection_checkpoints SET txid = $2, position = $3, updated_at = $4 \
@@ -208,7 +199,16 @@ impl Projector {
             checkpoint.position
         )?;
         anyhow::ensure!(moved == 1, "checkpoint of {name} moved during the batch");
+        let applied = started.elapsed();
         tx.commit().await?;
+        tracing::debug!(
+            projection = name,
+            events = events.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            applied_ms = applied.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch applied"
+        );
         self.publish(name, last);
         self.store.signal().progress_committed();
         Ok(BatchOutcome::Applied(events.len(), last))
@@ -386,37 +386,24 @@ async fn pending(db: &Db, checkpoint: LogCursor) -> anyhow::Result<(i64, Option<
     })
 }
 
-async fn checkpoint_in(tx: &mut DbTx, name: &str) -> anyhow::Result<LogCursor> {
-    let sql = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
-    let cursor = match tx {
+/// Takes the projection's lock (PostgreSQL: a transaction-level advisory lock, in the
+/// same round trip as the checkpoint read; SQLite: the write lock `BEGIN IMMEDIATE`
+/// already holds) and reads its checkpoint. `false` when another process holds it.
+async fn lock_checkpoint(tx: &mut DbTx, name: &str) -> anyhow::Result<(bool, LogCursor)> {
+    let row = match tx {
         DbTx::Postgres(tx) => {
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?;
-            row.map(|r| {
-                Ok::<_, sqlx::Error>(LogCursor {
-                    txid: r.try_get(0)?,
-                    position: r.try_get(1)?,
-                })
-            })
+            let sql = "SELECT pg_try_advisory_xact_lock($2) AS leader, txid, position \
+                       FROM projection_checkpoints WHERE name = $1";
+            let row = sqlx::query(sql).bind(name).bind(lock_key(name)).fetch_optional(&mut **tx).await?;
+            row.map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, LogCursor { txid: r.try_get(1)?, position: r.try_get(2)? })))
         }
         DbTx::Sqlite(tx) => {
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?;
-            row.map(|r| {
-                Ok(LogCursor {
-                    txid: r.try_get(0)?,
-                    position: r.try_get(1)?,
-                })
-            })
+            let sql = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
+            let row = sqlx::query(sql).bind(name).fetch_optional(&mut **tx).await?;
+            row.map(|r| Ok((true, LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? })))
         }
     };
-    cursor
-        .transpose()?
-        .with_context(|| format!("no checkpoint row for {name}; run init first"))
+    row.transpose()?.with_context(|| format!("no checkpoint row for {name}; run init first"))
 }
 
 /// A stable advisory-lock key per projection (FNV-1a of a namespaced name).

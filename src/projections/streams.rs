@@ -7,10 +7,15 @@ use async_trait::async_trait;
 use super::Projection;
 use crate::db::{DbTime, DbTx};
 use crate::events::RecordedEvent;
-use crate::exec;
+use crate::insert_rows;
 
 /// See the module documentation.
 pub struct Streams;
+
+const UPSERT: &str = " ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
+    version = excluded.version, \
+    events = event_streams.events + excluded.events, \
+    last_recorded_at = excluded.last_recorded_at";
 
 #[async_trait]
 impl Projection for Streams {
@@ -23,20 +28,51 @@ impl Projection for Streams {
     }
 
     async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        exec!(
-            tx,
-            "INSERT INTO event_streams (aggregate_type, aggregate_id, version, events, \
-                                        first_recorded_at, last_recorded_at) \
-             VALUES ($1, $2, $3, 1, $4, $4) \
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
-                 version = excluded.version, \
-                 events = event_streams.events + 1, \
-                 last_recorded_at = excluded.last_recorded_at",
-            &event.aggregate_type,
-            &event.aggregate_id,
-            event.sequence,
-            DbTime(event.recorded_at)
-        )?;
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        // One row per stream touched by the batch, then one multi-row upsert.
+        let mut touched: Vec<StreamRow> = Vec::new();
+        for event in events {
+            let existing = touched.iter_mut().find(|r| {
+                r.aggregate_type == event.aggregate_type && r.aggregate_id == event.aggregate_id
+            });
+            match existing {
+                Some(row) => {
+                    row.version = event.sequence;
+                    row.events += 1;
+                    row.last = DbTime(event.recorded_at);
+                }
+                None => touched.push(StreamRow {
+                    aggregate_type: event.aggregate_type.clone(),
+                    aggregate_id: event.aggregate_id.clone(),
+                    version: event.sequence,
+                    events: 1,
+                    first: DbTime(event.recorded_at),
+                    last: DbTime(event.recorded_at),
+                }),
+            }
+        }
+        for chunk in touched.chunks(1000) {
+            insert_rows!(
+                tx,
+                "INSERT INTO event_streams (aggregate_type, aggregate_id, version, events, \
+                                            first_recorded_at, last_recorded_at) ",
+                chunk,
+                |r| (r.aggregate_type.clone(), r.aggregate_id.clone(), r.version, r.events, r.first, r.last),
+                UPSERT
+            )?;
+        }
         Ok(())
     }
+}
+
+struct StreamRow {
+    aggregate_type: String,
+    aggregate_id: String,
+    version: i64,
+    events: i64,
+    first: DbTime,
+    last: DbTime,
 }

@@ -1,0 +1,417 @@
+//! Benchmarks of the foundation: appends through the command layer, projector catch-up,
+//! projection lag, start-up time and idle memory.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use chrono::Utc;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{AppendArgs, CatchupArgs, Latencies, LagArgs, StartupArgs, Target};
+use crate::clock::SystemClock;
+use crate::commands::{CommandBus, CommandContext};
+use crate::config::{DatabaseConfig, Secret};
+use crate::db::{Db, DbTx};
+use crate::events::{EventStore, LogSignal, NewEvent, RecordedEvent, signal};
+use crate::{exec, insert_rows};
+use crate::projections::{self, Projection, Projector, ProjectorSettings};
+use crate::telemetry::Metrics;
+
+/// A one-event-per-command aggregate for append benchmarks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct BenchCounter {
+    bumps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum BenchEvent {
+    Bumped { bumps: u64 },
+}
+
+impl DomainEvent for BenchEvent {
+    fn event_type(&self) -> String {
+        "BenchBumped".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Aggregate for BenchCounter {
+    const TYPE: &'static str = "bench_counter";
+    type Command = ();
+    type Event = BenchEvent;
+    type Error = Never;
+    type Services = ();
+
+    async fn handle(&mut self, _: (), _: &(), sink: &EventSink<Self>) -> Result<(), Never> {
+        sink.write(BenchEvent::Bumped { bumps: self.bumps + 1 }, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: BenchEvent) {
+        let BenchEvent::Bumped { bumps } = event;
+        self.bumps = bumps;
+    }
+}
+
+/// A projection writing one row per event (one multi-row INSERT per batch, unless
+/// `per_event`, which takes the trait's default path: one INSERT per event).
+struct BenchRows {
+    per_event: bool,
+}
+
+#[async_trait]
+impl Projection for BenchRows {
+    fn name(&self) -> &'static str {
+        "bench_rows"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["bench_rows"]
+    }
+    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+        exec!(
+            tx,
+            "INSERT INTO bench_rows (position, aggregate_id, event_type) VALUES ($1, $2, $3)",
+            event.cursor.position,
+            &event.aggregate_id,
+            &event.event_type
+        )?;
+        Ok(())
+    }
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        if self.per_event {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            return Ok(());
+        }
+        insert_rows!(
+            tx,
+            "INSERT INTO bench_rows (position, aggregate_id, event_type) ",
+            events,
+            |e| (e.cursor.position, e.aggregate_id.clone(), e.event_type.clone())
+        )?;
+        Ok(())
+    }
+}
+
+/// A scratch database, dropped when the benchmark ends.
+struct Scratch {
+    store: EventStore,
+    drop_pg: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    async fn open(target: &Target, pool_size: u32) -> anyhow::Result<Self> {
+        let (config, drop_pg, dir) = match target.engine.as_str() {
+            "postgres" => {
+                let name = format!("mca_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&target.admin_url).await.context("admin connection")?;
+                sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
+                let url = match target.admin_url.rsplit_once('/') {
+                    Some((base, _)) => format!("{base}/{name}"),
+                    None => bail!("--admin-url needs a database name"),
+                };
+                (DatabaseConfig::Postgres { url: Secret::new(url) }, Some((target.admin_url.clone(), name)), None)
+            }
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("bench.db");
+                (DatabaseConfig::Sqlite { path }, None, Some(dir))
+            }
+            other => bail!("unknown engine {other:?}: use postgres or sqlite"),
+        };
+        let db = Db::connect(&config, pool_size).await?;
+        db.migrate().await?;
+        let store = EventStore::new(db, LogSignal::new(), Arc::new(Metrics::new()));
+        let create = "CREATE TABLE IF NOT EXISTS bench_rows \
+                      (position BIGINT NOT NULL, aggregate_id TEXT NOT NULL, event_type TEXT NOT NULL)";
+        let mut tx = store.db().begin_write().await?;
+        exec!(&mut tx, create)?;
+        tx.commit().await?;
+        Ok(Self { store, drop_pg, _dir: dir })
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        self.store.db().close().await;
+        if let Some((admin_url, name)) = self.drop_pg {
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await?;
+        }
+        Ok(())
+    }
+
+    fn projector(&self, batch_size: usize, extra: Vec<Arc<dyn Projection>>) -> Arc<Projector> {
+        let mut all = projections::all();
+        all.extend(extra);
+        let settings = ProjectorSettings { batch_size, poll_interval: Duration::from_millis(200) };
+        Arc::new(Projector::new(self.store.clone(), Arc::new(SystemClock), settings, all))
+    }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {} build", if cfg!(debug_assertions) { "DEBUG" } else { "release" })
+}
+
+/// Runs the projector followers (as a server would) until the token is cancelled.
+fn follow(projector: &Arc<Projector>, store: &EventStore, shutdown: &CancellationToken) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    projector.spawn(&mut tasks, shutdown);
+    if let Db::Postgres(pool) = store.db() {
+        tasks.spawn(signal::run_pg_notifier(pool.clone(), store.signal().clone(), shutdown.clone()));
+    }
+    tasks
+}
+
+pub(super) async fn append(args: AppendArgs) -> anyhow::Result<()> {
+    println!("append: {} writers, {} s, engine {}, {}", args.concurrency, args.duration, args.target.engine, machine());
+    let pool_size = u32::try_from(args.concurrency + 4).unwrap_or(36);
+    let scratch = Scratch::open(&args.target, pool_size).await?;
+    let projector = scratch.projector(500, vec![]);
+    projector.init().await?;
+    let shutdown = CancellationToken::new();
+    let mut followers = follow(&projector, &scratch.store, &shutdown);
+
+    let bus = CommandBus::<BenchCounter>::new(scratch.store.clone(), ());
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let mut writers = JoinSet::new();
+    for writer in 0..args.concurrency {
+        let bus = bus.clone();
+        writers.spawn(async move {
+            let mut latencies = Latencies::default();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let ctx = CommandContext::system(Utc::now());
+                bus.execute(&format!("w{writer}-{i}"), (), &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                latencies.record(t0.elapsed());
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    let mut latencies = Latencies::default();
+    while let Some(result) = writers.join_next().await {
+        latencies.merge(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    while followers.join_next().await.is_some() {}
+    println!(
+        "append: {} commands in {elapsed:.1} s = {:.0} events/s; latency {}",
+        latencies.count(),
+        latencies.count() as f64 / elapsed,
+        latencies.summary()
+    );
+    scratch.close().await?;
+
+    if args.pgbench {
+        let tps = pgbench(&args.target.admin_url, args.concurrency, args.duration).await?;
+        println!("pgbench -b simple-update -c {} -j 2 -T {}: {tps:.0} tps", args.concurrency, args.duration);
+        println!("ratio append/pgbench: {:.2}", latencies.count() as f64 / elapsed / tps);
+    }
+    Ok(())
+}
+
+async fn pgbench(admin_url: &str, clients: usize, duration: u64) -> anyhow::Result<f64> {
+    let options = PgConnectOptions::from_str(admin_url)?;
+    let name = format!("mca_bench_pgbench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
+    let base = |cmd: &mut Command| {
+        cmd.arg("-h").arg(options.get_host()).arg("-p").arg(options.get_port().to_string());
+        cmd.arg("-U").arg(options.get_username());
+    };
+    let mut init = Command::new("pgbench");
+    base(&mut init);
+    let status = init.args(["-i", "-q"]).arg(&name).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let result = match status {
+        Ok(status) if status.success() => {
+            let mut run = Command::new("pgbench");
+            base(&mut run);
+            let output = run
+                .args(["-b", "simple-update", "-j", "2"])
+                .arg("-c")
+                .arg(clients.to_string())
+                .arg("-T")
+                .arg(duration.to_string())
+                .arg(&name)
+                .output()?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()))
+                .and_then(|n| n.parse::<f64>().ok())
+                .with_context(|| format!("no tps in pgbench output:\n{text}"))
+        }
+        _ => Err(anyhow::anyhow!("pgbench -i failed (is pgbench installed?)")),
+    };
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await?;
+    result
+}
+
+pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
+    println!("catchup: {} events, batch {}, engine {}, {}", args.events, args.batch_size, args.target.engine, machine());
+    let scratch = Scratch::open(&args.target, 8).await?;
+    let filled = Instant::now();
+    let chunk = 1000;
+    let mut written = 0;
+    while written < args.events {
+        let n = chunk.min(args.events - written);
+        let events: Vec<NewEvent> = (0..n)
+            .map(|i| NewEvent {
+                aggregate_type: BenchCounter::TYPE.to_owned(),
+                aggregate_id: format!("a{}", (written + i) / 10),
+                sequence: i64::try_from((written + i) % 10 + 1).unwrap_or(1),
+                event_type: "BenchBumped".to_owned(),
+                event_version: "1".to_owned(),
+                payload: serde_json::json!({"Bumped": {"bumps": (written + i) % 10 + 1}}),
+                metadata: crate::events::EventMetadata::system(Utc::now()).to_json(),
+                recorded_at: Utc::now(),
+            })
+            .collect();
+        scratch.store.append(&events).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        written += n;
+    }
+    println!("catchup: log filled in {:.1} s", filled.elapsed().as_secs_f64());
+
+    let settings = ProjectorSettings { batch_size: args.batch_size, poll_interval: Duration::from_millis(200) };
+    let projector = Projector::new(scratch.store.clone(), Arc::new(SystemClock), settings, vec![Arc::new(BenchRows { per_event: args.per_event })]);
+    projector.init().await?;
+    let started = Instant::now();
+    projector.catch_up().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "catchup: bench_rows (one row per event, {}) applied {} events in {elapsed:.2} s = {:.0} events/s",
+        if args.per_event { "one INSERT per event" } else { "one multi-row INSERT per batch" },
+        args.events,
+        args.events as f64 / elapsed
+    );
+    scratch.close().await
+}
+
+pub(super) async fn lag(args: LagArgs) -> anyhow::Result<()> {
+    println!("lag: {} appends/s for {} s, engine {}, {}", args.rate, args.duration, args.target.engine, machine());
+    let scratch = Scratch::open(&args.target, 24).await?;
+    let projector = scratch.projector(500, vec![Arc::new(BenchRows { per_event: false })]);
+    projector.init().await?;
+    let shutdown = CancellationToken::new();
+    let mut followers = follow(&projector, &scratch.store, &shutdown);
+
+    let bus = CommandBus::<BenchCounter>::new(scratch.store.clone(), ());
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = args.rate * args.duration;
+    let mut probes = JoinSet::new();
+    let started = Instant::now();
+    for i in 0..total {
+        ticker.tick().await;
+        let bus = bus.clone();
+        let projector = Arc::clone(&projector);
+        probes.spawn(async move {
+            let ctx = CommandContext::system(Utc::now());
+            let committed = bus.execute(&format!("lag-{i}"), (), &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cursor = committed.cursor.context("no cursor")?;
+            let t0 = Instant::now();
+            let reached = projector.wait_for(cursor, Duration::from_secs(10)).await;
+            anyhow::ensure!(reached, "projection did not reach {cursor} in 10 s");
+            Ok::<_, anyhow::Error>(t0.elapsed())
+        });
+    }
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    let mut lags = Latencies::default();
+    while let Some(result) = probes.join_next().await {
+        lags.record(result??);
+    }
+    shutdown.cancel();
+    while followers.join_next().await.is_some() {}
+    println!(
+        "lag: {} appends at {achieved:.0}/s; commit-to-projected lag over all {} projections: {}",
+        lags.count(),
+        projector.projections().len(),
+        lags.summary()
+    );
+    scratch.close().await
+}
+
+pub(super) async fn startup(args: StartupArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    println!("startup: {} runs of {} on a fresh SQLite file, {}", args.runs, exe.display(), machine());
+    let mut starts = Latencies::default();
+    let mut rss = Vec::new();
+    for _ in 0..args.runs {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let t0 = Instant::now();
+        let mut child = Command::new(&exe)
+            .arg("serve")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = t0 + Duration::from_secs(10);
+        while !healthy(port) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the server did not answer health within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        starts.record(t0.elapsed());
+        tokio::time::sleep(Duration::from_secs(args.idle)).await;
+        rss.push(rss_kib(child.id())?);
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        child.wait()?;
+    }
+    rss.sort_unstable();
+    println!("startup: time to first healthy response {}", starts.summary());
+    println!(
+        "startup: idle RSS after {} s: median {:.1} MiB, max {:.1} MiB",
+        args.idle,
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let request = "GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no VmRSS")
+}
