@@ -32,7 +32,11 @@ pub struct Target {
     #[arg(long, default_value = "postgres")]
     pub engine: String,
     /// A PostgreSQL maintenance database; a scratch database is created beside it.
-    #[arg(long, env = "BENCH_ADMIN_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "BENCH_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub admin_url: String,
 }
 

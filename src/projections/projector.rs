@@ -394,16 +394,40 @@ async fn lock_checkpoint(tx: &mut DbTx, name: &str) -> anyhow::Result<(bool, Log
         DbTx::Postgres(tx) => {
             let sql = "SELECT pg_try_advisory_xact_lock($2) AS leader, txid, position \
                        FROM projection_checkpoints WHERE name = $1";
-            let row = sqlx::query(sql).bind(name).bind(lock_key(name)).fetch_optional(&mut **tx).await?;
-            row.map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, LogCursor { txid: r.try_get(1)?, position: r.try_get(2)? })))
+            let row = sqlx::query(sql)
+                .bind(name)
+                .bind(lock_key(name))
+                .fetch_optional(&mut **tx)
+                .await?;
+            row.map(|r| {
+                Ok::<_, sqlx::Error>((
+                    r.try_get(0)?,
+                    LogCursor {
+                        txid: r.try_get(1)?,
+                        position: r.try_get(2)?,
+                    },
+                ))
+            })
         }
         DbTx::Sqlite(tx) => {
             let sql = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
-            let row = sqlx::query(sql).bind(name).fetch_optional(&mut **tx).await?;
-            row.map(|r| Ok((true, LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? })))
+            let row = sqlx::query(sql)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+            row.map(|r| {
+                Ok((
+                    true,
+                    LogCursor {
+                        txid: r.try_get(0)?,
+                        position: r.try_get(1)?,
+                    },
+                ))
+            })
         }
     };
-    row.transpose()?.with_context(|| format!("no checkpoint row for {name}; run init first"))
+    row.transpose()?
+        .with_context(|| format!("no checkpoint row for {name}; run init first"))
 }
 
 /// A stable advisory-lock key per projection (FNV-1a of a namespaced name).

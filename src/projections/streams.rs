@@ -60,7 +60,14 @@ impl Projection for Streams {
                 "INSERT INTO event_streams (aggregate_type, aggregate_id, version, events, \
                                             first_recorded_at, last_recorded_at) ",
                 chunk,
-                |r| (r.aggregate_type.clone(), r.aggregate_id.clone(), r.version, r.events, r.first, r.last),
+                |r| (
+                    r.aggregate_type.clone(),
+                    r.aggregate_id.clone(),
+                    r.version,
+                    r.events,
+                    r.first,
+                    r.last
+                ),
                 UPSERT
             )?;
         }
