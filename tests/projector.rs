@@ -119,7 +119,7 @@ async fn a_failing_apply_rolls_back_the_rows_and_the_checkpoint() {
         let store = open_store(&db).await;
         create_rows_table(&store).await;
         let last = append(&store, 10).await;
-        let events = store.read_after(LogCursor::START, 100).await.expect("read");
+        let events = common::read_all(&store, 10).await;
         let fail_at = Arc::new(AtomicI64::new(events[5].cursor.position));
         let projection = Arc::new(RowPerEvent {
             fail_at: Arc::clone(&fail_at),
@@ -167,6 +167,7 @@ async fn a_restarted_projector_resumes_where_it_stopped() {
         let store = open_store(&db).await;
         create_rows_table(&store).await;
         let last = append(&store, 10).await;
+        common::read_all(&store, 10).await;
         let never = || {
             Arc::new(RowPerEvent {
                 fail_at: Arc::new(AtomicI64::new(-1)),
@@ -190,7 +191,7 @@ async fn a_restarted_projector_resumes_where_it_stopped() {
         let other_store = open_store(&db).await;
         let second = projector(&other_store, 4, vec![never()]);
         second.init().await.expect("init again");
-        second.catch_up().await.expect("catch up");
+        common::catch_up_to(&second, last).await;
         let rows = rows(&store).await;
         assert_eq!(rows.len(), 10, "{engine:?}");
         assert!(
@@ -249,10 +250,10 @@ async fn a_rebuild_from_zero_yields_exactly_the_live_tables() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let store = open_store(&db).await;
-        append(&store, 25).await;
+        let last = append(&store, 25).await;
         let projector = projector(&store, 7, vec![Arc::new(Streams)]);
         projector.init().await.expect("init");
-        projector.catch_up().await.expect("catch up");
+        common::catch_up_to(&projector, last).await;
         let live = dump_streams(&store).await;
         assert_eq!(live.len(), 4, "{engine:?}: {live:?}");
         assert!(live.contains(&"counter/agg-0/7/7".to_owned()), "{live:?}");

@@ -338,3 +338,50 @@ pub async fn open_store(db: &TestDb) -> mana_core_auth::events::EventStore {
 pub fn ctx() -> mana_core_auth::commands::CommandContext {
     mana_core_auth::commands::CommandContext::system(chrono::Utc::now())
 }
+
+/// Everything readable in the log once at least `count` events are. On PostgreSQL an
+/// event is readable only when every transaction that began before it has ended, which
+/// other tests' transactions on the same server can delay for a moment.
+pub async fn read_all(
+    store: &mana_core_auth::events::EventStore,
+    count: usize,
+) -> Vec<mana_core_auth::events::RecordedEvent> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = store
+            .read_after(mana_core_auth::events::LogCursor::START, 100_000)
+            .await
+            .expect("read the log");
+        if events.len() >= count || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the projector until every projection has applied the event at `cursor`.
+pub async fn catch_up_to(
+    projector: &mana_core_auth::projections::Projector,
+    cursor: mana_core_auth::events::LogCursor,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        projector.catch_up().await.expect("catch up");
+        let mut done = true;
+        for projection in projector.projections() {
+            done &= projector
+                .checkpoint(projection.name())
+                .await
+                .expect("checkpoint")
+                >= cursor;
+        }
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projections did not reach {cursor}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
