@@ -12,11 +12,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use tokio_cron_scheduler::JobScheduler;
+
+use crate::auth::{AuthAggregates, AuthService, AuthSettings};
 use crate::clock::{SharedClock, SystemClock};
+use crate::commands::CommandBus;
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::{EventStore, LogSignal, signal};
 use crate::projections::{self, Projector, ProjectorSettings};
+use crate::security::keys::{JWKS_MAX_AGE_SECS, KeyService, KeySettings};
+use crate::security::passwords::PasswordPool;
+use crate::security::revocations::Revocations;
+use crate::security::secrets::ServerSecret;
+use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, TokenService};
 use crate::telemetry::Metrics;
 
 /// Shared state of one server process; cheap to clone.
@@ -30,6 +39,7 @@ struct Shared {
     clock: SharedClock,
     store: EventStore,
     projector: Arc<Projector>,
+    auth: Arc<AuthService>,
 }
 
 impl AppState {
@@ -63,6 +73,11 @@ impl AppState {
         &self.inner.projector
     }
 
+    /// The authentication service.
+    pub fn auth(&self) -> &Arc<AuthService> {
+        &self.inner.auth
+    }
+
     /// The metrics registry of this process.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.inner.store.metrics()
@@ -75,6 +90,7 @@ pub struct Application {
     listener: TcpListener,
     tasks: JoinSet<()>,
     background: CancellationToken,
+    scheduler: JobScheduler,
 }
 
 impl Application {
@@ -94,56 +110,29 @@ impl Application {
             batch_size: config.projection_batch_size,
             poll_interval: config.projection_poll_interval,
         };
-        let projector = Arc::new(Projector::new(
-            store.clone(),
-            clock.clone(),
-            settings,
-            projections::all(),
-        ));
-        projector
-            .init()
-            .await
-            .context("cannot initialise the projections")?;
+        let projector = Arc::new(Projector::new(store.clone(), clock.clone(), settings, projections::all()));
+        projector.init().await.context("cannot initialise the projections")?;
 
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let auth = build_auth(&config, &store, &projector, &clock).await?;
+        auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
+        let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys())).await?;
         projector.spawn(&mut tasks, &background);
         if let Db::Postgres(pool) = &db {
-            tasks.spawn(signal::run_pg_notifier(
-                pool.clone(),
-                signal.clone(),
-                background.clone(),
-            ));
-            tasks.spawn(signal::run_pg_listener(
-                pool.clone(),
-                signal,
-                background.clone(),
-            ));
+            tasks.spawn(signal::run_pg_notifier(pool.clone(), signal.clone(), background.clone()));
+            tasks.spawn(signal::run_pg_listener(pool.clone(), signal, background.clone()));
         }
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let state = AppState {
-            inner: Arc::new(Shared {
-                config,
-                clock,
-                store,
-                projector,
-            }),
-        };
-        Ok(Self {
-            state,
-            listener,
-            tasks,
-            background,
-        })
+        let state = AppState { inner: Arc::new(Shared { config, clock, store, projector, auth }) };
+        Ok(Self { state, listener, tasks, background, scheduler })
     }
 
     /// The address the server is bound to (port 0 in tests becomes a real port).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The shared state (tests use it to reach the store and the projector).
@@ -159,14 +148,65 @@ impl Application {
     ) -> anyhow::Result<()> {
         let router = crate::api::router(self.state.clone());
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        if let Err(error) = self.scheduler.shutdown().await {
+            tracing::warn!(%error, "scheduler did not stop cleanly");
+        }
         self.background.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.state.db().close().await;
         served.context("the HTTP server failed")
     }
+}
+
+/// Wires the authentication service: server secret, signing keys, tokens, password
+/// pool and the revocation index.
+async fn build_auth(
+    config: &Config,
+    store: &EventStore,
+    projector: &Arc<Projector>,
+    clock: &SharedClock,
+) -> anyhow::Result<Arc<AuthService>> {
+    let secret =
+        ServerSecret::load(config.key_encryption_secret.as_ref(), config.app_env, &config.data_dir())?;
+    let leeway = chrono::Duration::from_std(config.jwt_leeway)?;
+    let token_lifetime = chrono::Duration::seconds(ACCESS_TOKEN_TTL_SECS) + leeway;
+    let settings = KeySettings {
+        rotation_interval: chrono::Duration::from_std(config.key_rotation_interval)?,
+        publish_ahead: chrono::Duration::seconds(2 * JWKS_MAX_AGE_SECS + 60),
+        retired_lifetime: token_lifetime + chrono::Duration::seconds(60),
+    };
+    let keyring = CommandBus::new(store.clone(), ());
+    let keys = KeyService::start(keyring, secret.sealer(), clock.clone(), settings)
+        .await
+        .context("cannot load the signing keys")?;
+    let tokens = TokenService::new(
+        keys,
+        clock.clone(),
+        config.jwt_issuer.clone(),
+        config.jwt_audience.clone(),
+        leeway.num_seconds(),
+    );
+    let window = token_lifetime + chrono::Duration::minutes(5);
+    let revocations = Revocations::bootstrap(store.clone(), projector, clock.clone(), window).await?;
+    let passwords = PasswordPool::new(config.password_hash_threads, config.password_hash_queue);
+    let settings = AuthSettings {
+        refresh_grace: chrono::Duration::from_std(config.refresh_grace)?,
+        signup_bonus: config.credits_signup_bonus,
+        daily_timezone: config.credits_daily_timezone,
+        read_your_writes: config.read_your_writes_timeout,
+    };
+    Ok(Arc::new(AuthService::new(
+        store.clone(),
+        Arc::clone(projector),
+        clock.clone(),
+        AuthAggregates::new(store),
+        passwords,
+        tokens,
+        revocations,
+        secret.derive("refresh-token-successor/v1"),
+        settings,
+    )))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -28,6 +28,12 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Manage users (recorded as events; a role change or a disable revokes every
+    /// session of the user).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Run one of the project's benchmarks (see docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -38,6 +44,17 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+}
+
+/// User administration.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Set a user's role: user, admin or service.
+    SetRole { email: String, role: crate::events::auth::Role },
+    /// Stop a user from signing in and revoke their sessions.
+    Disable { email: String },
+    /// Let a disabled user sign in again.
+    Enable { email: String },
 }
 
 /// Projection maintenance.
@@ -66,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Projections { action } => projections_command(config, action).await,
         Command::Bench { scenario } => crate::bench::run(scenario).await,
+        Command::User { action } => user_command(config, action).await,
     }
 }
 
@@ -104,13 +122,33 @@ async fn projections_command(config: Config, action: ProjectionsAction) -> anyho
             }
         }
         ProjectionsAction::Rebuild { name } => {
-            projector
-                .rebuild(&name)
-                .await
-                .with_context(|| format!("rebuilding {name}"))?;
+            projector.rebuild(&name).await.with_context(|| format!("rebuilding {name}"))?;
             println!("rebuilt {name}");
         }
     }
     db.close().await;
     Ok(())
+}
+
+async fn user_command(mut config: Config, action: UserAction) -> anyhow::Result<()> {
+    use crate::auth::{AuthError, UserChange};
+    // The command runs the service's own write path in this process; it does not serve.
+    config.port = 0;
+    config.host = std::net::IpAddr::from([127, 0, 0, 1]);
+    let app = Application::build(config).await?;
+    let (email, change) = match action {
+        UserAction::SetRole { email, role } => (email, UserChange::SetRole(role)),
+        UserAction::Disable { email } => (email, UserChange::Disable),
+        UserAction::Enable { email } => (email, UserChange::Enable),
+    };
+    let outcome = app.state().auth().change_user(&email, change).await;
+    let stopped = app.run_until(async {}).await;
+    match outcome {
+        Ok(true) => println!("{email}: done ({change:?}); every affected session is revoked"),
+        Ok(false) => println!("{email}: nothing to change ({change:?})"),
+        Err(AuthError::NotFound) => anyhow::bail!("no user is registered with {email}"),
+        Err(AuthError::Validation(messages)) => anyhow::bail!("{}", messages.join("; ")),
+        Err(other) => return Err(other.into()),
+    }
+    stopped
 }

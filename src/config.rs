@@ -76,6 +76,17 @@ pub struct Config {
     pub projection_batch_size: usize,
     pub ready_max_projection_lag: Duration,
     pub read_your_writes_timeout: Duration,
+    /// Root secret for sealing private keys and deriving refresh successors.
+    pub key_encryption_secret: Option<Secret>,
+    pub key_rotation_interval: Duration,
+    pub refresh_grace: Duration,
+    pub jwt_leeway: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub password_hash_threads: usize,
+    pub password_hash_queue: usize,
+    pub credits_signup_bonus: i64,
+    pub credits_daily_timezone: chrono_tz::Tz,
 }
 
 /// A variable that could not be parsed. Its `Display` is the one line printed at start-up.
@@ -88,6 +99,8 @@ pub struct ConfigError {
 
 /// The default development origins of the original service's `.env.example`.
 pub const DEFAULT_CORS_ORIGINS: &str = "http://localhost:3000,http://localhost:8081";
+/// The log filter when `RUST_LOG` is unset (the scheduler is chatty at `info`).
+pub const DEFAULT_LOG_FILTER: &str = "info,tokio_cron_scheduler=warn";
 /// The default SQLite file, created with its folder on first start.
 pub const DEFAULT_SQLITE_PATH: &str = "./data/mana-core-auth.db";
 
@@ -122,14 +135,9 @@ impl Config {
                 "json" => LogFormat::Json,
                 other => return Err(env.bad("LOG_FORMAT", other, "expected text or json")),
             },
-            log_filter: env.get("RUST_LOG").unwrap_or("info").to_owned(),
+            log_filter: env.get("RUST_LOG").unwrap_or(DEFAULT_LOG_FILTER).to_owned(),
             body_limit_bytes: env.parse_range("BODY_LIMIT_BYTES", "65536", 1024, 16 << 20)?,
-            request_timeout: Duration::from_secs(env.parse_range(
-                "REQUEST_TIMEOUT_SECS",
-                "30",
-                1,
-                3600,
-            )?),
+            request_timeout: Duration::from_secs(env.parse_range("REQUEST_TIMEOUT_SECS", "30", 1, 3600)?),
             projection_poll_interval: Duration::from_millis(env.parse_range(
                 "PROJECTION_POLL_INTERVAL_MS",
                 "200",
@@ -149,7 +157,35 @@ impl Config {
                 0,
                 60_000,
             )?),
+            key_encryption_secret: env.get("KEY_ENCRYPTION_SECRET").map(Secret::new),
+            key_rotation_interval: Duration::from_secs(
+                86_400 * env.parse_range::<u64>("KEY_ROTATION_INTERVAL_DAYS", "30", 1, 3650)?,
+            ),
+            refresh_grace: Duration::from_secs(env.parse_range("REFRESH_GRACE_SECS", "10", 0, 300)?),
+            jwt_leeway: Duration::from_secs(env.parse_range("JWT_LEEWAY_SECS", "5", 0, 30)?),
+            trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES").unwrap_or(""))?,
+            password_hash_threads: env.parse_range(
+                "PASSWORD_HASH_THREADS",
+                &default_hash_threads().to_string(),
+                1,
+                256,
+            )?,
+            password_hash_queue: env.parse_range("PASSWORD_HASH_QUEUE", "64", 1, 100_000)?,
+            credits_signup_bonus: env.parse_range("CREDITS_SIGNUP_BONUS", "150", 0, 1_000_000_000)?,
+            credits_daily_timezone: env.parse("CREDITS_DAILY_TIMEZONE", "UTC")?,
         })
+    }
+
+    /// The folder for local files (the development secret): the SQLite file's folder,
+    /// or `./data` on PostgreSQL.
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.database {
+            DatabaseConfig::Sqlite { path } => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from),
+            DatabaseConfig::Postgres { .. } => PathBuf::from("./data"),
+        }
     }
 
     /// A configuration for tests and tools: everything at its default except the database.
@@ -170,10 +206,7 @@ impl Env<'_> {
     }
 
     fn bad(&self, variable: &'static str, value: &str, reason: &str) -> ConfigError {
-        ConfigError {
-            variable,
-            reason: format!("{reason} (got {value:?})"),
-        }
+        ConfigError { variable, reason: format!("{reason} (got {value:?})") }
     }
 
     fn parse<T: FromStr>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
@@ -181,17 +214,10 @@ impl Env<'_> {
         T::Err: fmt::Display,
     {
         let raw = self.get(name).unwrap_or(default);
-        raw.parse()
-            .map_err(|e: T::Err| self.bad(name, raw, &e.to_string()))
+        raw.parse().map_err(|e: T::Err| self.bad(name, raw, &e.to_string()))
     }
 
-    fn parse_range<T>(
-        &self,
-        name: &'static str,
-        default: &str,
-        min: T,
-        max: T,
-    ) -> Result<T, ConfigError>
+    fn parse_range<T>(&self, name: &'static str, default: &str, min: T, max: T) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + fmt::Display + Copy,
         T::Err: fmt::Display,
@@ -210,43 +236,25 @@ impl Env<'_> {
 }
 
 fn parse_database_url(raw: Option<&str>) -> Result<DatabaseConfig, ConfigError> {
-    let bad = |reason: &str| ConfigError {
-        variable: "DATABASE_URL",
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| ConfigError { variable: "DATABASE_URL", reason: reason.to_owned() };
     let Some(url) = raw else {
-        return Ok(DatabaseConfig::Sqlite {
-            path: PathBuf::from(DEFAULT_SQLITE_PATH),
-        });
+        return Ok(DatabaseConfig::Sqlite { path: PathBuf::from(DEFAULT_SQLITE_PATH) });
     };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
         if rest.is_empty() || rest.starts_with('/') && rest.len() == 1 {
-            return Err(bad(
-                "a postgres URL needs a host, e.g. postgres://user@localhost:5432/db",
-            ));
+            return Err(bad("a postgres URL needs a host, e.g. postgres://user@localhost:5432/db"));
         }
-        return Ok(DatabaseConfig::Postgres {
-            url: Secret::new(url),
-        });
+        return Ok(DatabaseConfig::Postgres { url: Secret::new(url) });
     }
-    if let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
+    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         let path = rest.split('?').next().unwrap_or_default();
         if path.is_empty() || path == ":memory:" {
-            return Err(bad(
-                "a sqlite URL needs a file path, e.g. sqlite://./data/mana-core-auth.db",
-            ));
+            return Err(bad("a sqlite URL needs a file path, e.g. sqlite://./data/mana-core-auth.db"));
         }
-        return Ok(DatabaseConfig::Sqlite {
-            path: PathBuf::from(path),
-        });
+        return Ok(DatabaseConfig::Sqlite { path: PathBuf::from(path) });
     }
-    Err(bad(
-        "unsupported scheme: expected postgres://... or sqlite://... (value not shown)",
-    ))
+    Err(bad("unsupported scheme: expected postgres://... or sqlite://... (value not shown)"))
 }
 
 fn parse_redis(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
@@ -263,11 +271,28 @@ fn parse_redis(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
         return Ok(None);
     };
     let port: u16 = env.parse("REDIS_PORT", "6379")?;
-    let auth = env
-        .get("REDIS_PASSWORD")
-        .map(|p| format!(":{p}@"))
-        .unwrap_or_default();
+    let auth = env.get("REDIS_PASSWORD").map(|p| format!(":{p}@")).unwrap_or_default();
     Ok(Some(Secret::new(format!("redis://{auth}{host}:{port}"))))
+}
+
+/// Hashing threads by default: every core but one, at least one.
+fn default_hash_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+fn parse_proxies(raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>().or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| {
+                ConfigError {
+                    variable: "TRUSTED_PROXIES",
+                    reason: format!("{p:?} is not an IP address or CIDR range"),
+                }
+            })
+        })
+        .collect()
 }
 
 fn parse_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
@@ -275,9 +300,7 @@ fn parse_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
     for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let valid = origin.split_once("://").is_some_and(|(scheme, host)| {
             !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
                 && !host.is_empty()
                 && !host.contains('/')
         });
@@ -297,10 +320,7 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -308,17 +328,9 @@ mod tests {
         let config = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!(config.port, 3001);
         assert_eq!(config.host.to_string(), "127.0.0.1");
-        assert_eq!(
-            config.database,
-            DatabaseConfig::Sqlite {
-                path: DEFAULT_SQLITE_PATH.into()
-            }
-        );
+        assert_eq!(config.database, DatabaseConfig::Sqlite { path: DEFAULT_SQLITE_PATH.into() });
         assert_eq!(config.jwt_audience, "manacore");
-        assert_eq!(
-            config.cors_origins,
-            ["http://localhost:3000", "http://localhost:8081"]
-        );
+        assert_eq!(config.cors_origins, ["http://localhost:3000", "http://localhost:8081"]);
         assert!(config.redis_url.is_none());
     }
 
@@ -339,12 +351,7 @@ mod tests {
         let pg = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
         assert!(matches!(pg.database, DatabaseConfig::Postgres { .. }));
         let lite = Config::from_vars(&vars(&[("DATABASE_URL", "sqlite:///tmp/x.db")])).unwrap();
-        assert_eq!(
-            lite.database,
-            DatabaseConfig::Sqlite {
-                path: "/tmp/x.db".into()
-            }
-        );
+        assert_eq!(lite.database, DatabaseConfig::Sqlite { path: "/tmp/x.db".into() });
     }
 
     #[test]
@@ -360,8 +367,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug_output() {
-        let config =
-            Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:hunter2@h/db")])).unwrap();
+        let config = Config::from_vars(&vars(&[("DATABASE_URL", "postgres://u:hunter2@h/db")])).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

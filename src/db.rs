@@ -24,10 +24,7 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 #[derive(Clone, Debug)]
 pub enum Db {
     Postgres(PgPool),
-    Sqlite {
-        writer: SqlitePool,
-        reader: SqlitePool,
-    },
+    Sqlite { writer: SqlitePool, reader: SqlitePool },
 }
 
 /// Why the database could not be opened or migrated.
@@ -36,10 +33,7 @@ pub enum DbError {
     #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
     #[error("cannot create the folder for the SQLite file {path}")]
-    CreateFolder {
-        path: String,
-        source: std::io::Error,
-    },
+    CreateFolder { path: String, source: std::io::Error },
     #[error(
         "the database carries migration {0}, which this build of mana-core-auth does not know; \
          it was written by a newer version: run that version, or restore a matching backup"
@@ -123,9 +117,7 @@ impl Db {
                     // The pool only says it timed out; one direct attempt tells why.
                     Err(sqlx::Error::PoolTimedOut) => {
                         let direct = sqlx::PgConnection::connect_with(&options).await;
-                        Err(DbError::Connect(
-                            direct.err().unwrap_or(sqlx::Error::PoolTimedOut),
-                        ))
+                        Err(DbError::Connect(direct.err().unwrap_or(sqlx::Error::PoolTimedOut)))
                     }
                     Err(error) => Err(DbError::Connect(error)),
                 }
@@ -136,10 +128,8 @@ impl Db {
 
     async fn open_sqlite(path: &Path, max_connections: u32) -> Result<Self, DbError> {
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(|source| DbError::CreateFolder {
-                path: folder.display().to_string(),
-                source,
-            })?;
+            std::fs::create_dir_all(folder)
+                .map_err(|source| DbError::CreateFolder { path: folder.display().to_string(), source })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -181,9 +171,7 @@ impl Db {
     pub async fn begin_write(&self) -> Result<DbTx, sqlx::Error> {
         match self {
             Self::Postgres(pool) => Ok(DbTx::Postgres(pool.begin().await?)),
-            Self::Sqlite { writer, .. } => {
-                Ok(DbTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?))
-            }
+            Self::Sqlite { writer, .. } => Ok(DbTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)),
         }
     }
 
@@ -256,10 +244,7 @@ mod db_time {
     }
 
     impl<'q> Encode<'q, Sqlite> for DbTime {
-        fn encode_by_ref(
-            &self,
-            buf: &mut Vec<SqliteArgumentValue<'q>>,
-        ) -> Result<IsNull, BoxDynError> {
+        fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
             <String as Encode<Sqlite>>::encode(sqlite_time(self.0), buf)
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod clock;
@@ -10,7 +11,9 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod jobs;
 pub mod projections;
+pub mod security;
 pub mod telemetry;
 
 pub use app::{AppState, Application};

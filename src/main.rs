@@ -9,10 +9,7 @@ fn main() -> ExitCode {
     // A `.env` file in the working directory is read if present; the real environment wins.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");

@@ -21,26 +21,17 @@ use crate::config::{ConfigError, LogFormat};
 /// Installs the global tracing subscriber. A malformed `RUST_LOG` is a configuration
 /// error naming the variable.
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), ConfigError> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| ConfigError {
-        variable: "RUST_LOG",
-        reason: e.to_string(),
-    })?;
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|e| ConfigError { variable: "RUST_LOG", reason: e.to_string() })?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            )
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
             .try_init(),
         LogFormat::Text => {
             use std::io::IsTerminal;
             let ansi = std::io::stdout().is_terminal();
-            registry
-                .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
-                .try_init()
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi)).try_init()
         }
     };
     // Already installed (a second application in one test process): keep the first.
@@ -107,21 +98,13 @@ impl Metrics {
         let projection_lag_seconds = Family::<ProjectionLabels, FloatGauge>::default();
         let projection_errors = Family::<ProjectionLabels, Counter>::default();
         let read_your_writes_timeouts = Counter::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            http_requests.clone(),
-        );
+        registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route and status",
             http_duration.clone(),
         );
-        registry.register(
-            "events_appended",
-            "Events appended to the log, by type",
-            events_appended.clone(),
-        );
+        registry.register("events_appended", "Events appended to the log, by type", events_appended.clone());
         registry.register(
             "command_conflicts",
             "Optimistic concurrency conflicts retried by the command layer",
@@ -168,56 +151,37 @@ impl Metrics {
 
     /// Records one finished HTTP request.
     pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let labels = HttpLabels {
-            method: method.to_owned(),
-            route: route.to_owned(),
-            status: status.to_string(),
-        };
+        let labels =
+            HttpLabels { method: method.to_owned(), route: route.to_owned(), status: status.to_string() };
         self.http_requests.get_or_create(&labels).inc();
         self.http_duration.get_or_create(&labels).observe(seconds);
     }
 
     /// Counts an appended event.
     pub fn event_appended(&self, event_type: &str) {
-        self.events_appended
-            .get_or_create(&EventTypeLabels {
-                event_type: event_type.to_owned(),
-            })
-            .inc();
+        self.events_appended.get_or_create(&EventTypeLabels { event_type: event_type.to_owned() }).inc();
     }
 
     /// Counts a retried optimistic conflict.
     pub fn command_conflict(&self, aggregate: &str) {
-        self.command_conflicts
-            .get_or_create(&AggregateLabels {
-                aggregate: aggregate.to_owned(),
-            })
-            .inc();
+        self.command_conflicts.get_or_create(&AggregateLabels { aggregate: aggregate.to_owned() }).inc();
     }
 
     /// Publishes a projection's position.
     pub fn projection_position(&self, projection: &str, position: i64) {
-        self.projection_position
-            .get_or_create(&Self::projection(projection))
-            .set(position);
+        self.projection_position.get_or_create(&Self::projection(projection)).set(position);
     }
 
     /// Publishes a projection's lag.
     pub fn projection_lag(&self, projection: &str, events: i64, seconds: f64) {
         let labels = Self::projection(projection);
-        self.projection_lag_events
-            .get_or_create(&labels)
-            .set(events);
-        self.projection_lag_seconds
-            .get_or_create(&labels)
-            .set(seconds);
+        self.projection_lag_events.get_or_create(&labels).set(events);
+        self.projection_lag_seconds.get_or_create(&labels).set(seconds);
     }
 
     /// Counts a failed projection batch.
     pub fn projection_error(&self, projection: &str) {
-        self.projection_errors
-            .get_or_create(&Self::projection(projection))
-            .inc();
+        self.projection_errors.get_or_create(&Self::projection(projection)).inc();
     }
 
     /// Counts a read-your-writes wait that timed out.
@@ -226,9 +190,7 @@ impl Metrics {
     }
 
     fn projection(name: &str) -> ProjectionLabels {
-        ProjectionLabels {
-            projection: name.to_owned(),
-        }
+        ProjectionLabels { projection: name.to_owned() }
     }
 
     /// The Prometheus text exposition of every metric.

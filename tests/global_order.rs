@@ -33,16 +33,10 @@ async fn concurrent_writers_are_read_exactly_once_in_a_commit_consistent_order()
             writers.spawn(async move {
                 let mut written = 0usize;
                 for i in 0..COMMANDS_PER_WRITER {
-                    let id = if i % 3 == 0 {
-                        format!("shared-{}", i % 8)
-                    } else {
-                        format!("w{w}-{}", i % 10)
-                    };
-                    let command = if i % 5 == 0 {
-                        CounterCommand::AddTwice(1)
-                    } else {
-                        CounterCommand::Add(1)
-                    };
+                    let id =
+                        if i % 3 == 0 { format!("shared-{}", i % 8) } else { format!("w{w}-{}", i % 10) };
+                    let command =
+                        if i % 5 == 0 { CounterCommand::AddTwice(1) } else { CounterCommand::Add(1) };
                     let committed = bus.execute(&id, command, &ctx()).await.expect("command");
                     written += committed.events.len();
                 }
@@ -79,17 +73,10 @@ async fn concurrent_writers_are_read_exactly_once_in_a_commit_consistent_order()
         let seen = follower.await.expect("follower");
 
         assert_eq!(seen.len(), expected, "{engine:?}: every event exactly once");
-        let keys: HashSet<_> = seen
-            .iter()
-            .map(|e| (e.aggregate_id.clone(), e.sequence))
-            .collect();
+        let keys: HashSet<_> = seen.iter().map(|e| (e.aggregate_id.clone(), e.sequence)).collect();
         assert_eq!(keys.len(), expected, "{engine:?}: no event twice");
         let positions: HashSet<_> = seen.iter().map(|e| e.cursor.position).collect();
-        assert_eq!(
-            positions.len(),
-            expected,
-            "{engine:?}: positions are unique"
-        );
+        assert_eq!(positions.len(), expected, "{engine:?}: positions are unique");
         assert!(
             seen.windows(2).all(|w| w[0].cursor < w[1].cursor),
             "{engine:?}: strictly increasing cursors"
@@ -97,11 +84,7 @@ async fn concurrent_writers_are_read_exactly_once_in_a_commit_consistent_order()
         let mut next_sequence: HashMap<&str, i64> = HashMap::new();
         for event in &seen {
             let next = next_sequence.entry(&event.aggregate_id).or_insert(1);
-            assert_eq!(
-                event.sequence, *next,
-                "{engine:?}: {} out of order",
-                event.aggregate_id
-            );
+            assert_eq!(event.sequence, *next, "{engine:?}: {} out of order", event.aggregate_id);
             *next += 1;
         }
     }

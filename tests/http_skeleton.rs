@@ -23,21 +23,13 @@ const SECURITY_HEADERS: [&str; 12] = [
 ];
 
 /// Asserts the one error shape and returns the body.
-pub async fn assert_error_shape(
-    response: reqwest::Response,
-    status: u16,
-    code: &str,
-    path: &str,
-) -> Value {
+pub async fn assert_error_shape(response: reqwest::Response, status: u16, code: &str, path: &str) -> Value {
     assert_eq!(response.status().as_u16(), status);
     assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = response.json().await.expect("error body is JSON");
     assert_eq!(body["statusCode"], status, "{body}");
     assert_eq!(body["error"], code, "{body}");
-    assert!(
-        body["message"].is_string() || body["message"].is_array(),
-        "{body}"
-    );
+    assert!(body["message"].is_string() || body["message"].is_array(), "{body}");
     assert_eq!(body["path"], path, "{body}");
     let timestamp = body["timestamp"].as_str().expect("timestamp");
     chrono::DateTime::parse_from_rfc3339(timestamp).expect("RFC 3339 timestamp");
@@ -50,12 +42,7 @@ async fn health_answers_ok_with_a_timestamp() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let app = TestApp::spawn(db.app_config()).await;
-        let response = app
-            .client
-            .get(app.url("/api/v1/health"))
-            .send()
-            .await
-            .expect("request");
+        let response = app.client.get(app.url("/api/v1/health")).send().await.expect("request");
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["status"], "ok");
@@ -70,29 +57,13 @@ async fn readiness_reports_the_database_and_each_projection() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let app = TestApp::spawn(db.app_config()).await;
-        let response = app
-            .client
-            .get(app.url("/api/v1/ready"))
-            .send()
-            .await
-            .expect("request");
+        let response = app.client.get(app.url("/api/v1/ready")).send().await.expect("request");
         assert_eq!(response.status(), StatusCode::OK, "{engine:?}");
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["status"], "ready");
-        assert_eq!(
-            body["database"],
-            if engine == Engine::Postgres {
-                "postgres"
-            } else {
-                "sqlite"
-            }
-        );
-        let names: Vec<_> = body["projections"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|p| p["name"].clone())
-            .collect();
+        assert_eq!(body["database"], if engine == Engine::Postgres { "postgres" } else { "sqlite" });
+        let names: Vec<_> =
+            body["projections"].as_array().expect("list").iter().map(|p| p["name"].clone()).collect();
         assert!(names.contains(&Value::from("streams")), "{body}");
         app.stop().await;
     }
@@ -103,29 +74,15 @@ async fn readiness_answers_503_in_the_error_shape_when_the_database_is_gone() {
     let db = TestDb::postgres().await;
     let app = TestApp::spawn(db.app_config()).await;
     let name = db.url().rsplit('/').next().expect("name").to_owned();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&common::admin_url())
-        .await
-        .expect("admin");
-    sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("drop");
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&common::admin_url()).await.expect("admin");
+    sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)")).execute(&mut admin).await.expect("drop");
 
-    let response = app
-        .client
-        .get(app.url("/api/v1/ready"))
-        .send()
-        .await
-        .expect("request");
+    let response = app.client.get(app.url("/api/v1/ready")).send().await.expect("request");
     let body = assert_error_shape(response, 503, "SERVICE_UNAVAILABLE", "/api/v1/ready").await;
     assert_eq!(body["message"][0], "database does not answer", "{body}");
     // Liveness is not readiness: the process still answers.
-    let health = app
-        .client
-        .get(app.url("/api/v1/health"))
-        .send()
-        .await
-        .expect("request");
+    let health = app.client.get(app.url("/api/v1/health")).send().await.expect("request");
     assert_eq!(health.status(), StatusCode::OK);
 }
 
@@ -134,20 +91,10 @@ async fn unknown_routes_and_wrong_methods_use_the_error_shape() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let app = TestApp::spawn(db.app_config()).await;
-        let response = app
-            .client
-            .get(app.url("/api/v1/nope?x=1"))
-            .send()
-            .await
-            .expect("request");
+        let response = app.client.get(app.url("/api/v1/nope?x=1")).send().await.expect("request");
         assert_error_shape(response, 404, "NOT_FOUND", "/api/v1/nope").await;
 
-        let response = app
-            .client
-            .delete(app.url("/api/v1/health"))
-            .send()
-            .await
-            .expect("request");
+        let response = app.client.delete(app.url("/api/v1/health")).send().await.expect("request");
         assert!(response.headers().contains_key("allow"));
         assert_error_shape(response, 405, "METHOD_NOT_ALLOWED", "/api/v1/health").await;
         app.stop().await;
@@ -161,10 +108,7 @@ async fn every_response_carries_the_security_headers() {
     for path in ["/api/v1/health", "/api/v1/missing"] {
         let response = app.client.get(app.url(path)).send().await.expect("request");
         for header in SECURITY_HEADERS {
-            assert!(
-                response.headers().contains_key(header),
-                "{path}: {header} missing"
-            );
+            assert!(response.headers().contains_key(header), "{path}: {header} missing");
         }
         assert_eq!(response.headers()["x-frame-options"], "DENY");
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
@@ -179,25 +123,12 @@ async fn cors_allows_configured_origins_and_refuses_others() {
     let app = TestApp::spawn(db.app_config()).await;
     let allowed = "http://localhost:3000";
 
-    let simple = app
-        .client
-        .get(app.url("/api/v1/health"))
-        .header("origin", allowed)
-        .send()
-        .await
-        .expect("request");
+    let simple =
+        app.client.get(app.url("/api/v1/health")).header("origin", allowed).send().await.expect("request");
     assert_eq!(simple.headers()["access-control-allow-origin"], allowed);
     assert_eq!(simple.headers()["access-control-allow-credentials"], "true");
-    let exposed = simple.headers()["access-control-expose-headers"]
-        .to_str()
-        .expect("text")
-        .to_owned();
-    for header in [
-        "x-request-id",
-        "retry-after",
-        "ratelimit-limit",
-        "idempotent-replayed",
-    ] {
+    let exposed = simple.headers()["access-control-expose-headers"].to_str().expect("text").to_owned();
+    for header in ["x-request-id", "retry-after", "ratelimit-limit", "idempotent-replayed"] {
         assert!(exposed.contains(header), "{header} not exposed: {exposed}");
     }
 
@@ -206,44 +137,22 @@ async fn cors_allows_configured_origins_and_refuses_others() {
         .request(reqwest::Method::OPTIONS, app.url("/api/v1/health"))
         .header("origin", allowed)
         .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization,content-type,idempotency-key,x-request-id",
-        )
+        .header("access-control-request-headers", "authorization,content-type,idempotency-key,x-request-id")
         .send()
         .await
         .expect("preflight");
     assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
     assert_eq!(preflight.headers()["access-control-allow-origin"], allowed);
-    let allowed_headers = preflight.headers()["access-control-allow-headers"]
-        .to_str()
-        .expect("text")
-        .to_owned();
-    for header in [
-        "authorization",
-        "content-type",
-        "idempotency-key",
-        "x-request-id",
-    ] {
-        assert!(
-            allowed_headers.contains(header),
-            "{header} not allowed: {allowed_headers}"
-        );
+    let allowed_headers =
+        preflight.headers()["access-control-allow-headers"].to_str().expect("text").to_owned();
+    for header in ["authorization", "content-type", "idempotency-key", "x-request-id"] {
+        assert!(allowed_headers.contains(header), "{header} not allowed: {allowed_headers}");
     }
 
     let evil = "https://evil.example";
-    let refused = app
-        .client
-        .get(app.url("/api/v1/health"))
-        .header("origin", evil)
-        .send()
-        .await
-        .expect("request");
-    assert!(
-        !refused
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    let refused =
+        app.client.get(app.url("/api/v1/health")).header("origin", evil).send().await.expect("request");
+    assert!(!refused.headers().contains_key("access-control-allow-origin"));
     let refused_preflight = app
         .client
         .request(reqwest::Method::OPTIONS, app.url("/api/v1/health"))
@@ -253,11 +162,7 @@ async fn cors_allows_configured_origins_and_refuses_others() {
         .await
         .expect("preflight");
     assert_eq!(refused_preflight.status(), StatusCode::NO_CONTENT);
-    assert!(
-        !refused_preflight
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    assert!(!refused_preflight.headers().contains_key("access-control-allow-origin"));
     app.stop().await;
 }
 
@@ -281,17 +186,10 @@ async fn request_ids_are_echoed_or_made() {
         .send()
         .await
         .expect("request");
-    let id = replaced.headers()["x-request-id"]
-        .to_str()
-        .expect("text")
-        .to_owned();
+    let id = replaced.headers()["x-request-id"].to_str().expect("text").to_owned();
     assert_ne!(id, unsafe_id);
     let body: Value = replaced.json().await.expect("json");
-    assert_eq!(
-        body["requestId"],
-        id.as_str(),
-        "the error body names the same request id"
-    );
+    assert_eq!(body["requestId"], id.as_str(), "the error body names the same request id");
     app.stop().await;
 }
 
@@ -301,23 +199,10 @@ async fn metrics_parse_as_prometheus_text() {
         let db = TestDb::new(engine).await;
         let app = TestApp::spawn(db.app_config()).await;
         for _ in 0..3 {
-            app.client
-                .get(app.url("/api/v1/health"))
-                .send()
-                .await
-                .expect("request");
+            app.client.get(app.url("/api/v1/health")).send().await.expect("request");
         }
-        app.client
-            .get(app.url("/api/v1/missing"))
-            .send()
-            .await
-            .expect("request");
-        let response = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics");
+        app.client.get(app.url("/api/v1/missing")).send().await.expect("request");
+        let response = app.client.get(app.url("/metrics")).send().await.expect("metrics");
         assert_eq!(response.status(), StatusCode::OK);
         let text = response.text().await.expect("text");
         let lines = text.lines().map(|l| Ok(l.to_owned()));
@@ -326,9 +211,7 @@ async fn metrics_parse_as_prometheus_text() {
             scrape
                 .samples
                 .iter()
-                .find(|s| {
-                    s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-                })
+                .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
                 .map(|s| s.value.clone())
         };
         assert!(
@@ -337,30 +220,21 @@ async fn metrics_parse_as_prometheus_text() {
             "{text}"
         );
         assert!(
-            value(
-                "mana_core_auth_http_requests_total",
-                &[("route", "unmatched"), ("status", "404")]
-            )
-            .is_some()
+            value("mana_core_auth_http_requests_total", &[("route", "unmatched"), ("status", "404")])
+                .is_some()
         );
-        assert!(scrape.samples.iter().any(|s| {
-            s.metric
-                .starts_with("mana_core_auth_http_request_duration_seconds")
-        }));
         assert!(
-            value(
-                "mana_core_auth_projection_lag_events",
-                &[("projection", "streams")]
-            )
-            .is_some(),
+            scrape
+                .samples
+                .iter()
+                .any(|s| { s.metric.starts_with("mana_core_auth_http_request_duration_seconds") })
+        );
+        assert!(
+            value("mana_core_auth_projection_lag_events", &[("projection", "streams")]).is_some(),
             "{text}"
         );
         assert!(
-            value(
-                "mana_core_auth_projection_position",
-                &[("projection", "streams")]
-            )
-            .is_some(),
+            value("mana_core_auth_projection_position", &[("projection", "streams")]).is_some(),
             "{text}"
         );
         app.stop().await;

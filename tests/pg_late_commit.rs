@@ -22,13 +22,9 @@ async fn the_reader_waits_for_a_late_commit_and_then_returns_it_once() {
     let db = TestDb::postgres().await;
     let store = open_store(&db).await;
     let bus = CommandBus::<Counter>::new(store.clone(), ());
-    let Db::Postgres(pool) = store.db() else {
-        panic!("postgres")
-    };
+    let Db::Postgres(pool) = store.db() else { panic!("postgres") };
 
-    bus.execute("before", CounterCommand::Add(1), &ctx())
-        .await
-        .expect("first");
+    bus.execute("before", CounterCommand::Add(1), &ctx()).await.expect("first");
     let mut cursor = LogCursor::START;
     let first = store.read_after(cursor, 100).await.expect("read");
     assert_eq!(first.len(), 1);
@@ -47,39 +43,24 @@ async fn the_reader_waits_for_a_late_commit_and_then_returns_it_once() {
 
     // Others commit meanwhile; their positions are higher than the open one's.
     for i in 0..20 {
-        bus.execute(&format!("after-{i}"), CounterCommand::Add(1), &ctx())
-            .await
-            .expect("after");
+        bus.execute(&format!("after-{i}"), CounterCommand::Add(1), &ctx()).await.expect("after");
     }
-    let held_back = store
-        .read_after(cursor, 100)
-        .await
-        .expect("read while open");
-    assert!(
-        held_back.is_empty(),
-        "read {} events past an open transaction",
-        held_back.len()
-    );
+    let held_back = store.read_after(cursor, 100).await.expect("read while open");
+    assert!(held_back.is_empty(), "read {} events past an open transaction", held_back.len());
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     late.commit().await.expect("late commit");
 
     let mut rest = Vec::new();
     loop {
-        let page = store
-            .read_after(cursor, 7)
-            .await
-            .expect("read after commit");
+        let page = store.read_after(cursor, 7).await.expect("read after commit");
         let Some(last) = page.last() else { break };
         cursor = last.cursor;
         rest.extend(page);
     }
     let ids: Vec<_> = rest.iter().map(|e| e.aggregate_id.as_str()).collect();
     assert_eq!(rest.len(), 21, "{ids:?}");
-    assert_eq!(
-        ids[0], "late",
-        "the late transaction began first, so it comes first"
-    );
+    assert_eq!(ids[0], "late", "the late transaction began first, so it comes first");
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 21, "no event twice");
 }

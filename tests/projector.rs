@@ -15,9 +15,7 @@ use mana_core_auth::commands::CommandBus;
 use mana_core_auth::db::{Db, DbTx};
 use mana_core_auth::events::{EventStore, LogCursor, RecordedEvent};
 use mana_core_auth::exec;
-use mana_core_auth::projections::{
-    BatchOutcome, Projection, Projector, ProjectorSettings, Streams,
-};
+use mana_core_auth::projections::{BatchOutcome, Projection, Projector, ProjectorSettings, Streams};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
@@ -41,10 +39,7 @@ impl Projection for RowPerEvent {
             event.cursor.position,
             &event.aggregate_id
         )?;
-        anyhow::ensure!(
-            event.cursor.position != self.fail_at.load(Ordering::SeqCst),
-            "planned failure"
-        );
+        anyhow::ensure!(event.cursor.position != self.fail_at.load(Ordering::SeqCst), "planned failure");
         Ok(())
     }
 }
@@ -80,33 +75,19 @@ async fn rows(store: &EventStore) -> HashMap<i64, i64> {
 }
 
 fn settings(batch_size: usize) -> ProjectorSettings {
-    ProjectorSettings {
-        batch_size,
-        poll_interval: Duration::from_millis(50),
-    }
+    ProjectorSettings { batch_size, poll_interval: Duration::from_millis(50) }
 }
 
-fn projector(
-    store: &EventStore,
-    batch_size: usize,
-    projections: Vec<Arc<dyn Projection>>,
-) -> Projector {
-    Projector::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        settings(batch_size),
-        projections,
-    )
+fn projector(store: &EventStore, batch_size: usize, projections: Vec<Arc<dyn Projection>>) -> Projector {
+    Projector::new(store.clone(), Arc::new(SystemClock), settings(batch_size), projections)
 }
 
 async fn append(store: &EventStore, count: usize) -> LogCursor {
     let bus = CommandBus::<Counter>::new(store.clone(), ());
     let mut last = LogCursor::START;
     for i in 0..count {
-        let committed = bus
-            .execute(&format!("agg-{}", i % 4), CounterCommand::Add(1), &ctx())
-            .await
-            .expect("append");
+        let committed =
+            bus.execute(&format!("agg-{}", i % 4), CounterCommand::Add(1), &ctx()).await.expect("append");
         last = committed.cursor.expect("cursor");
     }
     last
@@ -121,42 +102,20 @@ async fn a_failing_apply_rolls_back_the_rows_and_the_checkpoint() {
         let last = append(&store, 10).await;
         let events = common::read_all(&store, 10).await;
         let fail_at = Arc::new(AtomicI64::new(events[5].cursor.position));
-        let projection = Arc::new(RowPerEvent {
-            fail_at: Arc::clone(&fail_at),
-        });
+        let projection = Arc::new(RowPerEvent { fail_at: Arc::clone(&fail_at) });
         let projector = projector(&store, 100, vec![projection]);
         projector.init().await.expect("init");
 
-        let failed = projector
-            .run_batch(projector.projections()[0].as_ref())
-            .await;
+        let failed = projector.run_batch(projector.projections()[0].as_ref()).await;
         assert!(failed.is_err(), "{engine:?}: the batch must fail");
-        assert!(
-            rows(&store).await.is_empty(),
-            "{engine:?}: rows of a failed batch leaked"
-        );
-        assert_eq!(
-            projector
-                .checkpoint("row_per_event")
-                .await
-                .expect("checkpoint"),
-            LogCursor::START
-        );
+        assert!(rows(&store).await.is_empty(), "{engine:?}: rows of a failed batch leaked");
+        assert_eq!(projector.checkpoint("row_per_event").await.expect("checkpoint"), LogCursor::START);
 
         fail_at.store(-1, Ordering::SeqCst);
-        let outcome = projector
-            .run_batch(projector.projections()[0].as_ref())
-            .await
-            .expect("batch");
+        let outcome = projector.run_batch(projector.projections()[0].as_ref()).await.expect("batch");
         assert_eq!(outcome, BatchOutcome::Applied(10, last), "{engine:?}");
         assert_eq!(rows(&store).await.len(), 10);
-        assert_eq!(
-            projector
-                .checkpoint("row_per_event")
-                .await
-                .expect("checkpoint"),
-            last
-        );
+        assert_eq!(projector.checkpoint("row_per_event").await.expect("checkpoint"), last);
     }
 }
 
@@ -168,22 +127,12 @@ async fn a_restarted_projector_resumes_where_it_stopped() {
         create_rows_table(&store).await;
         let last = append(&store, 10).await;
         common::read_all(&store, 10).await;
-        let never = || {
-            Arc::new(RowPerEvent {
-                fail_at: Arc::new(AtomicI64::new(-1)),
-            }) as Arc<dyn Projection>
-        };
+        let never = || Arc::new(RowPerEvent { fail_at: Arc::new(AtomicI64::new(-1)) }) as Arc<dyn Projection>;
 
         let first = projector(&store, 4, vec![never()]);
         first.init().await.expect("init");
-        first
-            .run_batch(first.projections()[0].as_ref())
-            .await
-            .expect("batch 1");
-        first
-            .run_batch(first.projections()[0].as_ref())
-            .await
-            .expect("batch 2");
+        first.run_batch(first.projections()[0].as_ref()).await.expect("batch 1");
+        first.run_batch(first.projections()[0].as_ref()).await.expect("batch 2");
         drop(first);
         assert_eq!(rows(&store).await.len(), 8);
 
@@ -194,17 +143,8 @@ async fn a_restarted_projector_resumes_where_it_stopped() {
         common::catch_up_to(&second, last).await;
         let rows = rows(&store).await;
         assert_eq!(rows.len(), 10, "{engine:?}");
-        assert!(
-            rows.values().all(|n| *n == 1),
-            "{engine:?}: an event was applied twice"
-        );
-        assert_eq!(
-            second
-                .checkpoint("row_per_event")
-                .await
-                .expect("checkpoint"),
-            last
-        );
+        assert!(rows.values().all(|n| *n == 1), "{engine:?}: an event was applied twice");
+        assert_eq!(second.checkpoint("row_per_event").await.expect("checkpoint"), last);
     }
 }
 
@@ -219,11 +159,7 @@ async fn dump_streams(store: &EventStore) -> Vec<String> {
             .iter()
             .map(|r| {
                 to_text(&|i| {
-                    if i < 2 {
-                        r.get::<String, _>(i)
-                    } else {
-                        r.get::<i64, _>(i).to_string()
-                    }
+                    if i < 2 { r.get::<String, _>(i) } else { r.get::<i64, _>(i).to_string() }
                 })
             })
             .collect(),
@@ -234,11 +170,7 @@ async fn dump_streams(store: &EventStore) -> Vec<String> {
             .iter()
             .map(|r| {
                 to_text(&|i| {
-                    if i < 2 {
-                        r.get::<String, _>(i)
-                    } else {
-                        r.get::<i64, _>(i).to_string()
-                    }
+                    if i < 2 { r.get::<String, _>(i) } else { r.get::<i64, _>(i).to_string() }
                 })
             })
             .collect(),
@@ -273,16 +205,12 @@ async fn two_projector_instances_never_apply_an_event_twice() {
             Arc::new(projector(
                 &open_store(&db).await,
                 50,
-                vec![Arc::new(RowPerEvent {
-                    fail_at: Arc::new(AtomicI64::new(-1)),
-                })],
+                vec![Arc::new(RowPerEvent { fail_at: Arc::new(AtomicI64::new(-1)) })],
             )),
             Arc::new(projector(
                 &open_store(&db).await,
                 50,
-                vec![Arc::new(RowPerEvent {
-                    fail_at: Arc::new(AtomicI64::new(-1)),
-                })],
+                vec![Arc::new(RowPerEvent { fail_at: Arc::new(AtomicI64::new(-1)) })],
             )),
         ];
         let shutdown = CancellationToken::new();
@@ -307,11 +235,7 @@ async fn two_projector_instances_never_apply_an_event_twice() {
         let head = writer_store.head().await.expect("head");
         for instance in &instances {
             let caught_up = common::eventually(Duration::from_secs(20), || async {
-                instance
-                    .checkpoint("row_per_event")
-                    .await
-                    .expect("checkpoint")
-                    >= head
+                instance.checkpoint("row_per_event").await.expect("checkpoint") >= head
             })
             .await;
             assert!(caught_up, "{engine:?}: projection did not catch up");
@@ -321,10 +245,7 @@ async fn two_projector_instances_never_apply_an_event_twice() {
         let rows = rows(&writer_store).await;
         assert_eq!(rows.len(), 800, "{engine:?}");
         let twice: Vec<_> = rows.iter().filter(|(_, n)| **n != 1).collect();
-        assert!(
-            twice.is_empty(),
-            "{engine:?}: applied more than once: {twice:?}"
-        );
+        assert!(twice.is_empty(), "{engine:?}: applied more than once: {twice:?}");
     }
 }
 
@@ -335,20 +256,14 @@ async fn wait_for_returns_once_the_projections_pass_a_position() {
     let projector = Arc::new(projector(&store, 100, vec![Arc::new(Streams)]));
     projector.init().await.expect("init");
     let cursor = append(&store, 3).await;
-    assert!(
-        !projector.wait_for(cursor, Duration::from_millis(100)).await,
-        "nothing is projecting yet"
-    );
+    assert!(!projector.wait_for(cursor, Duration::from_millis(100)).await, "nothing is projecting yet");
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     projector.spawn(&mut tasks, &shutdown);
     assert!(projector.wait_for(cursor, Duration::from_secs(5)).await);
     let next = append(&store, 1).await;
-    assert!(
-        projector.wait_for(next, Duration::from_secs(5)).await,
-        "woken by the commit"
-    );
+    assert!(projector.wait_for(next, Duration::from_secs(5)).await, "woken by the commit");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
 }

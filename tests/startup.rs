@@ -20,18 +20,13 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus
         .stderr(Stdio::piped())
         .output()
         .expect("run binary");
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 #[test]
 fn a_bad_database_url_stops_start_up_with_one_clear_line() {
-    let (status, stderr) = run_to_exit(
-        &["serve"],
-        &[("DATABASE_URL", "mysql://root@localhost/db"), ("PORT", "0")],
-    );
+    let (status, stderr) =
+        run_to_exit(&["serve"], &[("DATABASE_URL", "mysql://root@localhost/db"), ("PORT", "0")]);
     assert!(!status.success());
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -39,32 +34,18 @@ fn a_bad_database_url_stops_start_up_with_one_clear_line() {
 
 #[test]
 fn an_unreachable_database_stops_start_up_with_a_clear_message() {
-    let (status, stderr) = run_to_exit(
-        &["serve"],
-        &[
-            ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/db"),
-            ("PORT", "0"),
-        ],
-    );
+    let (status, stderr) =
+        run_to_exit(&["serve"], &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/db"), ("PORT", "0")]);
     assert!(!status.success());
-    assert!(
-        stderr.contains("cannot connect to the database"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("nobody@"),
-        "the URL may carry a password: {stderr}"
-    );
+    assert!(stderr.contains("cannot connect to the database"), "{stderr}");
+    assert!(!stderr.contains("nobody@"), "the URL may carry a password: {stderr}");
 }
 
 #[test]
 fn malformed_values_name_their_variable() {
-    for (name, value) in [
-        ("PORT", "http"),
-        ("LOG_FORMAT", "xml"),
-        ("RUST_LOG", "[[["),
-        ("CORS_ORIGINS", "nope"),
-    ] {
+    for (name, value) in
+        [("PORT", "http"), ("LOG_FORMAT", "xml"), ("RUST_LOG", "[[["), ("CORS_ORIGINS", "nope")]
+    {
         let (status, stderr) = run_to_exit(&["serve"], &[(name, value)]);
         assert!(!status.success(), "{name}");
         assert!(stderr.contains(name), "{name}: {stderr}");
@@ -91,10 +72,7 @@ fn a_database_with_an_unknown_migration_is_refused() {
     });
     let (status, stderr) = run_to_exit(&["serve"], &[("DATABASE_URL", &url), ("PORT", "0")]);
     assert!(!status.success());
-    assert!(
-        stderr.contains("99999999") && stderr.contains("does not know"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("99999999") && stderr.contains("does not know"), "{stderr}");
 }
 
 #[test]
@@ -112,11 +90,7 @@ fn with_no_environment_at_all_it_serves_health_on_sqlite_and_stops_cleanly() {
     let healthy = runtime.block_on(async {
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
-            if let Ok(response) = client
-                .get("http://127.0.0.1:3001/api/v1/health")
-                .send()
-                .await
-            {
+            if let Ok(response) = client.get("http://127.0.0.1:3001/api/v1/health").send().await {
                 return response.status() == 200;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -127,14 +101,8 @@ fn with_no_environment_at_all_it_serves_health_on_sqlite_and_stops_cleanly() {
         false
     });
     assert!(healthy, "no health answer on 127.0.0.1:3001");
-    assert!(
-        cwd.path().join("data/mana-core-auth.db").exists(),
-        "the default SQLite file is created"
-    );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    assert!(cwd.path().join("data/mana-core-auth.db").exists(), "the default SQLite file is created");
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let status = child.wait().expect("wait");
     assert!(status.success(), "SIGTERM must end in exit 0, got {status}");
 }
@@ -144,21 +112,10 @@ fn sigterm_stops_a_postgres_server_with_exit_code_zero() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = runtime.block_on(TestDb::postgres());
     let mut server = ServerProcess::spawn(&HashMap::from([("DATABASE_URL".to_owned(), db.url())]));
-    let health = runtime.block_on(async {
-        reqwest::get(server.url("/api/v1/health"))
-            .await
-            .map(|r| r.status())
-    });
+    let health =
+        runtime.block_on(async { reqwest::get(server.url("/api/v1/health")).await.map(|r| r.status()) });
     assert_eq!(health.expect("health").as_u16(), 200);
     let status = server.terminate();
-    assert!(
-        status.success(),
-        "exit status {status}; logs:\n{}",
-        server.log_text()
-    );
-    assert!(
-        server.log_text().contains("\"stopped\""),
-        "{}",
-        server.log_text()
-    );
+    assert!(status.success(), "exit status {status}; logs:\n{}", server.log_text());
+    assert!(server.log_text().contains("\"stopped\""), "{}", server.log_text());
 }

@@ -26,6 +26,9 @@ pub enum ErrorCode {
     RateLimited,
     InternalError,
     ServiceUnavailable,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidRefreshToken,
 }
 
 impl ErrorCode {
@@ -43,6 +46,8 @@ impl ErrorCode {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::EmailTaken => StatusCode::CONFLICT,
+            Self::InvalidCredentials | Self::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -61,6 +66,9 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::InternalError => "INTERNAL_ERROR",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::EmailTaken => "EMAIL_TAKEN",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
         }
     }
 
@@ -75,9 +83,7 @@ impl ErrorCode {
             StatusCode::FORBIDDEN => Self::Forbidden,
             StatusCode::CONFLICT => Self::Conflict,
             StatusCode::TOO_MANY_REQUESTS => Self::RateLimited,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
-                Self::ServiceUnavailable
-            }
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => Self::ServiceUnavailable,
             s if s.is_client_error() => Self::ValidationFailed,
             _ => Self::InternalError,
         }
@@ -98,6 +104,9 @@ impl ErrorCode {
             Self::RateLimited => "Too many requests",
             Self::InternalError => "Internal server error",
             Self::ServiceUnavailable => "Service temporarily unavailable",
+            Self::EmailTaken => "An account with this e-mail address already exists",
+            Self::InvalidCredentials => "Invalid credentials",
+            Self::InvalidRefreshToken => "Invalid or expired refresh token",
         }
     }
 }
@@ -131,12 +140,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: Message::Text(message.into()),
-            headers: Vec::new(),
-            cause: None,
-        }
+        Self { code, message: Message::Text(message.into()), headers: Vec::new(), cause: None }
     }
 
     /// A code with its default message.

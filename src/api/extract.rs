@@ -33,14 +33,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => ApiError::code(ErrorCode::UnsupportedMediaType),
         JsonRejection::JsonSyntaxError(error) => ApiError::new(
             ErrorCode::InvalidJson,
-            format!(
-                "Request body is not valid JSON: {}",
-                serde_detail(&error.body_text())
-            ),
+            format!("Request body is not valid JSON: {}", serde_detail(&error.body_text())),
         ),
-        JsonRejection::JsonDataError(error) => {
-            ApiError::validation(vec![serde_detail(&error.body_text())])
-        }
+        JsonRejection::JsonDataError(error) => ApiError::validation(vec![serde_detail(&error.body_text())]),
         JsonRejection::BytesRejection(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::code(ErrorCode::PayloadTooLarge)
         }
@@ -68,10 +63,132 @@ mod tests {
     #[test]
     fn axum_prefixes_are_removed_from_serde_messages() {
         assert_eq!(
-            serde_detail(
-                "Failed to deserialize the JSON body into the target type: amount: invalid type"
-            ),
+            serde_detail("Failed to deserialize the JSON body into the target type: amount: invalid type"),
             "amount: invalid type"
         );
     }
+}
+
+/// The client of a request: its address (from `X-Forwarded-For` only when the peer is
+/// a trusted proxy), its user agent and the request id.
+#[derive(Clone, Debug, Default)]
+pub struct Client(pub crate::auth::ClientInfo);
+
+impl axum::extract::FromRequestParts<crate::app::AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &crate::app::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let ip = peer.map(|peer| client_ip(peer, &parts.headers, &state.config().trusted_proxies));
+        let user_agent = parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(512).collect());
+        let request_id = parts.extensions.get::<super::middleware::RequestId>().map(|r| r.0.clone());
+        Ok(Self(crate::auth::ClientInfo { request_id, ip: ip.map(|ip| ip.to_string()), user_agent }))
+    }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
+}
+
+/// A request authenticated by `Authorization: Bearer <access token>` (scheme
+/// case-insensitive). The token's signature, claims, session and user are checked;
+/// anything else answers 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer`.
+#[derive(Clone, Debug)]
+pub struct Authenticated(pub crate::security::tokens::AccessClaims);
+
+impl axum::extract::FromRequestParts<crate::app::AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &crate::app::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header.and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let challenge = |error: Option<&str>| {
+            let value = match error {
+                Some(_) => "Bearer error=\"invalid_token\"",
+                None => "Bearer",
+            };
+            ApiError::new(ErrorCode::Unauthorized, error.unwrap_or("Authentication required").to_owned())
+                .with_header(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static(value),
+                )
+        };
+        let Some(token) = token.filter(|t| !t.is_empty()) else { return Err(challenge(None)) };
+        match state.auth().authenticate(token).await {
+            Ok(claims) => Ok(Self(claims)),
+            Err(_) => Err(challenge(Some("Invalid or expired token"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.5".parse().unwrap());
+        let proxy: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(proxy, &headers, &trusted).to_string(), "203.0.113.7");
+        assert_eq!(
+            client_ip(stranger, &headers, &trusted),
+            stranger,
+            "a spoofed header from outside is ignored"
+        );
+        assert_eq!(client_ip(proxy, &axum::http::HeaderMap::new(), &trusted), proxy);
+    }
+}
+
+/// `limit` (1 to 100, default 50) and `offset` (0 or more, default 0) from a query string.
+pub fn page(query: &std::collections::HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let mut problems = Vec::new();
+    let mut number = |name: &str, default: i64, min: i64, max: i64| match query.get(name) {
+        None => default,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                problems.push(format!("{name} must be an integer from {min} to {max}"));
+                default
+            }
+        },
+    };
+    let limit = number("limit", 50, 1, 100);
+    let offset = number("offset", 0, 0, i64::from(i32::MAX));
+    if problems.is_empty() { Ok((limit, offset)) } else { Err(ApiError::validation(problems)) }
 }

@@ -14,10 +14,7 @@ use crate::app::AppState;
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(health))
-        .routes(routes!(ready))
-        .routes(routes!(metrics))
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
 }
 
 /// `GET /api/v1/health`.
@@ -55,10 +52,7 @@ pub struct ProjectionStatus {
 #[utoipa::path(get, path = "/api/v1/health", tag = "health",
     responses((status = 200, description = "The process is alive", body = Health)))]
 async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        timestamp: state.now().to_rfc3339(),
-    })
+    Json(Health { status: "ok", timestamp: state.now().to_rfc3339() })
 }
 
 /// Readiness: the database answers and every projection is within the configured lag.
@@ -114,15 +108,9 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, ApiErro
 async fn metrics(State(state): State<AppState>) -> Response {
     // Lag gauges are measured on scrape; a failure leaves the last values in place.
     if let Err(error) = state.projector().lag().await {
-        tracing::warn!(
-            error = format!("{error:#}"),
-            "could not measure projection lag"
-        );
+        tracing::warn!(error = format!("{error:#}"), "could not measure projection lag");
     }
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        state.metrics().render(),
-    )
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], state.metrics().render())
         .into_response()
 }

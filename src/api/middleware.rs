@@ -31,10 +31,7 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("cross-origin-resource-policy", "cross-origin"),
     ("origin-agent-cluster", "?1"),
     ("referrer-policy", "strict-origin-when-cross-origin"),
-    (
-        "strict-transport-security",
-        "max-age=31536000; includeSubDomains; preload",
-    ),
+    ("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
     ("x-content-type-options", "nosniff"),
     ("x-dns-prefetch-control", "off"),
     ("x-download-options", "noopen"),
@@ -47,9 +44,7 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
 fn accepted_request_id(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(&X_REQUEST_ID)?.to_str().ok()?;
     let plain = (1..=128).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     plain.then(|| value.to_owned())
 }
 
@@ -58,9 +53,7 @@ pub async fn envelope(State(state): State<AppState>, mut request: Request, next:
     let started = Instant::now();
     let request_id =
         accepted_request_id(request.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
+    request.extensions_mut().insert(RequestId(request_id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = request
@@ -79,18 +72,14 @@ pub async fn envelope(State(state): State<AppState>, mut request: Request, next:
     }
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
-        headers
-            .entry(*name)
-            .or_insert(HeaderValue::from_static(value));
+        headers.entry(*name).or_insert(HeaderValue::from_static(value));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    state
-        .metrics()
-        .http_request(method.as_str(), &route, status, seconds);
+    state.metrics().http_request(method.as_str(), &route, status, seconds);
     span.in_scope(|| tracing::debug!(status, latency_ms = seconds * 1000.0, "request"));
     response
 }
@@ -105,17 +94,10 @@ fn render_error(
 ) -> Response {
     let status = response.status();
     let (mut parts, _) = response.into_parts();
-    let payload = parts
-        .extensions
-        .remove::<ErrorPayload>()
-        .unwrap_or_else(|| {
-            let code = ErrorCode::for_status(status);
-            ErrorPayload {
-                code,
-                message: Message::Text(code.default_message().to_owned()),
-                cause: None,
-            }
-        });
+    let payload = parts.extensions.remove::<ErrorPayload>().unwrap_or_else(|| {
+        let code = ErrorCode::for_status(status);
+        ErrorPayload { code, message: Message::Text(code.default_message().to_owned()), cause: None }
+    });
     if status.is_server_error() {
         let cause = payload.cause.as_deref().unwrap_or("no cause recorded");
         span.in_scope(|| tracing::error!(status = status.as_u16(), cause, "request failed"));
@@ -124,17 +106,12 @@ fn render_error(
         status_code: status.as_u16(),
         error: payload.code,
         message: payload.message,
-        timestamp: state
-            .now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        timestamp: state.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         path: path.to_owned(),
         request_id: request_id.to_owned(),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(json)).into_response()
 }

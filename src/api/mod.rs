@@ -2,11 +2,13 @@
 //! one module per resource. Handlers only translate: extract, build a command, run it,
 //! map the result.
 
+mod auth;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod middleware;
 mod openapi;
+mod sessions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -31,10 +33,7 @@ pub fn router(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
         .layer(envelope)
         .layer(cors(&config.cors_origins))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            config.request_timeout,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
     routes
         .route(
@@ -52,14 +51,14 @@ pub fn router(state: AppState) -> Router {
 
 /// The documented routes (everything but the OpenAPI document itself).
 pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi()).merge(health::router())
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .merge(health::router())
+        .merge(auth::router())
+        .merge(sessions::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)

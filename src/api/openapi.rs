@@ -13,6 +13,27 @@ use super::error::{ErrorBody, ErrorCode, Message};
         description = "Central authentication and credit service. Every error uses the `ErrorBody` shape.",
     ),
     components(schemas(ErrorBody, ErrorCode, Message)),
-    tags((name = "health", description = "Liveness, readiness and metrics")),
+    tags(
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "auth", description = "Registration, login, tokens and keys"),
+        (name = "sessions", description = "The caller's sessions and security events"),
+    ),
+    modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme (an EdDSA access token).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+            ),
+        );
+    }
+}

@@ -61,13 +61,7 @@ impl Aggregate for BenchCounter {
     type Services = ();
 
     async fn handle(&mut self, _: (), _: &(), sink: &EventSink<Self>) -> Result<(), Never> {
-        sink.write(
-            BenchEvent::Bumped {
-                bumps: self.bumps + 1,
-            },
-            self,
-        )
-        .await;
+        sink.write(BenchEvent::Bumped { bumps: self.bumps + 1 }, self).await;
         Ok(())
     }
 
@@ -108,16 +102,11 @@ impl Projection for BenchRows {
             }
             return Ok(());
         }
-        insert_rows!(
-            tx,
-            "INSERT INTO bench_rows (position, aggregate_id, event_type) ",
-            events,
-            |e| (
-                e.cursor.position,
-                e.aggregate_id.clone(),
-                e.event_type.clone()
-            )
-        )?;
+        insert_rows!(tx, "INSERT INTO bench_rows (position, aggregate_id, event_type) ", events, |e| (
+            e.cursor.position,
+            e.aggregate_id.clone(),
+            e.event_type.clone()
+        ))?;
         Ok(())
     }
 }
@@ -134,20 +123,15 @@ impl Scratch {
         let (config, drop_pg, dir) = match target.engine.as_str() {
             "postgres" => {
                 let name = format!("mca_bench_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::PgConnection::connect(&target.admin_url)
-                    .await
-                    .context("admin connection")?;
-                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                    .execute(&mut admin)
-                    .await?;
+                let mut admin =
+                    sqlx::PgConnection::connect(&target.admin_url).await.context("admin connection")?;
+                sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
                 let url = match target.admin_url.rsplit_once('/') {
                     Some((base, _)) => format!("{base}/{name}"),
                     None => bail!("--admin-url needs a database name"),
                 };
                 (
-                    DatabaseConfig::Postgres {
-                        url: Secret::new(url),
-                    },
+                    DatabaseConfig::Postgres { url: Secret::new(url) },
                     Some((target.admin_url.clone(), name)),
                     None,
                 )
@@ -167,11 +151,7 @@ impl Scratch {
         let mut tx = store.db().begin_write().await?;
         exec!(&mut tx, create)?;
         tx.commit().await?;
-        Ok(Self {
-            store,
-            drop_pg,
-            _dir: dir,
-        })
+        Ok(Self { store, drop_pg, _dir: dir })
     }
 
     async fn close(self) -> anyhow::Result<()> {
@@ -188,47 +168,22 @@ impl Scratch {
     fn projector(&self, batch_size: usize, extra: Vec<Arc<dyn Projection>>) -> Arc<Projector> {
         let mut all = projections::all();
         all.extend(extra);
-        let settings = ProjectorSettings {
-            batch_size,
-            poll_interval: Duration::from_millis(200),
-        };
-        Arc::new(Projector::new(
-            self.store.clone(),
-            Arc::new(SystemClock),
-            settings,
-            all,
-        ))
+        let settings = ProjectorSettings { batch_size, poll_interval: Duration::from_millis(200) };
+        Arc::new(Projector::new(self.store.clone(), Arc::new(SystemClock), settings, all))
     }
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!(
-        "{cores} cores, {} build",
-        if cfg!(debug_assertions) {
-            "DEBUG"
-        } else {
-            "release"
-        }
-    )
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {} build", if cfg!(debug_assertions) { "DEBUG" } else { "release" })
 }
 
 /// Runs the projector followers (as a server would) until the token is cancelled.
-fn follow(
-    projector: &Arc<Projector>,
-    store: &EventStore,
-    shutdown: &CancellationToken,
-) -> JoinSet<()> {
+fn follow(projector: &Arc<Projector>, store: &EventStore, shutdown: &CancellationToken) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     projector.spawn(&mut tasks, shutdown);
     if let Db::Postgres(pool) = store.db() {
-        tasks.spawn(signal::run_pg_notifier(
-            pool.clone(),
-            store.signal().clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(signal::run_pg_notifier(pool.clone(), store.signal().clone(), shutdown.clone()));
     }
     tasks
 }
@@ -260,9 +215,7 @@ pub(super) async fn append(args: AppendArgs) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 let ctx = CommandContext::system(Utc::now());
-                bus.execute(&format!("w{writer}-{i}"), (), &ctx)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                bus.execute(&format!("w{writer}-{i}"), (), &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 latencies.record(t0.elapsed());
                 i += 1;
             }
@@ -286,14 +239,8 @@ pub(super) async fn append(args: AppendArgs) -> anyhow::Result<()> {
 
     if args.pgbench {
         let tps = pgbench(&args.target.admin_url, args.concurrency, args.duration).await?;
-        println!(
-            "pgbench -b simple-update -c {} -j 2 -T {}: {tps:.0} tps",
-            args.concurrency, args.duration
-        );
-        println!(
-            "ratio append/pgbench: {:.2}",
-            latencies.count() as f64 / elapsed / tps
-        );
+        println!("pgbench -b simple-update -c {} -j 2 -T {}: {tps:.0} tps", args.concurrency, args.duration);
+        println!("ratio append/pgbench: {:.2}", latencies.count() as f64 / elapsed / tps);
     }
     Ok(())
 }
@@ -302,24 +249,14 @@ async fn pgbench(admin_url: &str, clients: usize, duration: u64) -> anyhow::Resu
     let options = PgConnectOptions::from_str(admin_url)?;
     let name = format!("mca_bench_pgbench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await?;
     let base = |cmd: &mut Command| {
-        cmd.arg("-h")
-            .arg(options.get_host())
-            .arg("-p")
-            .arg(options.get_port().to_string());
+        cmd.arg("-h").arg(options.get_host()).arg("-p").arg(options.get_port().to_string());
         cmd.arg("-U").arg(options.get_username());
     };
     let mut init = Command::new("pgbench");
     base(&mut init);
-    let status = init
-        .args(["-i", "-q"])
-        .arg(&name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let status = init.args(["-i", "-q"]).arg(&name).stdout(Stdio::null()).stderr(Stdio::null()).status();
     let result = match status {
         Ok(status) if status.success() => {
             let mut run = Command::new("pgbench");
@@ -334,18 +271,13 @@ async fn pgbench(admin_url: &str, clients: usize, duration: u64) -> anyhow::Resu
                 .output()?;
             let text = String::from_utf8_lossy(&output.stdout).into_owned();
             text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("tps = ")
-                        .and_then(|rest| rest.split_whitespace().next())
-                })
+                .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()))
                 .and_then(|n| n.parse::<f64>().ok())
                 .with_context(|| format!("no tps in pgbench output:\n{text}"))
         }
         _ => Err(anyhow::anyhow!("pgbench -i failed (is pgbench installed?)")),
     };
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await?;
     result
 }
 
@@ -375,29 +307,18 @@ pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
                 recorded_at: Utc::now(),
             })
             .collect();
-        scratch
-            .store
-            .append(&events)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        scratch.store.append(&events).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         written += n;
     }
-    println!(
-        "catchup: log filled in {:.1} s",
-        filled.elapsed().as_secs_f64()
-    );
+    println!("catchup: log filled in {:.1} s", filled.elapsed().as_secs_f64());
 
-    let settings = ProjectorSettings {
-        batch_size: args.batch_size,
-        poll_interval: Duration::from_millis(200),
-    };
+    let settings =
+        ProjectorSettings { batch_size: args.batch_size, poll_interval: Duration::from_millis(200) };
     let projector = Projector::new(
         scratch.store.clone(),
         Arc::new(SystemClock),
         settings,
-        vec![Arc::new(BenchRows {
-            per_event: args.per_event,
-        })],
+        vec![Arc::new(BenchRows { per_event: args.per_event })],
     );
     projector.init().await?;
     let started = Instant::now();
@@ -405,11 +326,7 @@ pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "catchup: bench_rows (one row per event, {}) applied {} events in {elapsed:.2} s = {:.0} events/s",
-        if args.per_event {
-            "one INSERT per event"
-        } else {
-            "one multi-row INSERT per batch"
-        },
+        if args.per_event { "one INSERT per event" } else { "one multi-row INSERT per batch" },
         args.events,
         args.events as f64 / elapsed
     );
@@ -442,10 +359,8 @@ pub(super) async fn lag(args: LagArgs) -> anyhow::Result<()> {
         let projector = Arc::clone(&projector);
         probes.spawn(async move {
             let ctx = CommandContext::system(Utc::now());
-            let committed = bus
-                .execute(&format!("lag-{i}"), (), &ctx)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let committed =
+                bus.execute(&format!("lag-{i}"), (), &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let cursor = committed.cursor.context("no cursor")?;
             let t0 = Instant::now();
             let reached = projector.wait_for(cursor, Duration::from_secs(10)).await;
@@ -471,19 +386,12 @@ pub(super) async fn lag(args: LagArgs) -> anyhow::Result<()> {
 
 pub(super) async fn startup(args: StartupArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    println!(
-        "startup: {} runs of {} on a fresh SQLite file, {}",
-        args.runs,
-        exe.display(),
-        machine()
-    );
+    println!("startup: {} runs of {} on a fresh SQLite file, {}", args.runs, exe.display(), machine());
     let mut starts = Latencies::default();
     let mut rss = Vec::new();
     for _ in 0..args.runs {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let t0 = Instant::now();
         let mut child = Command::new(&exe)
             .arg("serve")
@@ -504,17 +412,11 @@ pub(super) async fn startup(args: StartupArgs) -> anyhow::Result<()> {
         starts.record(t0.elapsed());
         tokio::time::sleep(Duration::from_secs(args.idle)).await;
         rss.push(rss_kib(child.id())?);
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         child.wait()?;
     }
     rss.sort_unstable();
-    println!(
-        "startup: time to first healthy response {}",
-        starts.summary()
-    );
+    println!("startup: time to first healthy response {}", starts.summary());
     println!(
         "startup: idle RSS after {} s: median {:.1} MiB, max {:.1} MiB",
         args.idle,

@@ -5,10 +5,13 @@
 //! durability. Scratch databases are created and dropped by the benchmark itself.
 
 mod foundation;
+mod http;
+mod http_client;
 mod stats;
 
 use clap::{Args, Subcommand};
 
+pub use http::HttpScenario;
 pub use stats::Latencies;
 
 /// `mana-core-auth bench <scenario>`.
@@ -23,6 +26,8 @@ pub enum BenchCommand {
     Lag(LagArgs),
     /// Start-up time to the first healthy response and idle RSS of the server binary.
     Startup(StartupArgs),
+    /// HTTP load against a running server (this one or any with the same routes).
+    Http(HttpArgs),
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -32,11 +37,7 @@ pub struct Target {
     #[arg(long, default_value = "postgres")]
     pub engine: String,
     /// A PostgreSQL maintenance database; a scratch database is created beside it.
-    #[arg(
-        long,
-        env = "BENCH_ADMIN_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
+    #[arg(long, env = "BENCH_ADMIN_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub admin_url: String,
 }
 
@@ -92,6 +93,28 @@ pub struct StartupArgs {
     pub idle: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Base URL of the server under test (`http://` only); routes are appended to it.
+    #[arg(long, default_value = "http://127.0.0.1:3001")]
+    pub url: String,
+    /// The request mix.
+    #[arg(long, value_enum)]
+    pub scenario: HttpScenario,
+    /// Concurrent workers, one keep-alive connection each (the validate workers in `mixed`).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Seconds of the same load before the measured window, not counted.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Login workers next to the validate workers in `mixed`.
+    #[arg(long, default_value_t = 8)]
+    pub login_concurrency: usize,
+}
+
 /// Runs one benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -99,5 +122,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Catchup(args) => foundation::catchup(args).await,
         BenchCommand::Lag(args) => foundation::lag(args).await,
         BenchCommand::Startup(args) => foundation::startup(args).await,
+        BenchCommand::Http(args) => http::run(args).await,
     }
 }

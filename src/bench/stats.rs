@@ -11,8 +11,7 @@ pub struct Latencies {
 impl Latencies {
     /// Records one latency.
     pub fn record(&mut self, latency: Duration) {
-        self.micros
-            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        self.micros.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// Adds another set.

@@ -46,9 +46,7 @@ pub struct CommandBus<A: Aggregate> {
 
 impl<A: Aggregate> Clone for CommandBus<A> {
     fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
+        Self { inner: Arc::clone(&self.inner) }
     }
 }
 
@@ -81,8 +79,7 @@ trait Job<A: Aggregate>: Send {
 /// What a command answered: its events and the caller's view, or its refusal.
 type Outcome<A, R> = Result<(Vec<<A as Aggregate>::Event>, R), <A as Aggregate>::Error>;
 /// The channel a caller waits on.
-type Reply<A, R> =
-    oneshot::Sender<Result<Committed<A, R>, AggregateError<<A as Aggregate>::Error>>>;
+type Reply<A, R> = oneshot::Sender<Result<Committed<A, R>, AggregateError<<A as Aggregate>::Error>>>;
 
 struct TypedJob<A: Aggregate, R, F> {
     command: A::Command,
@@ -118,11 +115,7 @@ where
             (Ok(_), Some(Err(user))) => Err(AggregateError::UserError(user)),
             (Ok(cursor), Some(Ok((events, reply)))) => {
                 let cursor = if events.is_empty() { None } else { cursor };
-                Ok(Committed {
-                    events,
-                    cursor,
-                    reply,
-                })
+                Ok(Committed { events, cursor, reply })
             }
             (Ok(_), None) => Err(unexpected("command finished without running")),
         };
@@ -142,9 +135,7 @@ fn copy_error<E: std::error::Error>(error: &AggregateError<E>) -> AggregateError
         AggregateError::DatabaseConnectionError(e) => {
             AggregateError::DatabaseConnectionError(e.to_string().into())
         }
-        AggregateError::DeserializationError(e) => {
-            AggregateError::DeserializationError(e.to_string().into())
-        }
+        AggregateError::DeserializationError(e) => AggregateError::DeserializationError(e.to_string().into()),
         other => AggregateError::UnexpectedError(other.to_string().into()),
     }
 }
@@ -158,17 +149,8 @@ where
 {
     /// A bus over the store, with the services the aggregate's `handle` receives.
     pub fn new(store: EventStore, services: A::Services) -> Self {
-        let slots = Cache::builder()
-            .max_capacity(CACHE_CAPACITY)
-            .time_to_idle(CACHE_IDLE)
-            .build();
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                services,
-                slots,
-            }),
-        }
+        let slots = Cache::builder().max_capacity(CACHE_CAPACITY).time_to_idle(CACHE_IDLE).build();
+        Self { inner: Arc::new(Inner { store, services, slots }) }
     }
 
     /// The store this bus appends to.
@@ -205,18 +187,9 @@ where
         F: Fn(&A) -> R + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job = TypedJob {
-            command,
-            ctx: ctx.clone(),
-            view,
-            outcome: None,
-            reply,
-        };
+        let job = TypedJob { command, ctx: ctx.clone(), view, outcome: None, reply };
         let slot = self.inner.slots.get_with_by_ref(aggregate_id, || {
-            Arc::new(Slot {
-                queue: Mutex::new(Vec::new()),
-                state: tokio::sync::Mutex::new(None),
-            })
+            Arc::new(Slot { queue: Mutex::new(Vec::new()), state: tokio::sync::Mutex::new(None) })
         });
         slot.queue.lock().push(Box::new(job));
         // The batch runs in its own task: a caller that goes away (client disconnect) can
@@ -230,18 +203,34 @@ where
                 bus.run_batch(&id, &mut state, batch).await;
             }
         });
-        answer
-            .await
-            .unwrap_or_else(|_| Err(unexpected("command was dropped")))
+        answer.await.unwrap_or_else(|_| Err(unexpected("command was dropped")))
+    }
+
+    /// Reads `view` from the aggregate as this process has it (cached, else loaded). The
+    /// state may lag other processes' writes: read only what never changes (ids, start
+    /// times) this way, or decide through a command.
+    pub async fn peek<R>(
+        &self,
+        aggregate_id: &str,
+        view: impl FnOnce(&A) -> R,
+    ) -> Result<R, AggregateError<A::Error>> {
+        let slot = self.inner.slots.get_with_by_ref(aggregate_id, || {
+            Arc::new(Slot { queue: Mutex::new(Vec::new()), state: tokio::sync::Mutex::new(None) })
+        });
+        let mut state = slot.state.lock().await;
+        if state.is_none() {
+            let (aggregate, sequence) = self.load(aggregate_id).await?;
+            *state = Some(Loaded { aggregate, sequence });
+        }
+        match state.as_ref() {
+            Some(loaded) => Ok(view(&loaded.aggregate)),
+            None => Err(unexpected("aggregate not loaded")),
+        }
     }
 
     /// Reads an aggregate straight from the store (no cache).
     pub async fn load(&self, aggregate_id: &str) -> Result<(A, usize), AggregateError<A::Error>> {
-        let events = self
-            .store()
-            .load::<A>(aggregate_id, 0)
-            .await
-            .map_err(store_error)?;
+        let events = self.store().load::<A>(aggregate_id, 0).await.map_err(store_error)?;
         let mut aggregate = A::default();
         let sequence = replay(&mut aggregate, events)?;
         Ok((aggregate, sequence))
@@ -272,12 +261,7 @@ where
             let fresh = state.is_none();
             if fresh {
                 match self.load(aggregate_id).await {
-                    Ok((aggregate, sequence)) => {
-                        *state = Some(Loaded {
-                            aggregate,
-                            sequence,
-                        })
-                    }
+                    Ok((aggregate, sequence)) => *state = Some(Loaded { aggregate, sequence }),
                     Err(error) => break Err(error),
                 }
             }
@@ -342,21 +326,13 @@ where
         let mut sequence = loaded.sequence;
         for job in jobs.iter_mut() {
             let sink = EventSink::default();
-            let result = loaded
-                .aggregate
-                .handle(job.command(), self.services(), &sink)
-                .await;
+            let result = loaded.aggregate.handle(job.command(), self.services(), &sink).await;
             let events = sink.collect().await;
             match result {
                 Ok(()) => {
                     for event in &events {
                         sequence += 1;
-                        staged.push(to_new_event::<A>(
-                            aggregate_id,
-                            sequence,
-                            event,
-                            job.context(),
-                        )?);
+                        staged.push(to_new_event::<A>(aggregate_id, sequence, event, job.context())?);
                     }
                     job.record(Ok(events), &loaded.aggregate);
                 }
@@ -378,11 +354,7 @@ where
         aggregate_id: &str,
         loaded: &mut Loaded<A>,
     ) -> Result<bool, AggregateError<A::Error>> {
-        let newer = self
-            .store()
-            .load::<A>(aggregate_id, loaded.sequence)
-            .await
-            .map_err(store_error)?;
+        let newer = self.store().load::<A>(aggregate_id, loaded.sequence).await.map_err(store_error)?;
         if newer.is_empty() {
             return Ok(false);
         }

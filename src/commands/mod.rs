@@ -12,13 +12,19 @@
 //! error enum, which the HTTP layer maps to a status and a machine code.
 
 mod bus;
+pub mod credit_account;
+pub mod email_claim;
+pub mod keyring;
+pub mod login_attempts;
+pub mod session;
 mod unit_of_work;
+pub mod user;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent};
 
 pub use bus::{CommandBus, Committed};
-pub use unit_of_work::{UnitOfWork, commit_error, with_retries};
+pub use unit_of_work::{Retryable, UnitOfWork, commit_error, with_retries};
 
 use crate::events::{EventMetadata, NewEvent, SYSTEM_ACTOR};
 
@@ -35,12 +41,7 @@ pub struct CommandContext {
 impl CommandContext {
     /// A command issued by the service itself (jobs, the CLI).
     pub fn system(now: DateTime<Utc>) -> Self {
-        Self {
-            now,
-            request_id: None,
-            actor: SYSTEM_ACTOR.to_owned(),
-            client_ip: None,
-        }
+        Self { now, request_id: None, actor: SYSTEM_ACTOR.to_owned(), client_ip: None }
     }
 
     /// The same context acting for a user.
@@ -70,12 +71,10 @@ pub(crate) fn to_new_event<A: Aggregate>(
     Ok(NewEvent {
         aggregate_type: A::TYPE.to_owned(),
         aggregate_id: aggregate_id.to_owned(),
-        sequence: i64::try_from(sequence)
-            .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?,
+        sequence: i64::try_from(sequence).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?,
         event_type: event.event_type(),
         event_version: event.event_version(),
-        payload: serde_json::to_value(event)
-            .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?,
+        payload: serde_json::to_value(event).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?,
         metadata: ctx.metadata().to_json(),
         recorded_at: ctx.now,
     })
@@ -97,13 +96,9 @@ pub(crate) fn replay<A: Aggregate>(
 }
 
 /// Turns a store failure into the framework's error type.
-pub(crate) fn store_error<E: std::error::Error>(
-    error: crate::events::StoreError,
-) -> AggregateError<E> {
+pub(crate) fn store_error<E: std::error::Error>(error: crate::events::StoreError) -> AggregateError<E> {
     match error {
-        crate::events::StoreError::Corrupt(text) => {
-            AggregateError::DeserializationError(text.into())
-        }
+        crate::events::StoreError::Corrupt(text) => AggregateError::DeserializationError(text.into()),
         other => AggregateError::DatabaseConnectionError(Box::new(other)),
     }
 }

@@ -33,13 +33,7 @@ pub struct UnitOfWork {
 impl UnitOfWork {
     /// An empty unit writing to `store`, stamping events with `ctx`.
     pub fn new(store: EventStore, ctx: CommandContext) -> Self {
-        Self {
-            store,
-            ctx,
-            staged: Vec::new(),
-            touched: Vec::new(),
-            invalidations: Vec::new(),
-        }
+        Self { store, ctx, staged: Vec::new(), touched: Vec::new(), invalidations: Vec::new() }
     }
 
     /// Loads an aggregate from the store, runs one command on it and stages its events.
@@ -64,21 +58,16 @@ impl UnitOfWork {
         }
         let (mut aggregate, mut sequence) = bus.load(aggregate_id).await?;
         let sink = EventSink::default();
-        aggregate
-            .handle(command, bus.services(), &sink)
-            .await
-            .map_err(AggregateError::UserError)?;
+        aggregate.handle(command, bus.services(), &sink).await.map_err(AggregateError::UserError)?;
         let events = sink.collect().await;
         for event in &events {
             sequence += 1;
-            self.staged
-                .push(to_new_event::<A>(aggregate_id, sequence, event, &self.ctx)?);
+            self.staged.push(to_new_event::<A>(aggregate_id, sequence, event, &self.ctx)?);
         }
         self.touched.push(key);
         let bus = bus.clone();
         let id = aggregate_id.to_owned();
-        self.invalidations
-            .push(Box::new(move || bus.invalidate(&id)));
+        self.invalidations.push(Box::new(move || bus.invalidate(&id)));
         Ok(events)
     }
 
@@ -103,23 +92,31 @@ pub fn commit_error<E: std::error::Error>(error: AppendError) -> AggregateError<
     }
 }
 
+/// An error that may be an optimistic conflict worth retrying.
+pub trait Retryable {
+    /// Whether running the same work again on fresh state may succeed.
+    fn is_conflict(&self) -> bool;
+}
+
+impl<E: std::error::Error> Retryable for AggregateError<E> {
+    fn is_conflict(&self) -> bool {
+        matches!(self, AggregateError::AggregateConflict)
+    }
+}
+
 /// Runs `attempt` until it succeeds or fails with something other than a conflict, at
 /// most a bounded number of times, with a little jitter between attempts.
-pub async fn with_retries<T, E, F, Fut>(
-    metrics: &Metrics,
-    label: &str,
-    mut attempt: F,
-) -> Result<T, AggregateError<E>>
+pub async fn with_retries<T, E, F, Fut>(metrics: &Metrics, label: &str, mut attempt: F) -> Result<T, E>
 where
-    E: std::error::Error,
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, AggregateError<E>>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut tries = 0;
     loop {
         tries += 1;
         match attempt().await {
-            Err(AggregateError::AggregateConflict) if tries < MAX_ATTEMPTS => {
+            Err(error) if error.is_conflict() && tries < MAX_ATTEMPTS => {
                 metrics.command_conflict(label);
                 let jitter = rand::random_range(0..=u64::from(tries) * 2);
                 tokio::time::sleep(Duration::from_millis(jitter)).await;

@@ -5,6 +5,8 @@
 //! Every state change of the service is an event appended here. Events are never
 //! updated or deleted (both engines refuse it with a trigger).
 
+pub mod auth;
+pub mod credits;
 mod postgres;
 mod repository;
 pub mod signal;
@@ -25,9 +27,7 @@ pub use store::{AppendError, EventStore, StoreError};
 /// older than every transaction still running, so a transaction that commits late is
 /// never skipped. On SQLite the single writer makes `position` order the commit order and
 /// `txid` is always 0.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LogCursor {
     pub txid: i64,
     pub position: i64,
@@ -35,10 +35,7 @@ pub struct LogCursor {
 
 impl LogCursor {
     /// The start of the log: every event comes after it.
-    pub const START: Self = Self {
-        txid: 0,
-        position: 0,
-    };
+    pub const START: Self = Self { txid: 0, position: 0 };
 }
 
 impl std::fmt::Display for LogCursor {
@@ -69,12 +66,7 @@ pub struct EventMetadata {
 impl EventMetadata {
     /// Metadata for an event caused by the service itself.
     pub fn system(recorded_at: DateTime<Utc>) -> Self {
-        Self {
-            recorded_at,
-            request_id: None,
-            actor: SYSTEM_ACTOR.to_owned(),
-            client_ip: None,
-        }
+        Self { recorded_at, request_id: None, actor: SYSTEM_ACTOR.to_owned(), client_ip: None }
     }
 
     /// The JSON form stored in the `metadata` column.

@@ -95,20 +95,14 @@ where
 pub(super) async fn head(pool: &PgPool) -> Result<LogCursor, StoreError> {
     let row = sqlx::query(HEAD).fetch_optional(pool).await?;
     Ok(match row {
-        Some(row) => LogCursor {
-            txid: row.try_get("txid")?,
-            position: row.try_get("position")?,
-        },
+        Some(row) => LogCursor { txid: row.try_get("txid")?, position: row.try_get("position")? },
         None => LogCursor::START,
     })
 }
 
 fn decode(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
     Ok(RecordedEvent {
-        cursor: LogCursor {
-            txid: row.try_get("txid")?,
-            position: row.try_get("position")?,
-        },
+        cursor: LogCursor { txid: row.try_get("txid")?, position: row.try_get("position")? },
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,

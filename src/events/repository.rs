@@ -17,9 +17,7 @@ use super::{AppendError, EventStore, NewEvent, StoreError, parse_sqlite_time};
 impl From<StoreError> for PersistenceError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Database(e)
-                if matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) =>
-            {
+            StoreError::Database(e) if matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => {
                 Self::ConnectionError(Box::new(e))
             }
             StoreError::Corrupt(text) => Self::DeserializationError(text.into()),
@@ -49,8 +47,7 @@ pub fn to_new_event(event: &SerializedEvent) -> Result<NewEvent, PersistenceErro
     Ok(NewEvent {
         aggregate_type: event.aggregate_type.clone(),
         aggregate_id: event.aggregate_id.clone(),
-        sequence: i64::try_from(event.sequence)
-            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+        sequence: i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
         event_type: event.event_type.clone(),
         event_version: event.event_version.clone(),
         payload: event.payload.clone(),
@@ -88,17 +85,12 @@ impl PersistedEventRepository for EventStore {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         if snapshot_update.is_some() {
-            return Err(PersistenceError::UnknownError(
-                "snapshots are not supported by this store".into(),
-            ));
+            return Err(PersistenceError::UnknownError("snapshots are not supported by this store".into()));
         }
         if events.is_empty() {
             return Ok(());
         }
-        let events = events
-            .iter()
-            .map(to_new_event)
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = events.iter().map(to_new_event).collect::<Result<Vec<_>, _>>()?;
         self.append(&events).await?;
         Ok(())
     }
@@ -118,21 +110,17 @@ impl PersistedEventRepository for EventStore {
             let page = self.read_after(cursor, 1000).await?;
             let Some(last) = page.last() else { break };
             cursor = last.cursor;
-            all.extend(
-                page.into_iter()
-                    .filter(|e| e.aggregate_type == A::TYPE)
-                    .map(|e| {
-                        SerializedEvent::new(
-                            e.aggregate_id,
-                            usize::try_from(e.sequence).unwrap_or_default(),
-                            e.aggregate_type,
-                            e.event_type,
-                            e.event_version,
-                            e.payload,
-                            e.metadata,
-                        )
-                    }),
-            );
+            all.extend(page.into_iter().filter(|e| e.aggregate_type == A::TYPE).map(|e| {
+                SerializedEvent::new(
+                    e.aggregate_id,
+                    usize::try_from(e.sequence).unwrap_or_default(),
+                    e.aggregate_type,
+                    e.event_type,
+                    e.event_version,
+                    e.payload,
+                    e.metadata,
+                )
+            }));
         }
         Ok(replay(all).await)
     }

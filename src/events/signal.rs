@@ -110,11 +110,8 @@ pub async fn run_pg_notifier(pool: PgPool, signal: LogSignal, shutdown: Cancella
             (false, true) => "p",
             (false, false) => continue,
         };
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(payload)
-            .execute(&pool)
-            .await;
+        let sent =
+            sqlx::query("SELECT pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(payload).execute(&pool).await;
         if let Err(error) = sent {
             tracing::warn!(%error, "could not notify other processes; they will poll");
         }

@@ -6,9 +6,7 @@
 use cqrs_es::persist::SerializedEvent;
 use sqlx::{Executor, Row, Sqlite, SqlitePool};
 
-use super::{
-    AppendError, LogCursor, NewEvent, RecordedEvent, StoreError, parse_sqlite_time, sqlite_time,
-};
+use super::{AppendError, LogCursor, NewEvent, RecordedEvent, StoreError, parse_sqlite_time, sqlite_time};
 
 const INSERT: &str = "
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -26,14 +24,8 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence";
 
-pub(super) async fn append(
-    writer: &SqlitePool,
-    events: &[NewEvent],
-) -> Result<LogCursor, AppendError> {
-    let mut tx = writer
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(StoreError::from)?;
+pub(super) async fn append(writer: &SqlitePool, events: &[NewEvent]) -> Result<LogCursor, AppendError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
     let mut last = 0i64;
     for event in events {
         let row = sqlx::query(INSERT)
@@ -51,10 +43,7 @@ pub(super) async fn append(
         last = row.try_get("position").map_err(StoreError::from)?;
     }
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(LogCursor {
-        txid: 0,
-        position: last,
-    })
+    Ok(LogCursor { txid: 0, position: last })
 }
 
 /// A taken sequence number is a conflict; every other error is the database's.
@@ -84,10 +73,7 @@ where
     rows.iter()
         .map(|row| {
             Ok(RecordedEvent {
-                cursor: LogCursor {
-                    txid: row.try_get("txid")?,
-                    position: row.try_get("position")?,
-                },
+                cursor: LogCursor { txid: row.try_get("txid")?, position: row.try_get("position")? },
                 aggregate_type: row.try_get("aggregate_type")?,
                 aggregate_id: row.try_get("aggregate_id")?,
                 sequence: row.try_get("sequence")?,
@@ -131,13 +117,9 @@ pub(super) async fn aggregate_events(
 }
 
 pub(super) async fn head(reader: &SqlitePool) -> Result<LogCursor, StoreError> {
-    let position: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(reader)
-        .await?;
-    Ok(LogCursor {
-        txid: 0,
-        position: position.unwrap_or(0),
-    })
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(reader).await?;
+    Ok(LogCursor { txid: 0, position: position.unwrap_or(0) })
 }
 
 fn json_column(row: &sqlx::sqlite::SqliteRow, name: &str) -> Result<serde_json::Value, StoreError> {

@@ -51,14 +51,7 @@ impl EventStore {
             Db::Postgres(pool) => Some(PostgresEventRepository::new(pool.clone())),
             Db::Sqlite { .. } => None,
         };
-        Self {
-            inner: Arc::new(Inner {
-                db,
-                postgres_es,
-                signal,
-                metrics,
-            }),
-        }
+        Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics }) }
     }
 
     /// The database underneath.
@@ -104,8 +97,7 @@ impl EventStore {
                 let loaded = if after_sequence == 0 {
                     repo.get_events::<A>(aggregate_id).await
                 } else {
-                    repo.get_last_events::<A>(aggregate_id, after_sequence)
-                        .await
+                    repo.get_last_events::<A>(aggregate_id, after_sequence).await
                 };
                 loaded.map_err(|e| StoreError::Repository(e.to_string()))
             }
@@ -119,11 +111,7 @@ impl EventStore {
 
     /// Up to `limit` events after `after`, in global order. Never skips an event whose
     /// transaction commits late and never returns one twice.
-    pub async fn read_after(
-        &self,
-        after: LogCursor,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn read_after(&self, after: LogCursor, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         match &self.inner.db {
             Db::Postgres(pool) => postgres::read_after(pool, after, limit).await,
             Db::Sqlite { reader, .. } => sqlite::read_after(reader, after, limit).await,

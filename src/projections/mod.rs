@@ -8,7 +8,10 @@
 //! as a second guard. [`Projector::wait_for`] gives requests read-your-writes.
 
 mod projector;
+pub mod security_events;
+pub mod sessions;
 mod streams;
+pub mod users;
 
 use async_trait::async_trait;
 
@@ -37,9 +40,9 @@ pub trait Projection: Send + Sync + 'static {
     /// bottleneck on PostgreSQL).
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for event in events {
-            self.apply(tx, event).await.map_err(|e| {
-                e.context(format!("on event {} ({})", event.cursor, event.event_type))
-            })?;
+            self.apply(tx, event)
+                .await
+                .map_err(|e| e.context(format!("on event {} ({})", event.cursor, event.event_type)))?;
         }
         Ok(())
     }
@@ -47,5 +50,10 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Every projection the service runs, in the order they are fed.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
-    vec![std::sync::Arc::new(Streams)]
+    vec![
+        std::sync::Arc::new(Streams),
+        std::sync::Arc::new(users::Users),
+        std::sync::Arc::new(sessions::Sessions),
+        std::sync::Arc::new(security_events::SecurityEvents),
+    ]
 }

@@ -72,18 +72,8 @@ impl Projector {
             .iter()
             .map(|p| (p.name(), watch::Sender::new(LogCursor::START)))
             .collect::<HashMap<_, _>>();
-        assert_eq!(
-            progress.len(),
-            projections.len(),
-            "projection names must be unique"
-        );
-        Self {
-            store,
-            clock,
-            settings,
-            projections,
-            progress,
-        }
+        assert_eq!(progress.len(), projections.len(), "projection names must be unique");
+        Self { store, clock, settings, projections, progress }
     }
 
     /// The projections this projector feeds.
@@ -175,8 +165,7 @@ impl Projector {
             self.publish(name, checkpoint);
             return Ok(BatchOutcome::NotLeader(checkpoint));
         }
-        let events =
-            EventStore::read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?;
+        let events = EventStore::read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?;
         let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor) else {
             drop(tx);
@@ -221,9 +210,7 @@ impl Projector {
                 match self.run_batch(projection.as_ref()).await? {
                     BatchOutcome::Applied(..) => {}
                     BatchOutcome::CaughtUp(_) => break,
-                    BatchOutcome::NotLeader(_) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
+                    BatchOutcome::NotLeader(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
         }
@@ -313,21 +300,11 @@ impl Projector {
         let row = match self.db() {
             Db::Postgres(pool) => {
                 let row = sqlx::query(sql).bind(name).fetch_optional(pool).await?;
-                row.map(|r| {
-                    Ok::<_, sqlx::Error>(LogCursor {
-                        txid: r.try_get(0)?,
-                        position: r.try_get(1)?,
-                    })
-                })
+                row.map(|r| Ok::<_, sqlx::Error>(LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? }))
             }
             Db::Sqlite { reader, .. } => {
                 let row = sqlx::query(sql).bind(name).fetch_optional(reader).await?;
-                row.map(|r| {
-                    Ok(LogCursor {
-                        txid: r.try_get(0)?,
-                        position: r.try_get(1)?,
-                    })
-                })
+                row.map(|r| Ok(LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? }))
             }
         };
         Ok(row.transpose()?.unwrap_or_default())
@@ -341,15 +318,9 @@ impl Projector {
             let name = projection.name();
             let checkpoint = self.checkpoint(name).await?;
             let (events, oldest) = pending(self.db(), checkpoint).await?;
-            let seconds =
-                oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+            let seconds = oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
             self.store.metrics().projection_lag(name, events, seconds);
-            lags.push(ProjectionLag {
-                name,
-                checkpoint,
-                events,
-                seconds,
-            });
+            lags.push(ProjectionLag { name, checkpoint, events, seconds });
         }
         Ok(lags)
     }
@@ -378,10 +349,7 @@ async fn pending(db: &Db, checkpoint: LogCursor) -> anyhow::Result<(i64, Option<
                 .fetch_one(reader)
                 .await?;
             let oldest: Option<String> = row.try_get("oldest")?;
-            (
-                row.try_get("n")?,
-                oldest.and_then(|t| parse_sqlite_time(&t).ok()),
-            )
+            (row.try_get("n")?, oldest.and_then(|t| parse_sqlite_time(&t).ok()))
         }
     })
 }
@@ -394,40 +362,21 @@ async fn lock_checkpoint(tx: &mut DbTx, name: &str) -> anyhow::Result<(bool, Log
         DbTx::Postgres(tx) => {
             let sql = "SELECT pg_try_advisory_xact_lock($2) AS leader, txid, position \
                        FROM projection_checkpoints WHERE name = $1";
-            let row = sqlx::query(sql)
-                .bind(name)
-                .bind(lock_key(name))
-                .fetch_optional(&mut **tx)
-                .await?;
+            let row = sqlx::query(sql).bind(name).bind(lock_key(name)).fetch_optional(&mut **tx).await?;
             row.map(|r| {
                 Ok::<_, sqlx::Error>((
                     r.try_get(0)?,
-                    LogCursor {
-                        txid: r.try_get(1)?,
-                        position: r.try_get(2)?,
-                    },
+                    LogCursor { txid: r.try_get(1)?, position: r.try_get(2)? },
                 ))
             })
         }
         DbTx::Sqlite(tx) => {
             let sql = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?;
-            row.map(|r| {
-                Ok((
-                    true,
-                    LogCursor {
-                        txid: r.try_get(0)?,
-                        position: r.try_get(1)?,
-                    },
-                ))
-            })
+            let row = sqlx::query(sql).bind(name).fetch_optional(&mut **tx).await?;
+            row.map(|r| Ok((true, LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? })))
         }
     };
-    row.transpose()?
-        .with_context(|| format!("no checkpoint row for {name}; run init first"))
+    row.transpose()?.with_context(|| format!("no checkpoint row for {name}; run init first"))
 }
 
 /// A stable advisory-lock key per projection (FNV-1a of a namespaced name).

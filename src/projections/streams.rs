@@ -35,9 +35,9 @@ impl Projection for Streams {
         // One row per stream touched by the batch, then one multi-row upsert.
         let mut touched: Vec<StreamRow> = Vec::new();
         for event in events {
-            let existing = touched.iter_mut().find(|r| {
-                r.aggregate_type == event.aggregate_type && r.aggregate_id == event.aggregate_id
-            });
+            let existing = touched
+                .iter_mut()
+                .find(|r| r.aggregate_type == event.aggregate_type && r.aggregate_id == event.aggregate_id);
             match existing {
                 Some(row) => {
                     row.version = event.sequence;
@@ -60,14 +60,7 @@ impl Projection for Streams {
                 "INSERT INTO event_streams (aggregate_type, aggregate_id, version, events, \
                                             first_recorded_at, last_recorded_at) ",
                 chunk,
-                |r| (
-                    r.aggregate_type.clone(),
-                    r.aggregate_id.clone(),
-                    r.version,
-                    r.events,
-                    r.first,
-                    r.last
-                ),
+                |r| (r.aggregate_type.clone(), r.aggregate_id.clone(), r.version, r.events, r.first, r.last),
                 UPSERT
             )?;
         }

@@ -62,35 +62,14 @@ impl Aggregate for Counter {
                 if self.total + n > CEILING {
                     return Err(CounterError::PastCeiling);
                 }
-                sink.write(
-                    CounterEvent::Added {
-                        by: n,
-                        total: self.total + n,
-                    },
-                    self,
-                )
-                .await;
+                sink.write(CounterEvent::Added { by: n, total: self.total + n }, self).await;
             }
             CounterCommand::AddTwice(n) => {
                 if self.total + 2 * n > CEILING {
                     return Err(CounterError::PastCeiling);
                 }
-                sink.write(
-                    CounterEvent::Added {
-                        by: n,
-                        total: self.total + n,
-                    },
-                    self,
-                )
-                .await;
-                sink.write(
-                    CounterEvent::Added {
-                        by: n,
-                        total: self.total + n,
-                    },
-                    self,
-                )
-                .await;
+                sink.write(CounterEvent::Added { by: n, total: self.total + n }, self).await;
+                sink.write(CounterEvent::Added { by: n, total: self.total + n }, self).await;
             }
             CounterCommand::Nothing => {}
         }
@@ -125,14 +104,7 @@ impl Aggregate for Tally {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         if let CounterCommand::Add(n) = command {
-            sink.write(
-                CounterEvent::Added {
-                    by: n,
-                    total: self.0.total + n,
-                },
-                self,
-            )
-            .await;
+            sink.write(CounterEvent::Added { by: n, total: self.0.total + n }, self).await;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! tests. PostgreSQL and Redis must be reachable; a test fails loudly when they are not.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod counter;
 
 use std::collections::HashMap;
@@ -58,14 +59,12 @@ impl TestDb {
     /// A fresh PostgreSQL database.
     pub async fn postgres() -> Self {
         let admin = admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is not reachable at {admin} ({e}). The tests need it: start it, or \
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {admin} ({e}). The tests need it: start it, or \
                  point TEST_DATABASE_URL at one."
-                )
-            });
+            )
+        });
         let name = format!("mca_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
@@ -78,9 +77,7 @@ impl TestDb {
         };
         Self {
             engine: Engine::Postgres,
-            config: DatabaseConfig::Postgres {
-                url: Secret::new(url),
-            },
+            config: DatabaseConfig::Postgres { url: Secret::new(url) },
             pg_name: Some(name),
             _dir: None,
         }
@@ -122,9 +119,7 @@ impl Drop for TestDb {
         let admin = admin_url();
         // Drop runs outside async context: use a thread with its own small runtime.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
                     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
@@ -161,9 +156,7 @@ impl TestApp {
     }
 
     async fn start(config: Config, clock: SharedClock, manual: Option<ManualClock>) -> Self {
-        let app = Application::build_with_clock(config, clock)
-            .await
-            .expect("application builds");
+        let app = Application::build_with_clock(config, clock).await.expect("application builds");
         let addr = app.local_addr();
         let state = app.state().clone();
         let shutdown = CancellationToken::new();
@@ -188,10 +181,7 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
-            handle
-                .await
-                .expect("server task")
-                .expect("server stopped cleanly");
+            handle.await.expect("server task").expect("server stopped cleanly");
         }
     }
 }
@@ -247,19 +237,10 @@ impl ServerProcess {
             Ok(addr) => addr.parse().expect("listening address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "server did not start; logs:\n{}",
-                    logs.lock().expect("logs").join("\n")
-                );
+                panic!("server did not start; logs:\n{}", logs.lock().expect("logs").join("\n"));
             }
         };
-        Self {
-            addr,
-            base: format!("http://{addr}"),
-            child,
-            logs,
-            _cwd: cwd,
-        }
+        Self { addr, base: format!("http://{addr}"), child, logs, _cwd: cwd }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -268,19 +249,13 @@ impl ServerProcess {
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not stop after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -323,9 +298,7 @@ where
 
 /// Opens (and migrates) a test database and returns the event store over it.
 pub async fn open_store(db: &TestDb) -> mana_core_auth::events::EventStore {
-    let handle = mana_core_auth::db::Db::connect(&db.config, 8)
-        .await
-        .expect("connect");
+    let handle = mana_core_auth::db::Db::connect(&db.config, 8).await.expect("connect");
     handle.migrate().await.expect("migrate");
     mana_core_auth::events::EventStore::new(
         handle,
@@ -348,10 +321,8 @@ pub async fn read_all(
 ) -> Vec<mana_core_auth::events::RecordedEvent> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let events = store
-            .read_after(mana_core_auth::events::LogCursor::START, 100_000)
-            .await
-            .expect("read the log");
+        let events =
+            store.read_after(mana_core_auth::events::LogCursor::START, 100_000).await.expect("read the log");
         if events.len() >= count || Instant::now() > deadline {
             return events;
         }
@@ -369,19 +340,24 @@ pub async fn catch_up_to(
         projector.catch_up().await.expect("catch up");
         let mut done = true;
         for projection in projector.projections() {
-            done &= projector
-                .checkpoint(projection.name())
-                .await
-                .expect("checkpoint")
-                >= cursor;
+            done &= projector.checkpoint(projection.name()).await.expect("checkpoint") >= cursor;
         }
         if done {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "projections did not reach {cursor}"
-        );
+        assert!(Instant::now() < deadline, "projections did not reach {cursor}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `SELECT count(*) ...` on either engine.
+pub async fn count(db: &mana_core_auth::db::Db, sql: &str) -> i64 {
+    match db {
+        mana_core_auth::db::Db::Postgres(pool) => {
+            sqlx::query_scalar(sql).fetch_one(pool).await.expect("count")
+        }
+        mana_core_auth::db::Db::Sqlite { reader, .. } => {
+            sqlx::query_scalar(sql).fetch_one(reader).await.expect("count")
+        }
     }
 }

@@ -1,0 +1,276 @@
+//! `/api/v1/auth`: registration, login, refresh, logout, validation and the JWKS.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::extract::{ApiJson, Authenticated, Client};
+use crate::app::AppState;
+use crate::auth::{AuthError, LoginInput, Registration, SignedIn};
+use crate::events::auth::Role;
+use crate::security::keys::JWKS_MAX_AGE_SECS;
+use crate::security::tokens::{AccessClaims, TokenError};
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(validate))
+        .routes(routes!(jwks))
+        .routes(routes!(well_known_jwks))
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Validation(messages) => ApiError::validation(messages),
+            AuthError::EmailTaken => ApiError::code(ErrorCode::EmailTaken),
+            AuthError::InvalidCredentials => ApiError::code(ErrorCode::InvalidCredentials),
+            AuthError::InvalidRefreshToken => ApiError::code(ErrorCode::InvalidRefreshToken),
+            AuthError::Unauthorized(_) => ApiError::code(ErrorCode::Unauthorized),
+            AuthError::NotFound => ApiError::code(ErrorCode::NotFound),
+            AuthError::Busy => {
+                ApiError::new(ErrorCode::ServiceUnavailable, "Too many sign-ins at once; retry shortly")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
+            AuthError::Conflict => ApiError::code(ErrorCode::Conflict),
+            AuthError::Internal(cause) => ApiError::internal(format!("{cause:#}")),
+        }
+    }
+}
+
+/// `POST /auth/register` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Trimmed and lower-cased; at most 254 characters.
+    email: Option<String>,
+    /// 12 to 128 characters (after NFC normalisation).
+    password: Option<String>,
+    /// Optional display name, at most 255 characters.
+    name: Option<String>,
+}
+
+/// `POST /auth/login` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoginBody {
+    email: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    device_name: Option<String>,
+    /// The refresh token lasts 30 days instead of 7.
+    remember_me: Option<bool>,
+    /// Accepted for compatibility and ignored (the server sees the client's address).
+    #[schema(value_type = Option<String>)]
+    #[expect(dead_code, reason = "accepted for compatibility, never used")]
+    ip_address: Option<serde::de::IgnoredAny>,
+    /// Accepted for compatibility and ignored (the server reads the header).
+    #[schema(value_type = Option<String>)]
+    #[expect(dead_code, reason = "accepted for compatibility, never used")]
+    user_agent: Option<serde::de::IgnoredAny>,
+}
+
+/// `POST /auth/refresh` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RefreshBody {
+    refresh_token: Option<String>,
+}
+
+/// `POST /auth/validate` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateBody {
+    token: Option<String>,
+}
+
+/// The user in sign-in answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserBody {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    /// Present in the registration answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// A sign-in answer (register, login, refresh).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokensBody {
+    pub user: UserBody,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Seconds until the access token expires (900).
+    pub expires_in: i64,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+}
+
+impl TokensBody {
+    fn of(signed: SignedIn, with_created_at: bool) -> Self {
+        let created_at = signed
+            .user
+            .created_at
+            .filter(|_| with_created_at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        Self {
+            user: UserBody {
+                id: signed.user.id,
+                email: signed.user.email,
+                name: signed.user.name,
+                role: signed.user.role,
+                created_at,
+            },
+            access_token: signed.access_token,
+            refresh_token: signed.refresh_token,
+            expires_in: signed.expires_in,
+            token_type: "Bearer",
+        }
+    }
+}
+
+/// `{"success":true,"message":...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuccessBody {
+    pub success: bool,
+    pub message: &'static str,
+}
+
+/// The answer of `/auth/validate`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ValidateAnswer {
+    Valid { valid: bool, payload: AccessClaims },
+    Invalid { valid: bool, error: String },
+}
+
+/// Register and sign in at once.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered and signed in", body = TokensBody),
+        (status = 400, description = "`VALIDATION_FAILED`, `INVALID_JSON`", body = ErrorBody),
+        (status = 409, description = "`EMAIL_TAKEN`: the address already has an account", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: hashing queue full (`Retry-After`)", body = ErrorBody),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> Result<(StatusCode, Json<TokensBody>), ApiError> {
+    let input = Registration::parse(body.email.as_deref(), body.password.as_deref(), body.name.as_deref())?;
+    let signed = state.auth().register(input, &client).await?;
+    Ok((StatusCode::CREATED, Json(TokensBody::of(signed, true))))
+}
+
+/// Sign in with e-mail and password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginBody,
+    responses(
+        (status = 200, description = "Signed in", body = TokensBody),
+        (status = 400, description = "`VALIDATION_FAILED`, `INVALID_JSON`", body = ErrorBody),
+        (status = 401, description = "`INVALID_CREDENTIALS` (unknown e-mail, wrong password or disabled account alike)", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: hashing queue full (`Retry-After`)", body = ErrorBody),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Json<TokensBody>, ApiError> {
+    let input = LoginInput::parse(
+        body.email.as_deref(),
+        body.password.as_deref(),
+        body.device_id.as_deref(),
+        body.device_name.as_deref(),
+        body.remember_me,
+    )?;
+    let signed = state.auth().login(input, &client).await?;
+    Ok(Json(TokensBody::of(signed, false)))
+}
+
+/// Spend a refresh token for a new pair.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshBody,
+    responses(
+        (status = 200, description = "A new access token and refresh token", body = TokensBody),
+        (status = 400, description = "`VALIDATION_FAILED`", body = ErrorBody),
+        (status = 401, description = "`INVALID_REFRESH_TOKEN`: unknown, expired, spent (the session is then revoked) or revoked", body = ErrorBody),
+    ))]
+async fn refresh(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<Json<TokensBody>, ApiError> {
+    let token =
+        body.refresh_token.ok_or_else(|| ApiError::validation(vec!["refreshToken is required".into()]))?;
+    let signed = state.auth().refresh(&token, &client).await?;
+    Ok(Json(TokensBody::of(signed, false)))
+}
+
+/// Revoke the session of the presented access token.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The session is revoked", body = SuccessBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+    ))]
+async fn logout(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Authenticated(claims): Authenticated,
+) -> Result<Json<SuccessBody>, ApiError> {
+    state.auth().logout(&claims, &client).await?;
+    Ok(Json(SuccessBody { success: true, message: "Logged out successfully" }))
+}
+
+/// Check an access token: signature, algorithm, key, expiry, issuer, audience, and that
+/// its session is not revoked and its user not disabled.
+#[utoipa::path(post, path = "/api/v1/auth/validate", tag = "auth", request_body = ValidateBody,
+    responses((status = 200, description = "`{valid:true,payload}` or `{valid:false,error}`", body = ValidateAnswer)))]
+async fn validate(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ValidateBody>,
+) -> Json<ValidateAnswer> {
+    let Some(token) = body.token.filter(|t| !t.is_empty()) else {
+        return Json(ValidateAnswer::Invalid { valid: false, error: "token missing".into() });
+    };
+    Json(match state.auth().authenticate(&token).await {
+        Ok(payload) => ValidateAnswer::Valid { valid: true, payload },
+        Err(error) => ValidateAnswer::Invalid { valid: false, error: reason(error) },
+    })
+}
+
+fn reason(error: TokenError) -> String {
+    error.to_string()
+}
+
+/// The public signing keys (JWKS).
+#[utoipa::path(get, path = "/api/v1/auth/jwks", tag = "auth",
+    responses((status = 200, description = "`{keys:[{kty,crv,x,kid,alg,use}]}`, cacheable for 5 minutes")))]
+async fn jwks(State(state): State<AppState>) -> Response {
+    jwks_response(&state)
+}
+
+/// The public signing keys at the well-known path.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "The same document as `/api/v1/auth/jwks`")))]
+async fn well_known_jwks(State(state): State<AppState>) -> Response {
+    jwks_response(&state)
+}
+
+fn jwks_response(state: &AppState) -> Response {
+    let keys = state.auth().tokens().keys().keys();
+    let cache = format!("public, max-age={JWKS_MAX_AGE_SECS}");
+    let cache = HeaderValue::from_str(&cache).unwrap_or(HeaderValue::from_static("public, max-age=300"));
+    ([(header::CACHE_CONTROL, cache)], Json(keys.jwks.clone())).into_response()
+}

@@ -1,0 +1,294 @@
+//! Registration, login, refresh and logout.
+
+use cqrs_es::AggregateError;
+
+use super::input::{Email, Password, parse_name, parse_short};
+use super::{AuthError, AuthService, ClientInfo, SignedIn, UserView, infra, uuid_at};
+use crate::commands::credit_account::CreditCommand;
+use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError, claim_id};
+use crate::commands::login_attempts::LoginAttemptCommand;
+use crate::commands::session::{SessionCommand, SessionError};
+use crate::commands::user::{User, UserCommand};
+use crate::commands::{UnitOfWork, commit_error, with_retries};
+use crate::events::auth::{
+    LoginFailure, RevokeReason, SessionEvent, SessionOrigin, SessionPersonal, UserPersonal,
+};
+use crate::security::refresh::RefreshToken;
+use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, AccessClaims};
+
+/// A registration request, validated.
+#[derive(Debug)]
+pub struct Registration {
+    pub email: Email,
+    pub password: Password,
+    pub name: Option<String>,
+}
+
+impl Registration {
+    /// Validates every field; the error lists each bad one.
+    pub fn parse(email: Option<&str>, password: Option<&str>, name: Option<&str>) -> Result<Self, AuthError> {
+        let mut problems = Vec::new();
+        let email = required(email, "email", &mut problems)
+            .and_then(|e| Email::parse(e).map_err(|m| problems.push(m)).ok());
+        let password = required(password, "password", &mut problems)
+            .and_then(|p| Password::parse(p, "password").map_err(|m| problems.push(m)).ok());
+        let name = parse_name(name).map_err(|m| problems.push(m)).ok().flatten();
+        match (email, password) {
+            (Some(email), Some(password)) if problems.is_empty() => Ok(Self { email, password, name }),
+            _ => Err(AuthError::Validation(problems)),
+        }
+    }
+}
+
+/// A login request, validated.
+#[derive(Debug)]
+pub struct LoginInput {
+    pub email: Email,
+    pub password: Password,
+    pub device_id: Option<String>,
+    pub device_name: Option<String>,
+    pub remember_me: bool,
+}
+
+impl LoginInput {
+    /// Validates every field; the error lists each bad one.
+    pub fn parse(
+        email: Option<&str>,
+        password: Option<&str>,
+        device_id: Option<&str>,
+        device_name: Option<&str>,
+        remember_me: Option<bool>,
+    ) -> Result<Self, AuthError> {
+        let mut problems = Vec::new();
+        let email = required(email, "email", &mut problems)
+            .and_then(|e| Email::parse(e).map_err(|m| problems.push(m)).ok());
+        let password = required(password, "password", &mut problems)
+            .and_then(|p| Password::presented(p).map_err(|m| problems.push(m)).ok());
+        let device_id = parse_short(device_id, "deviceId", 255).map_err(|m| problems.push(m)).ok().flatten();
+        let device_name =
+            parse_short(device_name, "deviceName", 255).map_err(|m| problems.push(m)).ok().flatten();
+        match (email, password) {
+            (Some(email), Some(password)) if problems.is_empty() => Ok(Self {
+                email,
+                password,
+                device_id,
+                device_name,
+                remember_me: remember_me.unwrap_or(false),
+            }),
+            _ => Err(AuthError::Validation(problems)),
+        }
+    }
+}
+
+fn required<'a>(value: Option<&'a str>, field: &str, problems: &mut Vec<String>) -> Option<&'a str> {
+    if value.is_none() {
+        problems.push(format!("{field} is required"));
+    }
+    value
+}
+
+impl AuthService {
+    /// Registers a user and signs them in: claims the e-mail, creates the user, its
+    /// first session and its credit account in one atomic append.
+    pub async fn register(&self, input: Registration, client: &ClientInfo) -> Result<SignedIn, AuthError> {
+        let Registration { email, password, name } = input;
+        let claim = claim_id(email.as_str());
+        // A cheap early answer for a taken address; the unit of work below decides.
+        let (existing, _) = self.aggregates.claims.load(&claim).await.map_err(infra)?;
+        if existing.user_id.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        let password_hash = self.passwords.hash(password.into_inner()).await?;
+        let now = self.now();
+        let user_id = uuid_at(now).to_string();
+        let session_id = uuid_at(now);
+        let refresh = RefreshToken::generate(session_id);
+        let session_id = session_id.to_string();
+        let ctx = client.context(&user_id, now);
+        let day = now.with_timezone(&self.settings.daily_timezone).date_naive();
+        let personal = UserPersonal { email: email.as_str().to_owned(), name };
+        let cursor = with_retries(self.store.metrics(), "registration", || async {
+            let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
+            let claim_cmd = EmailClaimCommand::Claim { user_id: user_id.clone(), at: now };
+            unit.execute(&self.aggregates.claims, &claim, claim_cmd).await.map_err(|e| match e {
+                AggregateError::UserError(EmailClaimError::Taken) => AuthError::EmailTaken,
+                other => infra(other),
+            })?;
+            let register = UserCommand::Register {
+                user_id: user_id.clone(),
+                personal: personal.clone(),
+                password_hash: password_hash.clone(),
+                at: now,
+            };
+            unit.execute(&self.aggregates.users, &user_id, register).await.map_err(infra)?;
+            let start = SessionCommand::Start {
+                session_id: session_id.clone(),
+                user_id: user_id.clone(),
+                origin: SessionOrigin::Registration,
+                refresh_hash: refresh.hash(),
+                remember_me: false,
+                personal: client.personal(),
+                at: now,
+            };
+            unit.execute(&self.aggregates.sessions, &session_id, start).await.map_err(infra)?;
+            let open = CreditCommand::Open {
+                user_id: user_id.clone(),
+                signup_bonus: self.settings.signup_bonus,
+                bonus_transaction_id: uuid_at(now).to_string(),
+                day,
+                at: now,
+            };
+            unit.execute(&self.aggregates.credits, &user_id, open).await.map_err(infra)?;
+            unit.commit().await.map_err(|e| infra(commit_error::<EmailClaimError>(e)))
+        })
+        .await?;
+        self.settle(cursor).await;
+        let (user, _) = self.aggregates.users.load(&user_id).await.map_err(infra)?;
+        self.signed_in(&user, &session_id, refresh)
+    }
+
+    /// Signs a user in with e-mail and password. Unknown e-mail, wrong password and a
+    /// disabled account answer alike and cost the same (one argon2 verification).
+    pub async fn login(&self, input: LoginInput, client: &ClientInfo) -> Result<SignedIn, AuthError> {
+        let claim = claim_id(input.email.as_str());
+        let (holder, _) = self.aggregates.claims.load(&claim).await.map_err(infra)?;
+        let user = match &holder.user_id {
+            Some(id) => Some(self.aggregates.users.load(id).await.map_err(infra)?.0),
+            None => None,
+        };
+        let password = input.password.into_inner();
+        let verified = match &user {
+            Some(user) => self.passwords.verify(password, &user.password_hash).await?,
+            None => self.passwords.verify_dummy(password).await?,
+        };
+        let failure = match &user {
+            None => Some(LoginFailure::UnknownEmail),
+            Some(_) if !verified => Some(LoginFailure::BadPassword),
+            Some(user) if user.disabled => Some(LoginFailure::Disabled),
+            Some(_) => None,
+        };
+        let now = self.now();
+        let (Some(user), None) = (user, failure) else {
+            let ctx = client.context(holder.user_id.as_deref().unwrap_or(crate::events::SYSTEM_ACTOR), now);
+            let record = LoginAttemptCommand::RecordFailure {
+                reason: failure.unwrap_or(LoginFailure::BadPassword),
+                user_id: holder.user_id.clone(),
+                personal: client.personal(),
+                at: now,
+            };
+            let recorded = self.aggregates.attempts.execute(&claim, record, &ctx).await.map_err(infra)?;
+            self.settle(recorded.cursor).await;
+            return Err(AuthError::InvalidCredentials);
+        };
+        let user_id = user.id.clone().unwrap_or_default();
+        let session_id = uuid_at(now);
+        let refresh = RefreshToken::generate(session_id);
+        let session_id = session_id.to_string();
+        let personal = SessionPersonal {
+            device_id: input.device_id,
+            device_name: input.device_name,
+            ..client.personal()
+        };
+        let start = SessionCommand::Start {
+            session_id: session_id.clone(),
+            user_id: user_id.clone(),
+            origin: SessionOrigin::Login,
+            refresh_hash: refresh.hash(),
+            remember_me: input.remember_me,
+            personal,
+            at: now,
+        };
+        let ctx = client.context(&user_id, now);
+        let started = self.aggregates.sessions.execute(&session_id, start, &ctx).await.map_err(infra)?;
+        self.settle(started.cursor).await;
+        self.signed_in(&user, &session_id, refresh)
+    }
+
+    /// Spends a refresh token for a new one (and a new access token). A spent token
+    /// presented again revokes the whole session.
+    pub async fn refresh(&self, token: &str, client: &ClientInfo) -> Result<SignedIn, AuthError> {
+        let presented = RefreshToken::parse(token).ok_or(AuthError::InvalidRefreshToken)?;
+        let session_id = presented.session_id().to_string();
+        // The session's owner and start never change: the cached session is good enough.
+        let (user_id, started_at) = self
+            .aggregates
+            .sessions
+            .peek(&session_id, |s| (s.user_id.clone(), s.started_at))
+            .await
+            .map_err(infra)?;
+        let Some(started_at) = started_at else { return Err(AuthError::InvalidRefreshToken) };
+        let (user, _) = self.aggregates.users.load(&user_id).await.map_err(infra)?;
+        let successor = presented.successor(&self.successor_key);
+        let now = self.now();
+        let command = SessionCommand::Refresh {
+            presented: presented.hash(),
+            successor: successor.hash(),
+            grace: self.settings.refresh_grace,
+            user_admits: user.admits_session(started_at),
+            personal: client.personal(),
+            at: now,
+        };
+        let ctx = client.context(&user_id, now);
+        let committed = match self.aggregates.sessions.execute(&session_id, command, &ctx).await {
+            Ok(committed) => committed,
+            Err(AggregateError::UserError(
+                SessionError::NotFound
+                | SessionError::Revoked
+                | SessionError::Expired
+                | SessionError::InvalidToken,
+            )) => return Err(AuthError::InvalidRefreshToken),
+            Err(other) => return Err(infra(other)),
+        };
+        let revoked = committed.events.iter().find_map(|e| match e {
+            SessionEvent::SessionRevoked { revoked_at, .. } => Some(*revoked_at),
+            _ => None,
+        });
+        if let Some(at) = revoked {
+            self.revocations.revoke_session(&session_id, at);
+            self.settle(committed.cursor).await;
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        self.settle(committed.cursor).await;
+        self.signed_in(&user, &session_id, successor)
+    }
+
+    /// Revokes the session of a verified access token.
+    pub async fn logout(&self, claims: &AccessClaims, client: &ClientInfo) -> Result<(), AuthError> {
+        self.revoke(&claims.sid, &claims.sub, RevokeReason::Logout, client).await
+    }
+
+    /// Revokes one session (already checked to be the caller's).
+    pub(super) async fn revoke(
+        &self,
+        session_id: &str,
+        actor: &str,
+        reason: RevokeReason,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let now = self.now();
+        let command = SessionCommand::Revoke { reason, at: now };
+        let committed =
+            match self.aggregates.sessions.execute(session_id, command, &client.context(actor, now)).await {
+                Ok(committed) => committed,
+                Err(AggregateError::UserError(SessionError::NotFound)) => return Err(AuthError::NotFound),
+                Err(other) => return Err(infra(other)),
+            };
+        self.revocations.revoke_session(session_id, now);
+        self.settle(committed.cursor).await;
+        Ok(())
+    }
+
+    fn signed_in(&self, user: &User, session_id: &str, refresh: RefreshToken) -> Result<SignedIn, AuthError> {
+        let view = UserView::of(user);
+        let (access_token, _) = self
+            .tokens
+            .issue(&view.id, session_id, &view.email, view.role, self.now())
+            .map_err(|e| AuthError::Internal(anyhow::anyhow!("{e}")))?;
+        Ok(SignedIn {
+            user: view,
+            access_token,
+            refresh_token: refresh.encode(),
+            expires_in: ACCESS_TOKEN_TTL_SECS,
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! Authentication use cases: registration, login, refresh, logout, sessions, token
+//! checks and user administration. This layer composes the aggregates (through the
+//! command layer), the password pool, the token service and the revocation index; the
+//! HTTP handlers only translate to and from it.
+
+mod admin;
+mod flows;
+pub mod input;
+mod sessions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::AggregateError;
+use uuid::Uuid;
+
+use crate::clock::SharedClock;
+use crate::commands::credit_account::CreditAccount;
+use crate::commands::email_claim::EmailClaim;
+use crate::commands::login_attempts::LoginAttempts;
+use crate::commands::session::Session;
+use crate::commands::user::User;
+use crate::commands::{CommandBus, CommandContext, Retryable};
+use crate::events::auth::{Role, SessionPersonal};
+use crate::events::{EventStore, LogCursor};
+use crate::projections::Projector;
+use crate::security::passwords::{PasswordPool, PoolError};
+use crate::security::revocations::Revocations;
+use crate::security::tokens::{AccessClaims, TokenError, TokenService};
+
+pub use admin::UserChange;
+pub use flows::{LoginInput, Registration};
+pub use sessions::{CurrentSession, SessionSummary};
+
+/// Why an authentication use case failed. The API maps each to one status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("validation failed")]
+    Validation(Vec<String>),
+    #[error("the e-mail address is already registered")]
+    EmailTaken,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    #[error("unauthorized: {0}")]
+    Unauthorized(TokenError),
+    #[error("not found")]
+    NotFound,
+    #[error("the password hashing queue is full")]
+    Busy,
+    #[error("a concurrent change could not be resolved")]
+    Conflict,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Retryable for AuthError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict)
+    }
+}
+
+impl From<PoolError> for AuthError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Busy => Self::Busy,
+            PoolError::Failed(text) => Self::Internal(anyhow::anyhow!(text)),
+        }
+    }
+}
+
+/// Maps a command-layer failure whose user errors were already handled.
+pub(crate) fn infra<E: std::error::Error>(error: AggregateError<E>) -> AuthError {
+    match error {
+        AggregateError::AggregateConflict => AuthError::Conflict,
+        other => AuthError::Internal(anyhow::anyhow!("{other}")),
+    }
+}
+
+/// Who is asking: the request's id and the client's address and agent.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    /// The command context for this client, acting as `actor`, at `now`.
+    pub fn context(&self, actor: &str, now: DateTime<Utc>) -> CommandContext {
+        CommandContext {
+            now,
+            request_id: self.request_id.clone(),
+            actor: actor.to_owned(),
+            client_ip: self.ip.clone(),
+        }
+    }
+
+    fn personal(&self) -> SessionPersonal {
+        SessionPersonal {
+            ip_address: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The user part of sign-in answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl UserView {
+    fn of(user: &User) -> Self {
+        Self {
+            id: user.id.clone().unwrap_or_default(),
+            email: user.email().to_owned(),
+            name: user.name().map(str::to_owned),
+            role: user.role,
+            created_at: user.registered_at,
+        }
+    }
+}
+
+/// A successful registration, login or refresh.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    pub user: UserView,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+/// Tunables of the use cases.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthSettings {
+    pub refresh_grace: chrono::Duration,
+    pub signup_bonus: i64,
+    pub daily_timezone: chrono_tz::Tz,
+    pub read_your_writes: Duration,
+}
+
+/// The aggregates the use cases command.
+#[derive(Clone)]
+pub struct AuthAggregates {
+    pub users: CommandBus<User>,
+    pub claims: CommandBus<EmailClaim>,
+    pub sessions: CommandBus<Session>,
+    pub attempts: CommandBus<LoginAttempts>,
+    pub credits: CommandBus<CreditAccount>,
+}
+
+impl AuthAggregates {
+    /// A bus per aggregate over one store.
+    pub fn new(store: &EventStore) -> Self {
+        Self {
+            users: CommandBus::new(store.clone(), ()),
+            claims: CommandBus::new(store.clone(), ()),
+            sessions: CommandBus::new(store.clone(), ()),
+            attempts: CommandBus::new(store.clone(), ()),
+            credits: CommandBus::new(store.clone(), ()),
+        }
+    }
+}
+
+/// The authentication service of one process.
+pub struct AuthService {
+    store: EventStore,
+    projector: Arc<Projector>,
+    clock: SharedClock,
+    aggregates: AuthAggregates,
+    passwords: PasswordPool,
+    tokens: TokenService,
+    revocations: Arc<Revocations>,
+    successor_key: [u8; 32],
+    settings: AuthSettings,
+}
+
+impl AuthService {
+    /// Wires the service.
+    #[expect(clippy::too_many_arguments, reason = "one constructor wiring every collaborator")]
+    pub fn new(
+        store: EventStore,
+        projector: Arc<Projector>,
+        clock: SharedClock,
+        aggregates: AuthAggregates,
+        passwords: PasswordPool,
+        tokens: TokenService,
+        revocations: Arc<Revocations>,
+        successor_key: [u8; 32],
+        settings: AuthSettings,
+    ) -> Self {
+        Self { store, projector, clock, aggregates, passwords, tokens, revocations, successor_key, settings }
+    }
+
+    /// The token service (JWKS, issuing).
+    pub fn tokens(&self) -> &TokenService {
+        &self.tokens
+    }
+
+    /// The password hashing pool.
+    pub fn passwords(&self) -> &PasswordPool {
+        &self.passwords
+    }
+
+    /// The revocation index.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// The aggregates (credits use the same buses).
+    pub fn aggregates(&self) -> &AuthAggregates {
+        &self.aggregates
+    }
+
+    /// Checks an access token completely: signature, claims, and that its session and
+    /// user still admit it. Never calls the service's own HTTP endpoints.
+    pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let claims = self.tokens.verify(token).await?;
+        self.revocations.check(&claims)?;
+        Ok(claims)
+    }
+
+    /// Waits (bounded) until the read models show the write at `cursor`.
+    async fn settle(&self, cursor: Option<LogCursor>) {
+        if let Some(cursor) = cursor {
+            self.projector.wait_for(cursor, self.settings.read_your_writes).await;
+        }
+    }
+
+    /// Waits (bounded) until the read models show everything committed so far.
+    async fn settle_all(&self) -> anyhow::Result<()> {
+        let head = self.store.head().await?;
+        self.projector.wait_for(head, self.settings.read_your_writes).await;
+        Ok(())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+/// A UUIDv7 stamped with the clock service's time (session ids carry their start).
+pub fn uuid_at(at: DateTime<Utc>) -> Uuid {
+    let secs = u64::try_from(at.timestamp()).unwrap_or(0);
+    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, at.timestamp_subsec_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::revocations::session_started_ms;
+
+    #[test]
+    fn session_ids_carry_their_start_in_milliseconds() {
+        let at = DateTime::parse_from_rfc3339("2026-11-26T12:00:00.123456Z").unwrap().with_timezone(&Utc);
+        let id = uuid_at(at).to_string();
+        assert_eq!(session_started_ms(&id), Some(at.timestamp_millis()));
+    }
+}

@@ -1,0 +1,198 @@
+//! A minimal HTTP/1.1 client for the load generator: one keep-alive connection per worker,
+//! driven inside the worker's own task.
+//!
+//! hyper's connection future is polled next to the request instead of in a spawned task,
+//! so a request costs no cross-task wake-ups; the generator shares a small machine with
+//! the server it measures. A connection that fails is dropped and re-opened on the next
+//! request. Only `http://` base URLs are supported.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// How long a failed connect waits before reporting, so a worker facing a stopped server
+/// does not spin.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The server under test: its address, `Host` header and path prefix, from a base URL
+/// such as `http://127.0.0.1:3001` or `http://gateway:8080/auth`.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    host: HeaderValue,
+    prefix: String,
+    base_url: String,
+}
+
+impl Server {
+    /// Parses the base URL and resolves its host once.
+    pub async fn resolve(base_url: &str) -> anyhow::Result<Arc<Self>> {
+        let uri: Uri = base_url.parse().with_context(|| format!("invalid --url {base_url:?}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => bail!("--url scheme {other:?} is not supported: use http://"),
+            None => bail!("--url needs a scheme: http://host:port"),
+        }
+        let authority = uri.authority().context("--url needs a host")?;
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((authority.host(), port))
+            .await
+            .with_context(|| format!("cannot resolve {}", authority.host()))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", authority.host()))?;
+        Ok(Arc::new(Self {
+            addr,
+            host: HeaderValue::from_str(authority.as_str())?,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        }))
+    }
+
+    /// The request target for a route such as `/api/v1/auth/login`, below the URL's path.
+    pub fn uri(&self, route: &str) -> anyhow::Result<Uri> {
+        let path = format!("{}{route}", self.prefix);
+        path.parse().with_context(|| format!("invalid route {path:?}"))
+    }
+
+    /// The base URL as given, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+}
+
+/// A complete HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// An open HTTP/1.1 connection: the request handle and the connection future to drive.
+struct Live {
+    sender: http1::SendRequest<Full<Bytes>>,
+    driver: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+}
+
+/// One worker's connection to the server, opened on first use and re-opened after an
+/// error. Every request and connect also stops at the connection's deadline, so a hung
+/// server cannot hold a benchmark past its end.
+pub struct Connection {
+    server: Arc<Server>,
+    live: Option<Live>,
+    deadline: std::pin::Pin<Box<Sleep>>,
+}
+
+impl Connection {
+    /// A connection (not yet opened) whose requests fail once `deadline` has passed.
+    pub fn new(server: Arc<Server>, deadline: Instant) -> Self {
+        Self { server, live: None, deadline: Box::pin(tokio::time::sleep_until(deadline.into())) }
+    }
+
+    /// Moves the deadline (for setup requests, which each get their own).
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline.as_mut().reset(deadline.into());
+    }
+
+    /// Opens the connection now if it is not open, so that the first request's latency
+    /// does not include the TCP handshake.
+    pub async fn open(&mut self) -> anyhow::Result<()> {
+        if self.live.is_none() {
+            self.live = Some(self.connect().await?);
+        }
+        Ok(())
+    }
+
+    /// `POST`s a JSON body and reads the whole answer. Any error drops the connection;
+    /// one whose server side has closed between requests is re-opened transparently,
+    /// since nothing was sent on it.
+    pub async fn post(&mut self, uri: &Uri, body: Bytes) -> anyhow::Result<Reply> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.server.host.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+
+        self.ready().await?;
+        let Some(Live { sender, driver }) = self.live.as_mut() else {
+            bail!("no connection after it was made ready");
+        };
+        let exchange = async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(Reply { status, body })
+        };
+        let result = tokio::select! {
+            biased;
+            reply = exchange => reply.map_err(anyhow::Error::from),
+            closed = driver => Err(closed_error(closed)),
+            () = self.deadline.as_mut() => Err(anyhow!("request still open at the deadline")),
+        };
+        if result.is_err() {
+            self.live = None;
+        }
+        result
+    }
+
+    /// Waits until the connection can take a request, re-opening it once if the server
+    /// closed it while idle.
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        for attempt in 0..2 {
+            self.open().await?;
+            let Some(Live { sender, driver }) = self.live.as_mut() else {
+                bail!("no connection after opening one");
+            };
+            let ready = tokio::select! {
+                biased;
+                ready = sender.ready() => ready.map_err(anyhow::Error::from),
+                closed = driver => Err(closed_error(closed)),
+                () = self.deadline.as_mut() => bail!("no connection ready at the deadline"),
+            };
+            match ready {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    self.live = None;
+                    if attempt == 1 {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<Live> {
+        let stream = tokio::select! {
+            stream = TcpStream::connect(self.server.addr) => stream,
+            () = self.deadline.as_mut() => bail!("connect still pending at the deadline"),
+        };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                tokio::time::sleep(CONNECT_BACKOFF).await;
+                return Err(anyhow::Error::from(error).context("connect"));
+            }
+        };
+        stream.set_nodelay(true)?;
+        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Live { sender, driver })
+    }
+}
+
+fn closed_error(closed: hyper::Result<()>) -> anyhow::Error {
+    match closed {
+        Ok(()) => anyhow!("connection closed by the server"),
+        Err(error) => error.into(),
+    }
+}

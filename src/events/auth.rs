@@ -1,0 +1,267 @@
+//! Events of the authentication aggregates: users, e-mail claims, sessions, login
+//! attempts and the signing keyring.
+//!
+//! Personal data (e-mail, name, IP address, user agent, device) sits in fields named
+//! `personal`, so it can be encrypted per user and erased later without rewriting the
+//! log. Refresh tokens appear only as hashes; private keys never appear.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::security::refresh::TokenHash;
+
+/// What a user may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    User,
+    Admin,
+    Service,
+}
+
+impl Role {
+    /// The role's name as in tokens and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+            Self::Service => "service",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "user" => Ok(Self::User),
+            "admin" => Ok(Self::Admin),
+            "service" => Ok(Self::Service),
+            other => Err(format!("unknown role {other:?}: expected user, admin or service")),
+        }
+    }
+}
+
+/// A user's personal data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPersonal {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// Events of a user account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UserEvent {
+    UserRegistered {
+        user_id: String,
+        personal: UserPersonal,
+        /// argon2id PHC string (redacted from exports).
+        password_hash: String,
+        role: Role,
+        registered_at: DateTime<Utc>,
+    },
+    /// The role changed; every session started at or before `sessions_revoked_before`
+    /// is revoked (their tokens carry the old role).
+    UserRoleChanged {
+        role: Role,
+        previous: Role,
+        sessions_revoked_before: DateTime<Utc>,
+    },
+    /// The account may no longer sign in; every session is revoked.
+    UserDisabled {
+        sessions_revoked_before: DateTime<Utc>,
+    },
+    UserEnabled {
+        enabled_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::UserRegistered { .. } => "UserRegistered",
+            Self::UserRoleChanged { .. } => "UserRoleChanged",
+            Self::UserDisabled { .. } => "UserDisabled",
+            Self::UserEnabled { .. } => "UserEnabled",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Events of the claim on one normalised e-mail address (the aggregate id is a hash
+/// of the address).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EmailClaimEvent {
+    EmailClaimed { user_id: String, claimed_at: DateTime<Utc> },
+}
+
+impl DomainEvent for EmailClaimEvent {
+    fn event_type(&self) -> String {
+        "EmailClaimed".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Where a session came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOrigin {
+    Registration,
+    Login,
+}
+
+/// The personal data of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPersonal {
+    pub device_id: Option<String>,
+    pub device_name: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// `POST /auth/logout`.
+    Logout,
+    /// `DELETE /auth/sessions/{id}` or `POST /auth/sessions/revoke-others`.
+    RevokedByUser,
+    /// A spent refresh token was presented again.
+    RefreshTokenReuse,
+    /// The user's role changed, the user was disabled, or the password changed.
+    UserChanged,
+}
+
+impl RevokeReason {
+    /// The reason as stored in read models.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::RevokedByUser => "revoked_by_user",
+            Self::RefreshTokenReuse => "refresh_token_reuse",
+            Self::UserChanged => "user_changed",
+        }
+    }
+}
+
+/// Events of one session: one login and every refresh token descended from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    SessionStarted {
+        session_id: String,
+        user_id: String,
+        origin: SessionOrigin,
+        refresh_hash: TokenHash,
+        refresh_expires_at: DateTime<Utc>,
+        remember_me: bool,
+        personal: SessionPersonal,
+        started_at: DateTime<Utc>,
+    },
+    SessionRefreshed {
+        user_id: String,
+        previous_hash: TokenHash,
+        refresh_hash: TokenHash,
+        refresh_expires_at: DateTime<Utc>,
+        personal: SessionPersonal,
+        refreshed_at: DateTime<Utc>,
+    },
+    /// A spent refresh token came back: someone holds a copy. The session is revoked by
+    /// the `SessionRevoked` event that follows.
+    RefreshTokenReuseDetected {
+        user_id: String,
+        presented_hash: TokenHash,
+        personal: SessionPersonal,
+        detected_at: DateTime<Utc>,
+    },
+    SessionRevoked {
+        user_id: String,
+        reason: RevokeReason,
+        revoked_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SessionStarted { .. } => "SessionStarted",
+            Self::SessionRefreshed { .. } => "SessionRefreshed",
+            Self::RefreshTokenReuseDetected { .. } => "RefreshTokenReuseDetected",
+            Self::SessionRevoked { .. } => "SessionRevoked",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Why a login failed (never told to the client, which always hears the same answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFailure {
+    UnknownEmail,
+    BadPassword,
+    Disabled,
+}
+
+/// Events of the login attempts on one e-mail address, registered or not (the aggregate
+/// id is the same hash as the e-mail claim's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LoginAttemptEvent {
+    LoginFailed {
+        reason: LoginFailure,
+        user_id: Option<String>,
+        personal: SessionPersonal,
+        failed_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for LoginAttemptEvent {
+    fn event_type(&self) -> String {
+        "LoginFailed".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Events of the signing keyring: public parts only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum KeyringEvent {
+    /// A key was generated and published; it signs from `activates_at` on.
+    SigningKeyCreated {
+        kid: String,
+        public_key: String,
+        created_at: DateTime<Utc>,
+        activates_at: DateTime<Utc>,
+    },
+    /// The key signs new tokens from now on.
+    SigningKeyActivated { kid: String, previous_kid: Option<String>, activated_at: DateTime<Utc> },
+    /// The key signs no more; it stays published until `unpublish_after`.
+    SigningKeyRetired { kid: String, retired_at: DateTime<Utc>, unpublish_after: DateTime<Utc> },
+    /// Every token the key signed has expired; it is no longer published or accepted.
+    SigningKeyRemoved { kid: String, removed_at: DateTime<Utc> },
+}
+
+impl DomainEvent for KeyringEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SigningKeyCreated { .. } => "SigningKeyCreated",
+            Self::SigningKeyActivated { .. } => "SigningKeyActivated",
+            Self::SigningKeyRetired { .. } => "SigningKeyRetired",
+            Self::SigningKeyRemoved { .. } => "SigningKeyRemoved",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

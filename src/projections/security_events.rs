@@ -1,0 +1,205 @@
+//! Projection `security_events` (table `security_events`): one row per security-relevant
+//! event of the log, keyed by the event's global position, with the user, session, IP
+//! address, user agent, time and type. `GET /auth/security-events` reads it.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::types::Json;
+
+use super::Projection;
+use crate::db::{Db, DbTime, DbTx};
+use crate::events::RecordedEvent;
+use crate::events::auth::{
+    KeyringEvent, LoginAttemptEvent, RevokeReason, SessionEvent, SessionPersonal, UserEvent,
+};
+use crate::insert_rows;
+
+/// The security event types this projection records.
+pub mod kinds {
+    pub const ACCOUNT_CREATED: &str = "account_created";
+    pub const LOGIN_SUCCESS: &str = "login_success";
+    pub const LOGIN_FAILURE: &str = "login_failure";
+    pub const LOGOUT: &str = "logout";
+    pub const TOKEN_REFRESHED: &str = "token_refreshed";
+    pub const REFRESH_TOKEN_REUSE_DETECTED: &str = "refresh_token_reuse_detected";
+    pub const SESSION_REVOKED: &str = "session_revoked";
+    pub const SIGNING_KEY_ROTATED: &str = "signing_key_rotated";
+    pub const ROLE_CHANGED: &str = "role_changed";
+    pub const ACCOUNT_DISABLED: &str = "account_disabled";
+    pub const ACCOUNT_ENABLED: &str = "account_enabled";
+}
+
+/// See the module documentation.
+pub struct SecurityEvents;
+
+/// One row to write.
+struct Row_ {
+    position: i64,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    event_type: &'static str,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+    metadata: Value,
+    created_at: DbTime,
+}
+
+#[async_trait]
+impl Projection for SecurityEvents {
+    fn name(&self) -> &'static str {
+        "security_events"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["security_events"]
+    }
+
+    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        for event in events {
+            if let Some(row) = row_for(event)? {
+                rows.push(row);
+            }
+        }
+        for chunk in rows.chunks(1000) {
+            insert_rows!(
+                tx,
+                "INSERT INTO security_events (position, user_id, session_id, event_type, ip_address, \
+                                              user_agent, metadata, created_at) ",
+                chunk,
+                |r| (
+                    r.position,
+                    r.user_id.clone(),
+                    r.session_id.clone(),
+                    r.event_type,
+                    r.ip_address.clone(),
+                    r.user_agent.clone(),
+                    Json(r.metadata.clone()),
+                    r.created_at
+                )
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
+    let row = |kind,
+               user: Option<String>,
+               session: Option<String>,
+               personal: Option<&SessionPersonal>,
+               metadata| Row_ {
+        position: event.cursor.position,
+        user_id: user,
+        session_id: session,
+        event_type: kind,
+        ip_address: personal.and_then(|p| p.ip_address.clone()),
+        user_agent: personal.and_then(|p| p.user_agent.clone()),
+        metadata,
+        created_at: DbTime(event.recorded_at),
+    };
+    let id = Some(event.aggregate_id.clone());
+    Ok(Some(match event.aggregate_type.as_str() {
+        "user" => match event.decode::<UserEvent>()? {
+            UserEvent::UserRegistered { .. } => row(kinds::ACCOUNT_CREATED, id, None, None, json!({})),
+            UserEvent::UserRoleChanged { role, previous, .. } => {
+                row(kinds::ROLE_CHANGED, id, None, None, json!({"role": role, "previous": previous}))
+            }
+            UserEvent::UserDisabled { .. } => row(kinds::ACCOUNT_DISABLED, id, None, None, json!({})),
+            UserEvent::UserEnabled { .. } => row(kinds::ACCOUNT_ENABLED, id, None, None, json!({})),
+        },
+        "session" => match event.decode::<SessionEvent>()? {
+            SessionEvent::SessionStarted { user_id, origin, remember_me, personal, .. } => row(
+                kinds::LOGIN_SUCCESS,
+                Some(user_id),
+                id,
+                Some(&personal),
+                json!({"origin": origin, "deviceId": personal.device_id, "deviceName": personal.device_name,
+                       "rememberMe": remember_me}),
+            ),
+            SessionEvent::SessionRefreshed { user_id, personal, .. } => {
+                row(kinds::TOKEN_REFRESHED, Some(user_id), id, Some(&personal), json!({}))
+            }
+            SessionEvent::RefreshTokenReuseDetected { user_id, personal, .. } => {
+                row(kinds::REFRESH_TOKEN_REUSE_DETECTED, Some(user_id), id, Some(&personal), json!({}))
+            }
+            SessionEvent::SessionRevoked { user_id, reason, .. } => {
+                let kind =
+                    if reason == RevokeReason::Logout { kinds::LOGOUT } else { kinds::SESSION_REVOKED };
+                row(kind, Some(user_id), id, None, json!({"reason": reason.as_str()}))
+            }
+        },
+        "login_attempts" => {
+            let LoginAttemptEvent::LoginFailed { reason, user_id, personal, .. } = event.decode()?;
+            row(kinds::LOGIN_FAILURE, user_id, None, Some(&personal), json!({"reason": reason}))
+        }
+        "keyring" => match event.decode::<KeyringEvent>()? {
+            KeyringEvent::SigningKeyActivated { kid, previous_kid: Some(previous), .. } => row(
+                kinds::SIGNING_KEY_ROTATED,
+                None,
+                None,
+                None,
+                json!({"kid": kid, "previousKid": previous}),
+            ),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// A security event as `GET /auth/security-events` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecurityEventRow {
+    pub id: i64,
+    pub event_type: String,
+    pub session_id: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's security events, newest first.
+pub async fn for_user(
+    db: &Db,
+    user_id: &str,
+    limit: i64,
+    offset: i64,
+) -> anyhow::Result<Vec<SecurityEventRow>> {
+    let sql = "SELECT position, event_type, session_id, ip_address, user_agent, metadata, created_at \
+               FROM security_events WHERE user_id = $1 \
+               ORDER BY created_at DESC, position DESC LIMIT $2 OFFSET $3";
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all($pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(SecurityEventRow {
+                        id: r.try_get(0)?,
+                        event_type: r.try_get(1)?,
+                        session_id: r.try_get(2)?,
+                        ip_address: r.try_get(3)?,
+                        user_agent: r.try_get(4)?,
+                        metadata: r.try_get::<Json<Value>, _>(5)?.0,
+                        created_at: r.try_get::<DbTime, _>(6)?.0,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        };
+    }
+    Ok(match db {
+        Db::Postgres(pool) => fetch!(pool),
+        Db::Sqlite { reader, .. } => fetch!(reader),
+    })
+}

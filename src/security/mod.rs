@@ -1,0 +1,9 @@
+//! Security building blocks: the password hashing pool, the server secret and sealed
+//! storage, signing keys, access tokens, refresh tokens and the revocation index.
+
+pub mod keys;
+pub mod passwords;
+pub mod refresh;
+pub mod revocations;
+pub mod secrets;
+pub mod tokens;

@@ -1,0 +1,213 @@
+//! Which access tokens must be refused although their signature is good: tokens of
+//! revoked sessions, of sessions started before a user-wide cutoff (role change,
+//! disable), and of disabled users.
+//!
+//! Each process keeps this in memory and feeds it from the log: at start from the
+//! `users` and `sessions` read models and their checkpoints, then by following the log
+//! (woken after local commits, by other processes' `NOTIFY`, and by polling), so a
+//! revocation anywhere reaches every process within a poll interval even when Redis is
+//! down. Entries older than an access token's lifetime are dropped: such tokens have
+//! expired anyway. Checking a token is a few hash lookups.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use sqlx::Row;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::tokens::{AccessClaims, TokenError};
+use crate::clock::SharedClock;
+use crate::db::{Db, DbTime};
+use crate::events::auth::{SessionEvent, UserEvent};
+use crate::events::{EventStore, LogCursor, RecordedEvent};
+use crate::projections::Projector;
+
+#[derive(Default)]
+struct State {
+    /// Revoked sessions and when.
+    sessions: HashMap<String, DateTime<Utc>>,
+    /// Per user: sessions started at or before this millisecond are revoked.
+    cutoffs: HashMap<String, DateTime<Utc>>,
+    disabled: HashSet<String>,
+    cursor: LogCursor,
+}
+
+/// The revocation index of one process.
+pub struct Revocations {
+    state: RwLock<State>,
+    store: EventStore,
+    clock: SharedClock,
+    /// How long an entry matters: the access-token lifetime plus leeway.
+    window: chrono::Duration,
+}
+
+/// The start of a session, from its id (a UUIDv7 made from the clock at the start).
+pub fn session_started_ms(session_id: &str) -> Option<i64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(session_id).ok()?.get_timestamp()?.to_unix();
+    Some(i64::try_from(secs).ok()? * 1000 + i64::from(nanos / 1_000_000))
+}
+
+impl Revocations {
+    /// Loads the recent revocations from the read models; call [`spawn`](Self::spawn) to
+    /// keep following the log from their checkpoints.
+    pub async fn bootstrap(
+        store: EventStore,
+        projector: &Projector,
+        clock: SharedClock,
+        window: chrono::Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        // Checkpoints first: the tables can only be newer, and replaying is idempotent.
+        let cursor = projector.checkpoint("users").await?.min(projector.checkpoint("sessions").await?);
+        let since = DbTime(clock.now() - window);
+        let mut state = State { cursor, ..State::default() };
+        let users = "SELECT id, disabled, sessions_revoked_before FROM users \
+                     WHERE disabled OR sessions_revoked_before > $1";
+        let sessions = "SELECT id, revoked_at FROM sessions WHERE revoked_at > $1";
+        macro_rules! load {
+            ($pool:expr) => {{
+                for row in sqlx::query(users).bind(since).fetch_all($pool).await? {
+                    let id: String = row.try_get(0)?;
+                    if row.try_get::<bool, _>(1)? {
+                        state.disabled.insert(id.clone());
+                    }
+                    if let Some(DbTime(cutoff)) = row.try_get::<Option<DbTime>, _>(2)? {
+                        state.cutoffs.insert(id, cutoff);
+                    }
+                }
+                for row in sqlx::query(sessions).bind(since).fetch_all($pool).await? {
+                    let DbTime(at) = row.try_get(1)?;
+                    state.sessions.insert(row.try_get(0)?, at);
+                }
+            }};
+        }
+        match store.db() {
+            Db::Postgres(pool) => load!(pool),
+            Db::Sqlite { reader, .. } => load!(reader),
+        }
+        Ok(Arc::new(Self { state: RwLock::new(state), store, clock, window }))
+    }
+
+    /// Refuses a verified token whose session or user no longer admits it.
+    pub fn check(&self, claims: &AccessClaims) -> Result<(), TokenError> {
+        let state = self.state.read();
+        if state.disabled.contains(&claims.sub) {
+            return Err(TokenError::UserDisabled);
+        }
+        if state.sessions.contains_key(&claims.sid) {
+            return Err(TokenError::SessionRevoked);
+        }
+        if let Some(cutoff) = state.cutoffs.get(&claims.sub) {
+            let started = session_started_ms(&claims.sid).unwrap_or(i64::MIN);
+            if started <= cutoff.timestamp_millis() {
+                return Err(TokenError::SessionRevoked);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a revocation this process just committed, before the log follower sees it.
+    pub fn revoke_session(&self, session_id: &str, at: DateTime<Utc>) {
+        self.state.write().sessions.insert(session_id.to_owned(), at);
+    }
+
+    /// Records a user-wide cutoff this process just committed.
+    pub fn revoke_user_sessions(&self, user_id: &str, before: DateTime<Utc>) {
+        let mut state = self.state.write();
+        let cutoff = state.cutoffs.entry(user_id.to_owned()).or_insert(before);
+        *cutoff = (*cutoff).max(before);
+    }
+
+    /// Records that this process just disabled or enabled a user.
+    pub fn set_disabled(&self, user_id: &str, disabled: bool) {
+        let mut state = self.state.write();
+        if disabled {
+            state.disabled.insert(user_id.to_owned());
+        } else {
+            state.disabled.remove(user_id);
+        }
+    }
+
+    /// Follows the log until `shutdown`.
+    pub fn spawn(self: &Arc<Self>, tasks: &mut JoinSet<()>, poll: Duration, shutdown: &CancellationToken) {
+        let index = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { index.follow(poll, shutdown).await });
+    }
+
+    async fn follow(&self, poll: Duration, shutdown: CancellationToken) {
+        let mut wake = self.store.signal().subscribe_events();
+        while !shutdown.is_cancelled() {
+            match self.catch_up().await {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "revocation index could not read the log")
+                }
+            }
+            self.prune();
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(poll) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Applies everything readable in the log now.
+    pub async fn catch_up(&self) -> anyhow::Result<()> {
+        loop {
+            let cursor = self.state.read().cursor;
+            let events = self.store.read_after(cursor, 1000).await?;
+            let Some(last) = events.last().map(|e| e.cursor) else { return Ok(()) };
+            let mut state = self.state.write();
+            for event in &events {
+                apply(&mut state, event);
+            }
+            state.cursor = state.cursor.max(last);
+        }
+    }
+
+    /// How far this index has read the log.
+    pub fn cursor(&self) -> LogCursor {
+        self.state.read().cursor
+    }
+
+    fn prune(&self) {
+        let horizon = self.clock.now() - self.window;
+        let mut state = self.state.write();
+        state.sessions.retain(|_, at| *at > horizon);
+        state.cutoffs.retain(|_, at| *at > horizon);
+    }
+}
+
+fn apply(state: &mut State, event: &RecordedEvent) {
+    match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+        ("session", "SessionRevoked") => {
+            if let Ok(SessionEvent::SessionRevoked { revoked_at, .. }) = event.decode() {
+                state.sessions.insert(event.aggregate_id.clone(), revoked_at);
+            }
+        }
+        ("user", "UserRoleChanged" | "UserDisabled" | "UserEnabled") => {
+            let user = event.aggregate_id.clone();
+            match event.decode::<UserEvent>() {
+                Ok(UserEvent::UserRoleChanged { sessions_revoked_before, .. }) => {
+                    let cutoff = state.cutoffs.entry(user).or_insert(sessions_revoked_before);
+                    *cutoff = (*cutoff).max(sessions_revoked_before);
+                }
+                Ok(UserEvent::UserDisabled { sessions_revoked_before }) => {
+                    state.disabled.insert(user.clone());
+                    let cutoff = state.cutoffs.entry(user).or_insert(sessions_revoked_before);
+                    *cutoff = (*cutoff).max(sessions_revoked_before);
+                }
+                Ok(UserEvent::UserEnabled { .. }) => {
+                    state.disabled.remove(&user);
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
