@@ -464,3 +464,35 @@ async fn the_client_address_comes_from_forwarded_for_only_behind_a_trusted_proxy
     assert_eq!(session.body["session"]["ipAddress"], "127.0.0.1", "no trusted proxy: the header is ignored");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hashing_queue_answers_503_with_retry_after() {
+    let db = TestDb::sqlite();
+    let mut config = db.app_config();
+    config.password_hash_threads = 1;
+    config.password_hash_queue = 1;
+    let app = TestApp::spawn(config).await;
+    let api = Api::new(&app.base);
+    let email = unique_email("flood");
+    api.register(&email).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (api, email) = (api.clone(), email.clone());
+        tasks.spawn(async move { api.login(&email, PASSWORD).await });
+    }
+    let (mut ok, mut busy) = (0, 0);
+    while let Some(answer) = tasks.join_next().await {
+        let answer = answer.expect("task");
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer.body["error"], "SERVICE_UNAVAILABLE");
+                assert_eq!(answer.headers["retry-after"], "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    app.stop().await;
+}

@@ -103,11 +103,18 @@ impl TestDb {
         }
     }
 
-    /// A configuration on this database, everything else at its defaults, port 0.
+    /// A configuration on this database, everything else at its defaults, port 0, and
+    /// this database's own server secret (shared by every app on it).
     pub fn app_config(&self) -> Config {
         let mut config = Config::for_database(self.config.clone());
         config.database_max_connections = 5;
+        config.key_encryption_secret = Some(Secret::new(self.secret()));
         config
+    }
+
+    /// The `KEY_ENCRYPTION_SECRET` of every server on this database.
+    pub fn secret(&self) -> String {
+        format!("test-secret-{}-for-this-database-only", self.url().len())
     }
 }
 
