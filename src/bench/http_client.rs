@@ -148,28 +148,27 @@ impl Connection {
     /// Waits until the connection can take a request, re-opening it once if the server
     /// closed it while idle.
     async fn ready(&mut self) -> anyhow::Result<()> {
-        for attempt in 0..2 {
+        let mut reopened = false;
+        loop {
             self.open().await?;
             let Some(Live { sender, driver }) = self.live.as_mut() else {
                 bail!("no connection after opening one");
             };
-            let ready = tokio::select! {
+            let (error, retry) = tokio::select! {
                 biased;
-                ready = sender.ready() => ready.map_err(anyhow::Error::from),
-                closed = driver => Err(closed_error(closed)),
-                () = self.deadline.as_mut() => bail!("no connection ready at the deadline"),
+                ready = sender.ready() => match ready {
+                    Ok(()) => return Ok(()),
+                    Err(error) => (error.into(), true),
+                },
+                closed = driver => (closed_error(closed), true),
+                () = self.deadline.as_mut() => (anyhow!("no connection ready at the deadline"), false),
             };
-            match ready {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    self.live = None;
-                    if attempt == 1 {
-                        return Err(error);
-                    }
-                }
+            self.live = None;
+            if !retry || reopened {
+                return Err(error);
             }
+            reopened = true;
         }
-        Ok(())
     }
 
     async fn connect(&mut self) -> anyhow::Result<Live> {
