@@ -13,19 +13,18 @@
 //! Request bodies are serialized once where they do not change; a request costs one
 //! small header map, its body and the answer's bytes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
+use hyper::Uri;
 use hyper::body::Bytes;
-use hyper::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::http_client::{Connection, Reply, Server};
-use super::{HttpArgs, Latencies};
+use super::HttpArgs;
+use super::http_client::{Connection, Outcome, Server, Window, Worker, drive, report};
 
 /// The password of every benchmark user (16+ characters, mixed classes).
 const PASSWORD: &str = "Bench-Passw0rd-load-2024!";
@@ -35,8 +34,6 @@ const LOGIN_USERS: usize = 8;
 const SETUP_LANES: usize = 4;
 /// Time allowed to each setup request.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time allowed past the window's end for in-flight requests; later ones fail.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of an access token; the validate token must outlive the run.
 const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
@@ -105,33 +102,29 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
     }
 
     let n = args.concurrency;
+    // Each run's window starts when its setup is done.
+    let window =
+        || Window::starting_now(Duration::from_secs(args.warmup), Duration::from_secs(args.duration));
     match scenario {
         HttpScenario::Register => {
-            let workers = (0..n).map(|_| Register { uri: routes.register.clone() });
-            let window = Window::after(&args);
-            report("register", n, &drive(&server, workers, window).await?, &args);
+            let workers = (0..n).map(|_| Register { uri: routes.register.clone() }).collect();
+            measure("register", &server, workers, window()).await
         }
         HttpScenario::Login => {
             let bodies = login_bodies(&register_users(&server, &routes, LOGIN_USERS).await?)?;
-            let workers = (0..n).map(|i| Login::new(&routes, &bodies, i));
-            let window = Window::after(&args);
-            report("login", n, &drive(&server, workers, window).await?, &args);
+            let workers = (0..n).map(|i| Login::new(&routes, &bodies, i)).collect();
+            measure("login", &server, workers, window()).await
         }
         HttpScenario::Refresh => {
             let users = register_users(&server, &routes, n).await?;
-            let workers = users
-                .into_iter()
-                .map(|user| Refresh::new(&routes, user))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let window = Window::after(&args);
-            report("refresh", n, &drive(&server, workers, window).await?, &args);
+            let workers =
+                users.into_iter().map(|user| Refresh::new(&routes, user)).collect::<anyhow::Result<_>>()?;
+            measure("refresh", &server, workers, window()).await
         }
         HttpScenario::Validate => {
-            let user = register_users(&server, &routes, 1).await?;
-            let body = validate_body(&user)?;
-            let workers = (0..n).map(|_| Validate::new(&routes, &body));
-            let window = Window::after(&args);
-            report("validate", n, &drive(&server, workers, window).await?, &args);
+            let body = validate_body(&register_users(&server, &routes, 1).await?)?;
+            let workers = (0..n).map(|_| Validate::new(&routes, &body)).collect();
+            measure("validate", &server, workers, window()).await
         }
         HttpScenario::Mixed => {
             let mut users = register_users(&server, &routes, 1 + LOGIN_USERS).await?;
@@ -139,55 +132,31 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
             let bodies = login_bodies(&users)?;
             let validators = (0..n).map(|_| Validate::new(&routes, &body));
             let logins = (0..args.login_concurrency).map(|i| Login::new(&routes, &bodies, i));
-            let window = Window::after(&args);
+            let window = window();
             let (validated, logged_in) =
                 tokio::try_join!(drive(&server, validators, window), drive(&server, logins, window))?;
-            report("validate", n, &validated, &args);
-            report("login", args.login_concurrency, &logged_in, &args);
+            report("validate", n, &validated, &window);
+            report("login", args.login_concurrency, &logged_in, &window);
+            Ok(())
         }
     }
+}
+
+/// Runs one stream of workers through `window` and prints its report.
+async fn measure<W: Worker>(
+    stream: &str,
+    server: &Arc<Server>,
+    workers: Vec<W>,
+    window: Window,
+) -> anyhow::Result<()> {
+    let count = workers.len();
+    let tally = drive(server, workers, window).await?;
+    report(stream, count, &tally, &window);
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
 // Workers: per-worker state and one request.
-
-/// What one request came to.
-enum Outcome {
-    /// A 2xx answer that says what the scenario expects.
-    Ok,
-    /// An answer outside 2xx.
-    Status(StatusCode),
-    /// A 2xx answer that says the operation failed, or cannot be read; the reason.
-    Rejected(&'static str),
-    /// No answer: connect, I/O, protocol or timeout error.
-    Transport(anyhow::Error),
-}
-
-impl Outcome {
-    /// Classifies an answer: 2xx and `accept(body)` is `Ok`, else `Rejected(reason)`.
-    fn of(result: anyhow::Result<Reply>, reason: &'static str, accept: impl FnOnce(&[u8]) -> bool) -> Self {
-        match result {
-            Err(error) => Self::Transport(error),
-            Ok(reply) if !reply.status.is_success() => Self::Status(reply.status),
-            Ok(reply) if accept(&reply.body) => Self::Ok,
-            Ok(_) => Self::Rejected(reason),
-        }
-    }
-}
-
-/// One worker of a scenario: its own state (tokens, bodies, counters) and the request it
-/// repeats on its own connection.
-trait Worker: Send + 'static {
-    /// Sends one request; the driver times it.
-    fn request(&mut self, conn: &mut Connection) -> impl Future<Output = Outcome> + Send;
-
-    /// Called, untimed, after a request that was not `Ok`: repairs the worker's state
-    /// (e.g. starts a new session) so that one failure does not spoil the rest of the run.
-    fn recover(&mut self, _conn: &mut Connection) -> impl Future<Output = ()> + Send {
-        async {}
-    }
-}
 
 /// Registers a new unique user per request.
 struct Register {
@@ -200,7 +169,7 @@ impl Worker for Register {
             Ok(body) => body,
             Err(error) => return Outcome::Transport(error),
         };
-        Outcome::of(conn.post(&self.uri, body).await, "", |_| true)
+        Outcome::of_status(conn.post(&self.uri, body).await)
     }
 }
 
@@ -222,7 +191,7 @@ impl Worker for Login {
     async fn request(&mut self, conn: &mut Connection) -> Outcome {
         self.next = (self.next + 1) % self.bodies.len();
         let body = self.bodies[self.next].clone();
-        Outcome::of(conn.post(&self.uri, body).await, "", |_| true)
+        Outcome::of_status(conn.post(&self.uri, body).await)
     }
 }
 
@@ -390,7 +359,9 @@ async fn register_users(server: &Arc<Server>, routes: &Routes, count: usize) -> 
     while let Some(lane) = tasks.join_next().await {
         users.extend(lane??);
     }
-    println!("setup: registered {count} users in {:.2} s", started.elapsed().as_secs_f64());
+    let plural = if count == 1 { "" } else { "s" };
+    let seconds = started.elapsed().as_secs_f64();
+    println!("setup: registered {count} user{plural} in {seconds:.2} s");
     Ok(users)
 }
 
@@ -403,127 +374,6 @@ async fn register_one(conn: &mut Connection, uri: &Uri) -> anyhow::Result<User> 
     let tokens: Tokens =
         serde_json::from_slice(&reply.body).context("setup: register answer without tokens")?;
     Ok(User { email, access_token: tokens.access_token, refresh_token: tokens.refresh_token })
-}
-
-// ---------------------------------------------------------------------------------------
-// Driver and report.
-
-/// The run's time line: warm-up from now, then the measured window.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    measure_from: Instant,
-    end: Instant,
-}
-
-impl Window {
-    /// The window of a run starting now.
-    fn after(args: &HttpArgs) -> Self {
-        let measure_from = Instant::now() + Duration::from_secs(args.warmup);
-        Self { measure_from, end: measure_from + Duration::from_secs(args.duration) }
-    }
-}
-
-/// The requests one stream started in the measured window.
-#[derive(Default)]
-struct Tally {
-    requests: u64,
-    ok: Latencies,
-    statuses: BTreeMap<u16, u64>,
-    rejected: BTreeMap<&'static str, u64>,
-    transport: BTreeMap<String, u64>,
-}
-
-impl Tally {
-    fn record(&mut self, outcome: Outcome, latency: Duration) {
-        self.requests += 1;
-        match outcome {
-            Outcome::Ok => self.ok.record(latency),
-            Outcome::Status(status) => *self.statuses.entry(status.as_u16()).or_default() += 1,
-            Outcome::Rejected(reason) => *self.rejected.entry(reason).or_default() += 1,
-            Outcome::Transport(error) => *self.transport.entry(format!("{error:#}")).or_default() += 1,
-        }
-    }
-
-    fn merge(&mut self, other: Tally) {
-        self.requests += other.requests;
-        self.ok.merge(other.ok);
-        for (status, n) in other.statuses {
-            *self.statuses.entry(status).or_default() += n;
-        }
-        for (reason, n) in other.rejected {
-            *self.rejected.entry(reason).or_default() += n;
-        }
-        for (error, n) in other.transport {
-            *self.transport.entry(error).or_default() += n;
-        }
-    }
-}
-
-/// Runs the workers, each on its own task and connection, through the window.
-async fn drive<W: Worker>(
-    server: &Arc<Server>,
-    workers: impl IntoIterator<Item = W>,
-    window: Window,
-) -> anyhow::Result<Tally> {
-    let mut tasks = JoinSet::new();
-    for worker in workers {
-        let conn = Connection::new(Arc::clone(server), window.end + DRAIN_TIMEOUT);
-        tasks.spawn(work(worker, conn, window));
-    }
-    let mut tally = Tally::default();
-    while let Some(worker) = tasks.join_next().await {
-        tally.merge(worker?);
-    }
-    Ok(tally)
-}
-
-/// One worker's closed loop: request, record if started in the window, repeat.
-async fn work<W: Worker>(mut worker: W, mut conn: Connection, window: Window) -> Tally {
-    let mut tally = Tally::default();
-    // A failed open is retried by the first request, which then reports it.
-    let _ = conn.open().await;
-    loop {
-        let started = Instant::now();
-        if started >= window.end {
-            return tally;
-        }
-        let outcome = worker.request(&mut conn).await;
-        let failed = !matches!(outcome, Outcome::Ok);
-        if started >= window.measure_from {
-            tally.record(outcome, started.elapsed());
-        }
-        if failed {
-            worker.recover(&mut conn).await;
-        }
-    }
-}
-
-/// Prints one stream's numbers.
-fn report(stream: &str, workers: usize, tally: &Tally, args: &HttpArgs) {
-    let seconds = args.duration as f64;
-    let ok = tally.ok.count();
-    println!(
-        "{stream}: {workers} workers, {} requests in {seconds:.0} s = {:.1} req/s, {ok} ok = {:.1} req/s",
-        tally.requests,
-        tally.requests as f64 / seconds,
-        ok as f64 / seconds,
-    );
-    println!("{stream}: latency of ok requests {}", tally.ok.summary());
-    let mut failures = Vec::new();
-    for (status, n) in &tally.statuses {
-        failures.push(format!("HTTP {status} x{n}"));
-    }
-    for (reason, n) in &tally.rejected {
-        failures.push(format!("2xx but {reason} x{n}"));
-    }
-    for (error, n) in &tally.transport {
-        failures.push(format!("transport error \"{error}\" x{n}"));
-    }
-    if failures.is_empty() {
-        println!("{stream}: failures: none");
-    } else {
-        println!("{stream}: failures: {}", failures.join(", "));
-    }
 }
 
 fn machine() -> String {

@@ -1,11 +1,13 @@
-//! A minimal HTTP/1.1 client for the load generator: one keep-alive connection per worker,
-//! driven inside the worker's own task.
+//! The scenario-independent half of the load generator: a minimal HTTP/1.1 client, the
+//! [`Worker`] trait scenarios implement, the closed-loop driver and the report.
 //!
-//! hyper's connection future is polled next to the request instead of in a spawned task,
-//! so a request costs no cross-task wake-ups; the generator shares a small machine with
-//! the server it measures. A connection that fails is dropped and re-opened on the next
+//! Each worker has one keep-alive connection, driven inside the worker's own task: hyper's
+//! connection future is polled next to the request instead of in a spawned task, so a
+//! request costs no cross-task wake-ups (the generator shares a small machine with the
+//! server it measures). A connection that fails is dropped and re-opened on the next
 //! request. Only `http://` base URLs are supported.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +20,16 @@ use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 use tokio::time::Sleep;
+
+use super::Latencies;
 
 /// How long a failed connect waits before reporting, so a worker facing a stopped server
 /// does not spin.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(20);
+/// Time allowed past the window's end for in-flight requests; later ones fail.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server under test: its address, `Host` header and path prefix, from a base URL
 /// such as `http://127.0.0.1:3001` or `http://gateway:8080/auth`.
@@ -193,5 +200,174 @@ fn closed_error(closed: hyper::Result<()>) -> anyhow::Error {
     match closed {
         Ok(()) => anyhow!("connection closed by the server"),
         Err(error) => error.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workers, driver and report.
+
+/// What one request came to.
+pub enum Outcome {
+    /// A 2xx answer that says what the scenario expects.
+    Ok,
+    /// An answer outside 2xx.
+    Status(StatusCode),
+    /// A 2xx answer that says the operation failed, or cannot be read; the reason.
+    Rejected(&'static str),
+    /// No answer: connect, I/O, protocol or timeout error.
+    Transport(anyhow::Error),
+}
+
+impl Outcome {
+    /// Classifies an answer by its status alone: 2xx is `Ok`.
+    pub fn of_status(result: anyhow::Result<Reply>) -> Self {
+        Self::of(result, "unexpected body", |_| true)
+    }
+
+    /// Classifies an answer: 2xx and `accept(body)` is `Ok`, else `Rejected(reason)`.
+    pub fn of(
+        result: anyhow::Result<Reply>,
+        reason: &'static str,
+        accept: impl FnOnce(&[u8]) -> bool,
+    ) -> Self {
+        match result {
+            Err(error) => Self::Transport(error),
+            Ok(reply) if !reply.status.is_success() => Self::Status(reply.status),
+            Ok(reply) if accept(&reply.body) => Self::Ok,
+            Ok(_) => Self::Rejected(reason),
+        }
+    }
+}
+
+/// One worker of a scenario: its own state (tokens, bodies, counters) and the request it
+/// repeats on its own connection.
+pub trait Worker: Send + 'static {
+    /// Sends one request; the driver times it.
+    fn request(&mut self, conn: &mut Connection) -> impl Future<Output = Outcome> + Send;
+
+    /// Called, untimed, after a request that was not `Ok`: repairs the worker's state
+    /// (e.g. starts a new session) so that one failure does not spoil the rest of the run.
+    fn recover(&mut self, _conn: &mut Connection) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// A run's time line: warm-up from its start, then the measured window. Streams that run
+/// side by side share one.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    measure_from: Instant,
+    end: Instant,
+    measured: Duration,
+}
+
+impl Window {
+    /// A run starting now: `warmup`, then `measured`.
+    pub fn starting_now(warmup: Duration, measured: Duration) -> Self {
+        let measure_from = Instant::now() + warmup;
+        Self { measure_from, end: measure_from + measured, measured }
+    }
+}
+
+/// The requests one stream started in the measured window.
+#[derive(Default)]
+pub struct Tally {
+    requests: u64,
+    ok: Latencies,
+    statuses: BTreeMap<u16, u64>,
+    rejected: BTreeMap<&'static str, u64>,
+    transport: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn record(&mut self, outcome: Outcome, latency: Duration) {
+        self.requests += 1;
+        match outcome {
+            Outcome::Ok => self.ok.record(latency),
+            Outcome::Status(status) => *self.statuses.entry(status.as_u16()).or_default() += 1,
+            Outcome::Rejected(reason) => *self.rejected.entry(reason).or_default() += 1,
+            Outcome::Transport(error) => *self.transport.entry(format!("{error:#}")).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.requests += other.requests;
+        self.ok.merge(other.ok);
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+        for (reason, n) in other.rejected {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+        for (error, n) in other.transport {
+            *self.transport.entry(error).or_default() += n;
+        }
+    }
+}
+
+/// Runs the workers, each on its own task and connection, through the window.
+pub async fn drive<W: Worker>(
+    server: &Arc<Server>,
+    workers: impl IntoIterator<Item = W>,
+    window: Window,
+) -> anyhow::Result<Tally> {
+    let mut tasks = JoinSet::new();
+    for worker in workers {
+        let conn = Connection::new(Arc::clone(server), window.end + DRAIN_TIMEOUT);
+        tasks.spawn(work(worker, conn, window));
+    }
+    let mut tally = Tally::default();
+    while let Some(worker) = tasks.join_next().await {
+        tally.merge(worker?);
+    }
+    Ok(tally)
+}
+
+/// One worker's closed loop: request, record if started in the window, repeat.
+async fn work<W: Worker>(mut worker: W, mut conn: Connection, window: Window) -> Tally {
+    let mut tally = Tally::default();
+    // A failed open is retried by the first request, which then reports it.
+    let _ = conn.open().await;
+    loop {
+        let started = Instant::now();
+        if started >= window.end {
+            return tally;
+        }
+        let outcome = worker.request(&mut conn).await;
+        let failed = !matches!(outcome, Outcome::Ok);
+        if started >= window.measure_from {
+            tally.record(outcome, started.elapsed());
+        }
+        if failed {
+            worker.recover(&mut conn).await;
+        }
+    }
+}
+
+/// Prints one stream's numbers: requests, throughput, latency and failures by kind.
+pub fn report(stream: &str, workers: usize, tally: &Tally, window: &Window) {
+    let seconds = window.measured.as_secs_f64();
+    let ok = tally.ok.count();
+    println!(
+        "{stream}: {workers} workers, {} requests in {seconds:.0} s = {:.1} req/s, {ok} ok = {:.1} req/s",
+        tally.requests,
+        tally.requests as f64 / seconds,
+        ok as f64 / seconds,
+    );
+    println!("{stream}: latency of ok requests {}", tally.ok.summary());
+    let mut failures = Vec::new();
+    for (status, n) in &tally.statuses {
+        failures.push(format!("HTTP {status} x{n}"));
+    }
+    for (reason, n) in &tally.rejected {
+        failures.push(format!("2xx but {reason} x{n}"));
+    }
+    for (error, n) in &tally.transport {
+        failures.push(format!("transport error \"{error}\" x{n}"));
+    }
+    if failures.is_empty() {
+        println!("{stream}: failures: none");
+    } else {
+        println!("{stream}: failures: {}", failures.join(", "));
     }
 }
