@@ -113,7 +113,8 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
         HttpScenario::Login => {
             let bodies = login_bodies(&register_users(&server, &routes, LOGIN_USERS).await?)?;
             let workers = (0..n).map(|i| Login::new(&routes, &bodies, i)).collect();
-            measure("login", &server, workers, window()).await
+            measure("login", &server, workers, window()).await?;
+            print_argon2_ceiling()
         }
         HttpScenario::Refresh => {
             let users = register_users(&server, &routes, n).await?;
@@ -124,7 +125,10 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
         HttpScenario::Validate => {
             let body = validate_body(&register_users(&server, &routes, 1).await?)?;
             let workers = (0..n).map(|_| Validate::new(&routes, &body)).collect();
-            measure("validate", &server, workers, window()).await
+            measure("validate", &server, workers, window()).await?;
+            let ceiling = super::ceilings::signature_verifications_per_second()?;
+            println!("ceiling: in-process EdDSA JWT verification on every core: {ceiling:.0}/s");
+            Ok(())
         }
         HttpScenario::Mixed => {
             let mut users = register_users(&server, &routes, 1 + LOGIN_USERS).await?;
@@ -137,9 +141,19 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
                 tokio::try_join!(drive(&server, validators, window), drive(&server, logins, window))?;
             report("validate", n, &validated, &window);
             report("login", args.login_concurrency, &logged_in, &window);
-            Ok(())
+            print_argon2_ceiling()
         }
     }
+}
+
+/// Prints one argon2id verification's time and the machine's login ceiling.
+fn print_argon2_ceiling() -> anyhow::Result<()> {
+    let (one, ceiling) = super::ceilings::argon2_ceiling()?;
+    println!(
+        "ceiling: one argon2id verification {:.1} ms; cores / that = {ceiling:.1} logins/s",
+        one.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 /// Runs one stream of workers through `window` and prints its report.

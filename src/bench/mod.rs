@@ -4,6 +4,7 @@
 //! Benchmarks run on the real path: the release binary's code, real projections, default
 //! durability. Scratch databases are created and dropped by the benchmark itself.
 
+mod ceilings;
 mod foundation;
 mod http;
 mod http_client;
