@@ -18,8 +18,15 @@ pub fn signature_verifications_per_second() -> anyhow::Result<f64> {
     let der = KeypairBytes { secret_key: signing.to_bytes(), public_key: None }.to_pkcs8_der()?;
     let claims = serde_json::json!({"sub": "u", "sid": "s", "email": "a@example.com", "role": "user",
         "iss": "manacore", "aud": "manacore", "iat": 1, "exp": i64::MAX / 2, "jti": "j"});
-    let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &EncodingKey::from_ed_der(der.as_bytes()))?;
-    let x = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signing.verifying_key().as_bytes());
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &claims,
+        &EncodingKey::from_ed_der(der.as_bytes()),
+    )?;
+    let x = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        signing.verifying_key().as_bytes(),
+    );
     let key = DecodingKey::from_ed_components(&x)?;
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_audience(&["manacore"]);
