@@ -119,3 +119,10 @@ fn sigterm_stops_a_postgres_server_with_exit_code_zero() {
     assert!(status.success(), "exit status {status}; logs:\n{}", server.log_text());
     assert!(server.log_text().contains("\"stopped\""), "{}", server.log_text());
 }
+
+#[test]
+fn production_without_a_key_encryption_secret_does_not_start() {
+    let (status, stderr) = run_to_exit(&["serve"], &[("APP_ENV", "production"), ("PORT", "0")]);
+    assert!(!status.success());
+    assert!(stderr.contains("KEY_ENCRYPTION_SECRET"), "{stderr}");
+}
