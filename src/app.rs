@@ -17,12 +17,14 @@ use tokio_cron_scheduler::JobScheduler;
 use crate::auth::{AuthAggregates, AuthService, AuthSettings};
 use crate::clock::{SharedClock, SystemClock};
 use crate::commands::CommandBus;
-use crate::config::Config;
+use crate::commands::login_attempts::LockoutPolicy;
+use crate::config::{Config, Secret};
 use crate::db::Db;
 use crate::events::{EventStore, LogSignal, signal};
 use crate::projections::{self, Projector, ProjectorSettings};
 use crate::security::keys::{JWKS_MAX_AGE_SECS, KeyService, KeySettings};
 use crate::security::passwords::PasswordPool;
+use crate::security::rate_limit::RateLimiter;
 use crate::security::revocations::Revocations;
 use crate::security::secrets::ServerSecret;
 use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, TokenService};
@@ -40,6 +42,7 @@ struct Shared {
     store: EventStore,
     projector: Arc<Projector>,
     auth: Arc<AuthService>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -76,6 +79,11 @@ impl AppState {
     /// The authentication service.
     pub fn auth(&self) -> &Arc<AuthService> {
         &self.inner.auth
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.inner.limiter
     }
 
     /// The metrics registry of this process.
@@ -116,9 +124,29 @@ impl Application {
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let auth = build_auth(&config, &store, &projector, &clock).await?;
+        let limiter = Arc::new(RateLimiter::new(
+            config.rate_limits.clone(),
+            config.redis_url.as_ref().map(Secret::expose),
+            &config.redis_key_prefix,
+            config.redis_timeout,
+            Arc::clone(store.metrics()),
+        )?);
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
         let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys())).await?;
         projector.spawn(&mut tasks, &background);
+        let transport: Arc<dyn crate::mail::Transport> = match &config.smtp_url {
+            Some(url) => Arc::new(crate::mail::Smtp::new(url, &config.smtp_from).context("SMTP_URL")?),
+            None => {
+                if config.app_env == crate::config::AppEnv::Production {
+                    tracing::warn!(
+                        "SMTP_URL is not set: password-reset and verification mail will not be sent"
+                    );
+                }
+                Arc::new(crate::mail::DevMailer::new(db.clone(), config.app_env, clock.clone()))
+            }
+        };
+        let dispatcher = crate::mail::Dispatcher::new(db.clone(), transport, clock.clone());
+        tasks.spawn(dispatcher.run(signal.clone(), std::time::Duration::from_secs(1), background.clone()));
         if let Db::Postgres(pool) = &db {
             tasks.spawn(signal::run_pg_notifier(pool.clone(), signal.clone(), background.clone()));
             tasks.spawn(signal::run_pg_listener(pool.clone(), signal, background.clone()));
@@ -126,7 +154,7 @@ impl Application {
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let state = AppState { inner: Arc::new(Shared { config, clock, store, projector, auth }) };
+        let state = AppState { inner: Arc::new(Shared { config, clock, store, projector, auth, limiter }) };
         Ok(Self { state, listener, tasks, background, scheduler })
     }
 
@@ -195,6 +223,13 @@ async fn build_auth(
         signup_bonus: config.credits_signup_bonus,
         daily_timezone: config.credits_daily_timezone,
         read_your_writes: config.read_your_writes_timeout,
+        lockout: LockoutPolicy {
+            threshold: config.lockout_threshold,
+            lock_for: chrono::Duration::from_std(config.lockout_duration)?,
+        },
+        require_verified_email: config.require_verified_email,
+        frontend_url: config.frontend_url.clone(),
+        redirect_origins: config.cors_origins.iter().chain([&config.frontend_url]).cloned().collect(),
     };
     Ok(Arc::new(AuthService::new(
         store.clone(),

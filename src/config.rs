@@ -87,6 +87,18 @@ pub struct Config {
     pub password_hash_queue: usize,
     pub credits_signup_bonus: i64,
     pub credits_daily_timezone: chrono_tz::Tz,
+    /// Rate limits (`RATE_LIMITS=off` disables them all).
+    pub rate_limits: crate::security::rate_limit::Limits,
+    pub redis_key_prefix: String,
+    pub redis_timeout: Duration,
+    /// Consecutive failed logins after which an address is locked.
+    pub lockout_threshold: u32,
+    pub lockout_duration: Duration,
+    pub require_verified_email: bool,
+    pub smtp_url: Option<Secret>,
+    pub smtp_from: String,
+    /// Where links in e-mails point (reset and verification pages).
+    pub frontend_url: String,
 }
 
 /// A variable that could not be parsed. Its `Display` is the one line printed at start-up.
@@ -173,6 +185,24 @@ impl Config {
             password_hash_queue: env.parse_range("PASSWORD_HASH_QUEUE", "64", 1, 100_000)?,
             credits_signup_bonus: env.parse_range("CREDITS_SIGNUP_BONUS", "150", 0, 1_000_000_000)?,
             credits_daily_timezone: env.parse("CREDITS_DAILY_TIMEZONE", "UTC")?,
+            rate_limits: parse_rate_limits(&env)?,
+            redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or("mana-core-auth:").to_owned(),
+            redis_timeout: Duration::from_millis(env.parse_range("REDIS_TIMEOUT_MS", "50", 1, 10_000)?),
+            lockout_threshold: env.parse_range("LOGIN_LOCKOUT_THRESHOLD", "20", 1, 1000)?,
+            lockout_duration: Duration::from_secs(env.parse_range(
+                "LOGIN_LOCKOUT_SECS",
+                "900",
+                1,
+                86_400 * 30,
+            )?),
+            require_verified_email: env.parse_bool("REQUIRE_VERIFIED_EMAIL", false)?,
+            smtp_url: parse_smtp(&env)?,
+            smtp_from: env.get("SMTP_FROM").unwrap_or("Mana <no-reply@localhost>").to_owned(),
+            frontend_url: parse_origins(env.get("FRONTEND_URL").unwrap_or("http://localhost:3000"))
+                .map_err(|e| ConfigError { variable: "FRONTEND_URL", reason: e.reason })?
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "http://localhost:3000".to_owned()),
         })
     }
 
@@ -230,6 +260,15 @@ impl Env<'_> {
         Ok(value)
     }
 
+    fn parse_bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(other) => Err(self.bad(name, other, "expected true or false")),
+        }
+    }
+
     fn non_empty(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         Ok(self.get(name).unwrap_or(default).to_owned())
     }
@@ -273,6 +312,44 @@ fn parse_redis(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
     let port: u16 = env.parse("REDIS_PORT", "6379")?;
     let auth = env.get("REDIS_PASSWORD").map(|p| format!(":{p}@")).unwrap_or_default();
     Ok(Some(Secret::new(format!("redis://{auth}{host}:{port}"))))
+}
+
+fn parse_rate_limits(env: &Env<'_>) -> Result<crate::security::rate_limit::Limits, ConfigError> {
+    use crate::security::rate_limit::{Limit, Limits, Rule};
+    let mut limits = Limits::defaults();
+    limits.enabled = match env.get("RATE_LIMITS").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("on" | "true" | "1") => true,
+        Some("off" | "false" | "0") => false,
+        Some(other) => return Err(env.bad("RATE_LIMITS", other, "expected on or off")),
+    };
+    let overrides = [
+        ("RATE_LIMIT_LOGIN_IP_EMAIL", Rule::LoginIpEmail),
+        ("RATE_LIMIT_LOGIN_IP", Rule::LoginIp),
+        ("RATE_LIMIT_REGISTER", Rule::Register),
+        ("RATE_LIMIT_REFRESH", Rule::Refresh),
+        ("RATE_LIMIT_FORGOT_PASSWORD_EMAIL", Rule::ForgotEmail),
+        ("RATE_LIMIT_FORGOT_PASSWORD_IP", Rule::ForgotIp),
+        ("RATE_LIMIT_DEFAULT", Rule::Default),
+    ];
+    for (variable, rule) in overrides {
+        if let Some(text) = env.get(variable) {
+            let limit = Limit::parse(text)
+                .ok_or_else(|| env.bad(variable, text, "expected max/seconds, e.g. 5/60"))?;
+            limits.rules.insert(rule, limit);
+        }
+    }
+    Ok(limits)
+}
+
+fn parse_smtp(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
+    let Some(url) = env.get("SMTP_URL") else { return Ok(None) };
+    if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+        return Err(ConfigError {
+            variable: "SMTP_URL",
+            reason: "expected smtp://user:password@host:587 or smtps://... (value not shown)".into(),
+        });
+    }
+    Ok(Some(Secret::new(url)))
 }
 
 /// Hashing threads by default: every core but one, at least one.

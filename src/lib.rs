@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod jobs;
+pub mod mail;
 pub mod projections;
 pub mod security;
 pub mod telemetry;

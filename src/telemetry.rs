@@ -75,6 +75,13 @@ pub struct Metrics {
     projection_lag_seconds: Family<ProjectionLabels, FloatGauge>,
     projection_errors: Family<ProjectionLabels, Counter>,
     read_your_writes_timeouts: Counter,
+    rate_limited: Family<RuleLabels, Counter>,
+    rate_limiter_degraded: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
 }
 
 impl Default for Metrics {
@@ -98,6 +105,14 @@ impl Metrics {
         let projection_lag_seconds = Family::<ProjectionLabels, FloatGauge>::default();
         let projection_errors = Family::<ProjectionLabels, Counter>::default();
         let read_your_writes_timeouts = Counter::default();
+        let rate_limited = Family::<RuleLabels, Counter>::default();
+        let rate_limiter_degraded = Gauge::default();
+        registry.register("rate_limited", "Requests refused by a rate limit, by rule", rate_limited.clone());
+        registry.register(
+            "rate_limiter_degraded",
+            "1 while Redis is unreachable and limits are counted per process",
+            rate_limiter_degraded.clone(),
+        );
         registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -146,7 +161,19 @@ impl Metrics {
             projection_lag_seconds,
             projection_errors,
             read_your_writes_timeouts,
+            rate_limited,
+            rate_limiter_degraded,
         }
+    }
+
+    /// Counts a request refused by a rate limit.
+    pub fn rate_limited(&self, rule: &str) {
+        self.rate_limited.get_or_create(&RuleLabels { rule: rule.to_owned() }).inc();
+    }
+
+    /// Whether the limiter fell back to per-process counting.
+    pub fn rate_limiter_degraded(&self, degraded: bool) {
+        self.rate_limiter_degraded.set(i64::from(degraded));
     }
 
     /// Records one finished HTTP request.

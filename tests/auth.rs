@@ -6,6 +6,7 @@ mod common;
 use common::api::{Api, PASSWORD, unique_email};
 use common::{ENGINES, TestApp, TestDb};
 use mana_core_auth::auth::UserChange;
+use mana_core_auth::clock::ManualClock;
 use mana_core_auth::events::auth::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -129,7 +130,9 @@ async fn registration_names_every_bad_field_and_writes_nothing() {
 async fn unknown_email_wrong_password_and_disabled_account_answer_alike() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
-        let (app, api) = app(&db).await;
+        let clock = ManualClock::new(chrono::Utc::now());
+        let app = TestApp::spawn_with_clock(db.app_config(), clock.clone()).await;
+        let api = Api::new(&app.base);
         let email = unique_email("login");
         api.register(&email).await;
         let disabled = unique_email("disabled");
@@ -156,6 +159,8 @@ async fn unknown_email_wrong_password_and_disabled_account_answer_alike() {
             keys.sort();
             assert_eq!(keys, ["error", "message", "path", "requestId", "statusCode", "timestamp"]);
         }
+        // A failure delays the next attempt on the address by a second.
+        clock.advance(chrono::Duration::seconds(2));
         let ok = api.login(&email, PASSWORD).await;
         assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
         assert_eq!(ok.body["tokenType"], "Bearer");
@@ -357,7 +362,9 @@ async fn sessions_are_listed_and_revoked_by_their_owner_only() {
 async fn a_role_change_or_a_disable_revokes_every_session() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
-        let (app, api) = app(&db).await;
+        let clock = ManualClock::new(chrono::Utc::now());
+        let app = TestApp::spawn_with_clock(db.app_config(), clock.clone()).await;
+        let api = Api::new(&app.base);
         let email = unique_email("roles");
         let signed = api.register(&email).await;
         let (old_access, old_refresh) = (signed.text("accessToken"), signed.text("refreshToken"));
@@ -366,6 +373,8 @@ async fn a_role_change_or_a_disable_revokes_every_session() {
         );
         assert_eq!(api.validate(&old_access).await["error"], "session revoked");
         assert_eq!(api.refresh(&old_refresh).await.status, StatusCode::UNAUTHORIZED);
+        // The clock stands still in this test; sessions from the cutoff's millisecond are revoked too.
+        clock.advance(chrono::Duration::seconds(1));
         let admin = api.login(&email, PASSWORD).await;
         assert_eq!(admin.status, StatusCode::OK);
         assert_eq!(api.validate(&admin.text("accessToken")).await["payload"]["role"], "admin");
@@ -377,6 +386,7 @@ async fn a_role_change_or_a_disable_revokes_every_session() {
         assert_eq!(api.validate(&admin.text("accessToken")).await["valid"], false);
         assert_eq!(api.login(&email, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
         app.state.auth().change_user(&email, UserChange::Enable).await.expect("enable");
+        clock.advance(chrono::Duration::seconds(2));
         let back = api.login(&email, PASSWORD).await;
         assert_eq!(back.status, StatusCode::OK);
         assert_eq!(api.validate(&back.text("accessToken")).await["valid"], true);
@@ -473,11 +483,16 @@ async fn a_full_hashing_queue_answers_503_with_retry_after() {
     config.password_hash_queue = 1;
     let app = TestApp::spawn(config).await;
     let api = Api::new(&app.base);
-    let email = unique_email("flood");
-    api.register(&email).await;
+    // Distinct addresses: one address admits one password check at a time.
+    let mut emails = Vec::new();
+    for i in 0..12 {
+        let email = unique_email(&format!("flood{i}"));
+        api.register(&email).await;
+        emails.push(email);
+    }
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..12 {
-        let (api, email) = (api.clone(), email.clone());
+    for email in emails {
+        let api = api.clone();
         tasks.spawn(async move { api.login(&email, PASSWORD).await });
     }
     let (mut ok, mut busy) = (0, 0);

@@ -11,10 +11,12 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, Authenticated, Client};
+use super::limits::enforce;
 use crate::app::AppState;
-use crate::auth::{AuthError, LoginInput, Registration, SignedIn};
+use crate::auth::{AuthError, LoginInput, Registered, Registration, SignedIn};
 use crate::events::auth::Role;
 use crate::security::keys::JWKS_MAX_AGE_SECS;
+use crate::security::rate_limit::Rule;
 use crate::security::tokens::{AccessClaims, TokenError};
 
 /// The routes of this module.
@@ -43,6 +45,10 @@ impl From<AuthError> for ApiError {
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
             AuthError::Conflict => ApiError::code(ErrorCode::Conflict),
+            AuthError::EmailNotVerified => ApiError::code(ErrorCode::EmailNotVerified),
+            AuthError::InvalidResetToken => ApiError::code(ErrorCode::InvalidResetToken),
+            AuthError::InvalidVerificationToken => ApiError::code(ErrorCode::InvalidVerificationToken),
+            AuthError::InvalidCurrentPassword => ApiError::code(ErrorCode::InvalidCurrentPassword),
             AuthError::Internal(cause) => ApiError::internal(format!("{cause:#}")),
         }
     }
@@ -102,9 +108,41 @@ pub struct UserBody {
     pub email: String,
     pub name: Option<String>,
     pub role: Role,
+    pub email_verified: bool,
     /// Present in the registration answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+}
+
+impl UserBody {
+    /// The user part of an answer; `created_at` only where the answer promises it.
+    pub fn of(user: crate::auth::UserView, created_at: Option<String>) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            name: user.name,
+            role: user.role,
+            email_verified: user.email_verified,
+            created_at,
+        }
+    }
+}
+
+/// The registration answer when the address must be verified before signing in.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnverifiedBody {
+    pub user: UserBody,
+    /// Always true: a verification link was mailed; sign in after following it.
+    pub email_verification_required: bool,
+}
+
+/// The answer of `POST /auth/register`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RegisterAnswer {
+    SignedIn(TokensBody),
+    VerificationRequired(UnverifiedBody),
 }
 
 /// A sign-in answer (register, login, refresh).
@@ -128,13 +166,7 @@ impl TokensBody {
             .filter(|_| with_created_at)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         Self {
-            user: UserBody {
-                id: signed.user.id,
-                email: signed.user.email,
-                name: signed.user.name,
-                role: signed.user.role,
-                created_at,
-            },
+            user: UserBody::of(signed.user, created_at),
             access_token: signed.access_token,
             refresh_token: signed.refresh_token,
             expires_in: signed.expires_in,
@@ -161,7 +193,7 @@ pub enum ValidateAnswer {
 /// Register and sign in at once.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterBody,
     responses(
-        (status = 201, description = "Registered and signed in", body = TokensBody),
+        (status = 201, description = "Registered and signed in (or, with REQUIRE_VERIFIED_EMAIL, registered without tokens)", body = RegisterAnswer),
         (status = 400, description = "`VALIDATION_FAILED`, `INVALID_JSON`", body = ErrorBody),
         (status = 409, description = "`EMAIL_TAKEN`: the address already has an account", body = ErrorBody),
         (status = 503, description = "`SERVICE_UNAVAILABLE`: hashing queue full (`Retry-After`)", body = ErrorBody),
@@ -170,10 +202,19 @@ async fn register(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<RegisterBody>,
-) -> Result<(StatusCode, Json<TokensBody>), ApiError> {
+) -> Result<(StatusCode, Json<RegisterAnswer>), ApiError> {
     let input = Registration::parse(body.email.as_deref(), body.password.as_deref(), body.name.as_deref())?;
-    let signed = state.auth().register(input, &client).await?;
-    Ok((StatusCode::CREATED, Json(TokensBody::of(signed, true))))
+    let answer = match state.auth().register(input, &client).await? {
+        Registered::SignedIn(signed) => RegisterAnswer::SignedIn(TokensBody::of(signed, true)),
+        Registered::VerificationRequired(user) => {
+            let created_at = user.created_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            RegisterAnswer::VerificationRequired(UnverifiedBody {
+                user: UserBody::of(user, created_at),
+                email_verification_required: true,
+            })
+        }
+    };
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// Sign in with e-mail and password.
@@ -181,7 +222,9 @@ async fn register(
     responses(
         (status = 200, description = "Signed in", body = TokensBody),
         (status = 400, description = "`VALIDATION_FAILED`, `INVALID_JSON`", body = ErrorBody),
-        (status = 401, description = "`INVALID_CREDENTIALS` (unknown e-mail, wrong password or disabled account alike)", body = ErrorBody),
+        (status = 401, description = "`INVALID_CREDENTIALS` (unknown e-mail, wrong password, disabled, throttled or locked alike)", body = ErrorBody),
+        (status = 403, description = "`EMAIL_NOT_VERIFIED` (with REQUIRE_VERIFIED_EMAIL)", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED` (`Retry-After`)", body = ErrorBody),
         (status = 503, description = "`SERVICE_UNAVAILABLE`: hashing queue full (`Retry-After`)", body = ErrorBody),
     ))]
 async fn login(
@@ -196,6 +239,8 @@ async fn login(
         body.device_name.as_deref(),
         body.remember_me,
     )?;
+    let subject = format!("{}|{}", client.ip.as_deref().unwrap_or_default(), input.email.as_str());
+    enforce(&state, Rule::LoginIpEmail, &subject, None, &client).await?;
     let signed = state.auth().login(input, &client).await?;
     Ok(Json(TokensBody::of(signed, false)))
 }
@@ -214,6 +259,9 @@ async fn refresh(
 ) -> Result<Json<TokensBody>, ApiError> {
     let token =
         body.refresh_token.ok_or_else(|| ApiError::validation(vec!["refreshToken is required".into()]))?;
+    if let Some(parsed) = crate::security::refresh::RefreshToken::parse(&token) {
+        enforce(&state, Rule::Refresh, &parsed.session_id().to_string(), None, &client).await?;
+    }
     let signed = state.auth().refresh(&token, &client).await?;
     Ok(Json(TokensBody::of(signed, false)))
 }

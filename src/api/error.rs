@@ -29,6 +29,10 @@ pub enum ErrorCode {
     EmailTaken,
     InvalidCredentials,
     InvalidRefreshToken,
+    EmailNotVerified,
+    InvalidResetToken,
+    InvalidVerificationToken,
+    InvalidCurrentPassword,
 }
 
 impl ErrorCode {
@@ -48,6 +52,10 @@ impl ErrorCode {
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::EmailTaken => StatusCode::CONFLICT,
             Self::InvalidCredentials | Self::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+            Self::EmailNotVerified => StatusCode::FORBIDDEN,
+            Self::InvalidResetToken | Self::InvalidVerificationToken | Self::InvalidCurrentPassword => {
+                StatusCode::BAD_REQUEST
+            }
         }
     }
 
@@ -69,6 +77,10 @@ impl ErrorCode {
             Self::EmailTaken => "EMAIL_TAKEN",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
+            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Self::InvalidResetToken => "INVALID_RESET_TOKEN",
+            Self::InvalidVerificationToken => "INVALID_VERIFICATION_TOKEN",
+            Self::InvalidCurrentPassword => "INVALID_CURRENT_PASSWORD",
         }
     }
 
@@ -107,6 +119,10 @@ impl ErrorCode {
             Self::EmailTaken => "An account with this e-mail address already exists",
             Self::InvalidCredentials => "Invalid credentials",
             Self::InvalidRefreshToken => "Invalid or expired refresh token",
+            Self::EmailNotVerified => "The e-mail address is not verified",
+            Self::InvalidResetToken => "Invalid or expired reset token",
+            Self::InvalidVerificationToken => "Invalid or expired verification token",
+            Self::InvalidCurrentPassword => "The current password is wrong",
         }
     }
 }

@@ -117,6 +117,38 @@ pub fn client_ip(
     forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
 }
 
+/// The bearer token of a request, if it has one (scheme case-insensitive).
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    Some(token.trim()).filter(|t| scheme.eq_ignore_ascii_case("bearer") && !t.is_empty())
+}
+
+/// The outcome of checking a request's bearer token, computed once per request (the
+/// rate limiter needs the user before the handler runs).
+#[derive(Clone, Debug)]
+pub struct PreAuthenticated(
+    Option<Result<crate::security::tokens::AccessClaims, crate::security::tokens::TokenError>>,
+);
+
+impl PreAuthenticated {
+    /// Checks the request's bearer token, if any.
+    pub async fn from_headers(headers: &axum::http::HeaderMap, state: &crate::app::AppState) -> Self {
+        match bearer_token(headers) {
+            Some(token) => Self(Some(state.auth().authenticate(token).await)),
+            None => Self(None),
+        }
+    }
+
+    /// The authenticated user, if the token was good.
+    pub fn user_id(&self) -> Option<String> {
+        match &self.0 {
+            Some(Ok(claims)) => Some(claims.sub.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// A request authenticated by `Authorization: Bearer <access token>` (scheme
 /// case-insensitive). The token's signature, claims, session and user are checked;
 /// anything else answers 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer`.
@@ -130,26 +162,22 @@ impl axum::extract::FromRequestParts<crate::app::AppState> for Authenticated {
         parts: &mut axum::http::request::Parts,
         state: &crate::app::AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = header.and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+        let checked = match parts.extensions.get::<PreAuthenticated>() {
+            Some(checked) => checked.clone(),
+            None => PreAuthenticated::from_headers(&parts.headers, state).await,
+        };
         let challenge = |error: Option<&str>| {
-            let value = match error {
-                Some(_) => "Bearer error=\"invalid_token\"",
-                None => "Bearer",
-            };
+            let value = if error.is_some() { "Bearer error=\"invalid_token\"" } else { "Bearer" };
             ApiError::new(ErrorCode::Unauthorized, error.unwrap_or("Authentication required").to_owned())
                 .with_header(
                     axum::http::header::WWW_AUTHENTICATE,
                     axum::http::HeaderValue::from_static(value),
                 )
         };
-        let Some(token) = token.filter(|t| !t.is_empty()) else { return Err(challenge(None)) };
-        match state.auth().authenticate(token).await {
-            Ok(claims) => Ok(Self(claims)),
-            Err(_) => Err(challenge(Some("Invalid or expired token"))),
+        match checked.0 {
+            None => Err(challenge(None)),
+            Some(Ok(claims)) => Ok(Self(claims)),
+            Some(Err(_)) => Err(challenge(Some("Invalid or expired token"))),
         }
     }
 }

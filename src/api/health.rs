@@ -35,6 +35,9 @@ pub struct Readiness {
     pub timestamp: String,
     /// `postgres` or `sqlite`.
     pub database: &'static str,
+    /// `redis` (limits shared), `degraded` (Redis unreachable: limits per process) or
+    /// `local` (no Redis configured).
+    pub rate_limiter: &'static str,
     pub projections: Vec<ProjectionStatus>,
 }
 
@@ -98,6 +101,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, ApiErro
         status: "ready",
         timestamp: state.now().to_rfc3339(),
         database: state.db().engine(),
+        rate_limiter: state.limiter().mode(),
         projections,
     }))
 }

@@ -6,8 +6,10 @@ mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+mod limits;
 pub mod middleware;
 mod openapi;
+mod passwords;
 mod sessions;
 
 use axum::Router;
@@ -30,9 +32,11 @@ pub fn router(state: AppState) -> Router {
     let openapi = std::sync::Arc::new(openapi);
     let config = state.config();
     let envelope = axum::middleware::from_fn_with_state(state.clone(), middleware::envelope);
+    let limiter = axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit);
     let layers = ServiceBuilder::new()
         .layer(envelope)
         .layer(cors(&config.cors_origins))
+        .layer(limiter)
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
     routes
@@ -55,6 +59,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(auth::router())
         .merge(sessions::router())
+        .merge(passwords::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

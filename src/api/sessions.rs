@@ -67,13 +67,8 @@ async fn current_session(
     Authenticated(claims): Authenticated,
 ) -> Result<Json<CurrentSessionBody>, ApiError> {
     let current = state.auth().current_session(&claims).await?;
-    let user = UserBody {
-        id: current.user.id,
-        email: current.user.email,
-        name: current.user.name,
-        role: current.user.role,
-        created_at: current.user.created_at.map(time),
-    };
+    let created_at = current.user.created_at.map(time);
+    let user = UserBody::of(current.user, created_at);
     let session = SessionBody {
         id: current.session_id,
         device_id: current.personal.device_id,

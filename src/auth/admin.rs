@@ -38,9 +38,9 @@ impl AuthService {
             };
         if !committed.events.is_empty() {
             match change {
-                UserChange::SetRole(_) => self.revocations.revoke_user_sessions(&user_id, now),
+                UserChange::SetRole(_) => self.revocations.revoke_user_sessions(&user_id, now, None),
                 UserChange::Disable => {
-                    self.revocations.revoke_user_sessions(&user_id, now);
+                    self.revocations.revoke_user_sessions(&user_id, now, None);
                     self.revocations.set_disabled(&user_id, true);
                 }
                 UserChange::Enable => self.revocations.set_disabled(&user_id, false),

@@ -6,14 +6,11 @@ use super::input::{Email, Password, parse_name, parse_short};
 use super::{AuthError, AuthService, ClientInfo, SignedIn, UserView, infra, uuid_at};
 use crate::commands::credit_account::CreditCommand;
 use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError, claim_id};
-use crate::commands::login_attempts::LoginAttemptCommand;
 use crate::commands::session::{SessionCommand, SessionError};
 use crate::commands::user::{User, UserCommand};
 use crate::commands::{UnitOfWork, commit_error, with_retries};
-use crate::events::auth::{
-    LoginFailure, RevokeReason, SessionEvent, SessionOrigin, SessionPersonal, UserPersonal,
-};
-use crate::security::refresh::RefreshToken;
+use crate::events::auth::{RevokeReason, SessionEvent, SessionOrigin, SessionPersonal, UserPersonal};
+use crate::security::refresh::{OpaqueToken, RefreshToken};
 use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, AccessClaims};
 
 /// A registration request, validated.
@@ -39,6 +36,18 @@ impl Registration {
         }
     }
 }
+
+/// What a registration produced.
+#[derive(Debug)]
+pub enum Registered {
+    /// The user is signed in at once.
+    SignedIn(SignedIn),
+    /// `REQUIRE_VERIFIED_EMAIL`: the user must verify the address before signing in.
+    VerificationRequired(UserView),
+}
+
+/// How long an e-mail verification link works.
+pub const VERIFICATION_TTL: chrono::Duration = chrono::Duration::hours(48);
 
 /// A login request, validated.
 #[derive(Debug)]
@@ -90,7 +99,7 @@ fn required<'a>(value: Option<&'a str>, field: &str, problems: &mut Vec<String>)
 impl AuthService {
     /// Registers a user and signs them in: claims the e-mail, creates the user, its
     /// first session and its credit account in one atomic append.
-    pub async fn register(&self, input: Registration, client: &ClientInfo) -> Result<SignedIn, AuthError> {
+    pub async fn register(&self, input: Registration, client: &ClientInfo) -> Result<Registered, AuthError> {
         let Registration { email, password, name } = input;
         let claim = claim_id(email.as_str());
         // A cheap early answer for a taken address; the unit of work below decides.
@@ -100,10 +109,15 @@ impl AuthService {
         }
         let password_hash = self.passwords.hash(password.into_inner()).await?;
         let now = self.now();
-        let user_id = uuid_at(now).to_string();
+        let user_uuid = uuid_at(now);
+        let user_id = user_uuid.to_string();
         let session_id = uuid_at(now);
         let refresh = RefreshToken::generate(session_id);
         let session_id = session_id.to_string();
+        let signs_in = !self.settings.require_verified_email;
+        let verification = OpaqueToken::generate(user_uuid);
+        let verification_expires = now + VERIFICATION_TTL;
+        let mail = self.verification_mail(email.as_str(), &verification, now, verification_expires);
         let ctx = client.context(&user_id, now);
         let day = now.with_timezone(&self.settings.daily_timezone).date_naive();
         let personal = UserPersonal { email: email.as_str().to_owned(), name };
@@ -118,19 +132,23 @@ impl AuthService {
                 user_id: user_id.clone(),
                 personal: personal.clone(),
                 password_hash: password_hash.clone(),
+                verification: Some((verification.hash(), verification_expires)),
                 at: now,
             };
             unit.execute(&self.aggregates.users, &user_id, register).await.map_err(infra)?;
-            let start = SessionCommand::Start {
-                session_id: session_id.clone(),
-                user_id: user_id.clone(),
-                origin: SessionOrigin::Registration,
-                refresh_hash: refresh.hash(),
-                remember_me: false,
-                personal: client.personal(),
-                at: now,
-            };
-            unit.execute(&self.aggregates.sessions, &session_id, start).await.map_err(infra)?;
+            unit.queue_mail(mail.clone());
+            if signs_in {
+                let start = SessionCommand::Start {
+                    session_id: session_id.clone(),
+                    user_id: user_id.clone(),
+                    origin: SessionOrigin::Registration,
+                    refresh_hash: refresh.hash(),
+                    remember_me: false,
+                    personal: client.personal(),
+                    at: now,
+                };
+                unit.execute(&self.aggregates.sessions, &session_id, start).await.map_err(infra)?;
+            }
             let open = CreditCommand::Open {
                 user_id: user_id.clone(),
                 signup_bonus: self.settings.signup_bonus,
@@ -144,7 +162,10 @@ impl AuthService {
         .await?;
         self.settle(cursor).await;
         let (user, _) = self.aggregates.users.load(&user_id).await.map_err(infra)?;
-        self.signed_in(&user, &session_id, refresh)
+        if !signs_in {
+            return Ok(Registered::VerificationRequired(UserView::of(&user)));
+        }
+        Ok(Registered::SignedIn(self.signed_in(&user, &session_id, refresh)?))
     }
 
     /// Signs a user in with e-mail and password. Unknown e-mail, wrong password and a
@@ -156,30 +177,13 @@ impl AuthService {
             Some(id) => Some(self.aggregates.users.load(id).await.map_err(infra)?.0),
             None => None,
         };
-        let password = input.password.into_inner();
-        let verified = match &user {
-            Some(user) => self.passwords.verify(password, &user.password_hash).await?,
-            None => self.passwords.verify_dummy(password).await?,
-        };
-        let failure = match &user {
-            None => Some(LoginFailure::UnknownEmail),
-            Some(_) if !verified => Some(LoginFailure::BadPassword),
-            Some(user) if user.disabled => Some(LoginFailure::Disabled),
-            Some(_) => None,
-        };
-        let now = self.now();
-        let (Some(user), None) = (user, failure) else {
-            let ctx = client.context(holder.user_id.as_deref().unwrap_or(crate::events::SYSTEM_ACTOR), now);
-            let record = LoginAttemptCommand::RecordFailure {
-                reason: failure.unwrap_or(LoginFailure::BadPassword),
-                user_id: holder.user_id.clone(),
-                personal: client.personal(),
-                at: now,
-            };
-            let recorded = self.aggregates.attempts.execute(&claim, record, &ctx).await.map_err(infra)?;
-            self.settle(recorded.cursor).await;
+        let Some(user) = self.guarded_check(&claim, user, input.password, client).await? else {
             return Err(AuthError::InvalidCredentials);
         };
+        if self.settings.require_verified_email && !user.email_verified {
+            return Err(AuthError::EmailNotVerified);
+        }
+        let now = self.now();
         let user_id = user.id.clone().unwrap_or_default();
         let session_id = uuid_at(now);
         let refresh = RefreshToken::generate(session_id);
@@ -224,7 +228,7 @@ impl AuthService {
             presented: presented.hash(),
             successor: successor.hash(),
             grace: self.settings.refresh_grace,
-            user_admits: user.admits_session(started_at),
+            user_admits: user.admits_session(&session_id, started_at),
             personal: client.personal(),
             at: now,
         };
@@ -282,7 +286,7 @@ impl AuthService {
         let view = UserView::of(user);
         let (access_token, _) = self
             .tokens
-            .issue(&view.id, session_id, &view.email, view.role, self.now())
+            .issue(&view.id, session_id, &view.email, view.role, view.email_verified, self.now())
             .map_err(|e| AuthError::Internal(anyhow::anyhow!("{e}")))?;
         Ok(SignedIn {
             user: view,

@@ -5,7 +5,9 @@
 
 mod admin;
 mod flows;
+mod guard;
 pub mod input;
+mod passwords;
 mod sessions;
 
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::commands::credit_account::CreditAccount;
 use crate::commands::email_claim::EmailClaim;
-use crate::commands::login_attempts::LoginAttempts;
+use crate::commands::login_attempts::{LockoutPolicy, LoginAttempts};
+use crate::commands::security_notice::{SecurityNotice, SecurityNoticeCommand};
 use crate::commands::session::Session;
 use crate::commands::user::User;
 use crate::commands::{CommandBus, CommandContext, Retryable};
@@ -30,7 +33,7 @@ use crate::security::revocations::Revocations;
 use crate::security::tokens::{AccessClaims, TokenError, TokenService};
 
 pub use admin::UserChange;
-pub use flows::{LoginInput, Registration};
+pub use flows::{LoginInput, Registered, Registration};
 pub use sessions::{CurrentSession, SessionSummary};
 
 /// Why an authentication use case failed. The API maps each to one status and code.
@@ -50,6 +53,14 @@ pub enum AuthError {
     NotFound,
     #[error("the password hashing queue is full")]
     Busy,
+    #[error("the e-mail address is not verified")]
+    EmailNotVerified,
+    #[error("invalid, expired or used reset token")]
+    InvalidResetToken,
+    #[error("invalid, expired or used verification token")]
+    InvalidVerificationToken,
+    #[error("the current password is wrong")]
+    InvalidCurrentPassword,
     #[error("a concurrent change could not be resolved")]
     Conflict,
     #[error(transparent)]
@@ -114,6 +125,7 @@ pub struct UserView {
     pub email: String,
     pub name: Option<String>,
     pub role: Role,
+    pub email_verified: bool,
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -124,6 +136,7 @@ impl UserView {
             email: user.email().to_owned(),
             name: user.name().map(str::to_owned),
             role: user.role,
+            email_verified: user.email_verified,
             created_at: user.registered_at,
         }
     }
@@ -139,12 +152,18 @@ pub struct SignedIn {
 }
 
 /// Tunables of the use cases.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AuthSettings {
     pub refresh_grace: chrono::Duration,
     pub signup_bonus: i64,
     pub daily_timezone: chrono_tz::Tz,
     pub read_your_writes: Duration,
+    pub lockout: LockoutPolicy,
+    pub require_verified_email: bool,
+    /// Links in e-mails point here unless an allowed `redirectTo` is given.
+    pub frontend_url: String,
+    /// Origins a `redirectTo` may point to.
+    pub redirect_origins: Vec<String>,
 }
 
 /// The aggregates the use cases command.
@@ -155,6 +174,7 @@ pub struct AuthAggregates {
     pub sessions: CommandBus<Session>,
     pub attempts: CommandBus<LoginAttempts>,
     pub credits: CommandBus<CreditAccount>,
+    pub notices: CommandBus<SecurityNotice>,
 }
 
 impl AuthAggregates {
@@ -166,6 +186,7 @@ impl AuthAggregates {
             sessions: CommandBus::new(store.clone(), ()),
             attempts: CommandBus::new(store.clone(), ()),
             credits: CommandBus::new(store.clone(), ()),
+            notices: CommandBus::new(store.clone(), ()),
         }
     }
 }
@@ -245,9 +266,29 @@ impl AuthService {
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
+
+    /// Records that a client passed a rate limit (a `rate_limited` security event).
+    pub async fn record_rate_limited(&self, rule: &str, user_id: Option<&str>, client: &ClientInfo) {
+        let now = self.now();
+        let event = crate::events::auth::SecurityNoticeEvent::RateLimitExceeded {
+            rule: rule.to_owned(),
+            user_id: user_id.map(str::to_owned),
+            personal: client.personal(),
+            at: now,
+        };
+        let ctx = client.context(user_id.unwrap_or(crate::events::SYSTEM_ACTOR), now);
+        let id = uuid_at(now).to_string();
+        if let Err(error) =
+            self.aggregates.notices.execute(&id, SecurityNoticeCommand::Record(event), &ctx).await
+        {
+            tracing::warn!(%error, "could not record a rate_limited security event");
+        }
+    }
 }
 
-/// A UUIDv7 stamped with the clock service's time (session ids carry their start).
+/// A UUIDv7 stamped with the clock service's time: a session id carries its start.
+/// (No monotonic context: it would move a timestamp forward after a clock step back,
+/// and a session's start must be exact for user-wide revocation.)
 pub fn uuid_at(at: DateTime<Utc>) -> Uuid {
     let secs = u64::try_from(at.timestamp()).unwrap_or(0);
     Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, at.timestamp_subsec_nanos()))

@@ -15,7 +15,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateError};
 
 use super::{CommandBus, CommandContext, to_new_event};
-use crate::events::{AppendError, EventStore, LogCursor, NewEvent};
+use crate::events::{AppendError, EventStore, LogCursor, NewEvent, OutgoingMail};
 use crate::telemetry::Metrics;
 
 /// How often a unit of work is re-run after conflicts before the caller sees one.
@@ -28,12 +28,20 @@ pub struct UnitOfWork {
     staged: Vec<NewEvent>,
     touched: Vec<(&'static str, String)>,
     invalidations: Vec<Box<dyn FnOnce() + Send>>,
+    mail: Vec<OutgoingMail>,
 }
 
 impl UnitOfWork {
     /// An empty unit writing to `store`, stamping events with `ctx`.
     pub fn new(store: EventStore, ctx: CommandContext) -> Self {
-        Self { store, ctx, staged: Vec::new(), touched: Vec::new(), invalidations: Vec::new() }
+        Self {
+            store,
+            ctx,
+            staged: Vec::new(),
+            touched: Vec::new(),
+            invalidations: Vec::new(),
+            mail: Vec::new(),
+        }
     }
 
     /// Loads an aggregate from the store, runs one command on it and stages its events.
@@ -71,12 +79,17 @@ impl UnitOfWork {
         Ok(events)
     }
 
+    /// Queues a message to send once (and only if) the unit commits.
+    pub fn queue_mail(&mut self, mail: OutgoingMail) {
+        self.mail.push(mail);
+    }
+
     /// Appends every staged event atomically. `None` when nothing was staged.
     pub async fn commit(self) -> Result<Option<LogCursor>, AppendError> {
         if self.staged.is_empty() {
             return Ok(None);
         }
-        let cursor = self.store.append(&self.staged).await?;
+        let cursor = self.store.append_with_mail(&self.staged, &self.mail).await?;
         for invalidate in self.invalidations {
             invalidate();
         }

@@ -1,4 +1,5 @@
-//! The user aggregate: registration, role, enabled or disabled.
+//! The user aggregate: registration, role, enabled or disabled, password changes and
+//! resets, e-mail verification.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -6,6 +7,20 @@ use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 
 use crate::events::auth::{Role, UserEvent, UserPersonal};
+use crate::security::refresh::TokenHash;
+
+/// A single-use token's hash and expiry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingToken {
+    pub hash: TokenHash,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl PendingToken {
+    fn accepts(&self, presented: &TokenHash, at: DateTime<Utc>) -> bool {
+        self.hash.matches(presented) && at <= self.expires_at
+    }
+}
 
 /// A user account as the write model sees it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -16,8 +31,13 @@ pub struct User {
     pub role: Role,
     pub registered_at: Option<DateTime<Utc>>,
     pub disabled: bool,
-    /// Sessions started at or before this instant are revoked.
+    pub email_verified: bool,
+    /// Sessions started at or before this instant are revoked ...
     pub sessions_revoked_before: Option<DateTime<Utc>>,
+    /// ... except this one (the session that changed the password).
+    pub kept_session: Option<String>,
+    pub reset: Option<PendingToken>,
+    pub verification: Option<PendingToken>,
 }
 
 impl User {
@@ -36,24 +56,65 @@ impl User {
         self.personal.as_ref().and_then(|p| p.name.as_deref())
     }
 
-    /// Whether a session started at `started_at` may still be used. Compared in whole
-    /// milliseconds, as the access-token check does (a session id is a UUIDv7 carrying
-    /// its start in milliseconds): a session from the cutoff's own millisecond is revoked.
-    pub fn admits_session(&self, started_at: DateTime<Utc>) -> bool {
+    /// Whether a session may still be used. Compared in whole milliseconds, as the
+    /// access-token check does (a session id is a UUIDv7 carrying its start in
+    /// milliseconds): a session from the cutoff's own millisecond is revoked.
+    pub fn admits_session(&self, session_id: &str, started_at: DateTime<Utc>) -> bool {
+        let kept = self.kept_session.as_deref() == Some(session_id);
         !self.disabled
-            && self
-                .sessions_revoked_before
-                .is_none_or(|cutoff| started_at.timestamp_millis() > cutoff.timestamp_millis())
+            && (kept
+                || self
+                    .sessions_revoked_before
+                    .is_none_or(|cutoff| started_at.timestamp_millis() > cutoff.timestamp_millis()))
     }
 }
 
 /// What can be asked of a user.
 #[derive(Clone, Debug)]
 pub enum UserCommand {
-    Register { user_id: String, personal: UserPersonal, password_hash: String, at: DateTime<Utc> },
-    ChangeRole { role: Role, at: DateTime<Utc> },
-    Disable { at: DateTime<Utc> },
-    Enable { at: DateTime<Utc> },
+    /// Registers the user and, when given, issues the first e-mail verification token.
+    Register {
+        user_id: String,
+        personal: UserPersonal,
+        password_hash: String,
+        verification: Option<(TokenHash, DateTime<Utc>)>,
+        at: DateTime<Utc>,
+    },
+    ChangeRole {
+        role: Role,
+        at: DateTime<Utc>,
+    },
+    Disable {
+        at: DateTime<Utc>,
+    },
+    Enable {
+        at: DateTime<Utc>,
+    },
+    /// The caller proved the current password; every other session is revoked.
+    ChangePassword {
+        password_hash: String,
+        keep_session: String,
+        at: DateTime<Utc>,
+    },
+    RequestPasswordReset {
+        token: TokenHash,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    ResetPassword {
+        token: TokenHash,
+        password_hash: String,
+        at: DateTime<Utc>,
+    },
+    RequestEmailVerification {
+        token: TokenHash,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    VerifyEmail {
+        token: TokenHash,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Refusals.
@@ -63,6 +124,10 @@ pub enum UserError {
     AlreadyRegistered,
     #[error("no such user")]
     NotFound,
+    #[error("the reset token is invalid, expired or used")]
+    InvalidResetToken,
+    #[error("the verification token is invalid, expired or used")]
+    InvalidVerificationToken,
 }
 
 impl Aggregate for User {
@@ -78,28 +143,9 @@ impl Aggregate for User {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), UserError> {
-        if !matches!(command, UserCommand::Register { .. }) && !self.exists() {
-            return Err(UserError::NotFound);
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
         }
-        let event = match command {
-            UserCommand::Register { .. } if self.exists() => return Err(UserError::AlreadyRegistered),
-            UserCommand::Register { user_id, personal, password_hash, at } => UserEvent::UserRegistered {
-                user_id,
-                personal,
-                password_hash,
-                role: Role::User,
-                registered_at: at,
-            },
-            UserCommand::ChangeRole { role, .. } if role == self.role => return Ok(()),
-            UserCommand::ChangeRole { role, at } => {
-                UserEvent::UserRoleChanged { role, previous: self.role, sessions_revoked_before: at }
-            }
-            UserCommand::Disable { .. } if self.disabled => return Ok(()),
-            UserCommand::Disable { at } => UserEvent::UserDisabled { sessions_revoked_before: at },
-            UserCommand::Enable { .. } if !self.disabled => return Ok(()),
-            UserCommand::Enable { at } => UserEvent::UserEnabled { enabled_at: at },
-        };
-        sink.write(event, self).await;
         Ok(())
     }
 
@@ -114,76 +160,207 @@ impl Aggregate for User {
             }
             UserEvent::UserRoleChanged { role, sessions_revoked_before, .. } => {
                 self.role = role;
-                self.sessions_revoked_before = Some(sessions_revoked_before);
+                self.revoke_sessions(sessions_revoked_before, None);
             }
             UserEvent::UserDisabled { sessions_revoked_before } => {
                 self.disabled = true;
-                self.sessions_revoked_before = Some(sessions_revoked_before);
+                self.revoke_sessions(sessions_revoked_before, None);
             }
             UserEvent::UserEnabled { .. } => self.disabled = false,
+            UserEvent::PasswordChanged { password_hash, sessions_revoked_before, kept_session } => {
+                self.password_hash = password_hash;
+                self.revoke_sessions(sessions_revoked_before, kept_session);
+            }
+            UserEvent::PasswordResetRequested { token_hash, expires_at, .. } => {
+                self.reset = Some(PendingToken { hash: token_hash, expires_at });
+            }
+            UserEvent::PasswordResetCompleted { password_hash, sessions_revoked_before } => {
+                self.password_hash = password_hash;
+                self.reset = None;
+                self.revoke_sessions(sessions_revoked_before, None);
+            }
+            UserEvent::EmailVerificationRequested { token_hash, expires_at, .. } => {
+                self.verification = Some(PendingToken { hash: token_hash, expires_at });
+            }
+            UserEvent::EmailVerified { .. } => {
+                self.email_verified = true;
+                self.verification = None;
+            }
         }
+    }
+}
+
+impl User {
+    fn revoke_sessions(&mut self, before: DateTime<Utc>, kept: Option<String>) {
+        self.sessions_revoked_before = Some(before);
+        self.kept_session = kept;
+    }
+
+    fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        if !matches!(command, UserCommand::Register { .. }) && !self.exists() {
+            return Err(UserError::NotFound);
+        }
+        Ok(vec![match command {
+            UserCommand::Register { .. } if self.exists() => return Err(UserError::AlreadyRegistered),
+            UserCommand::Register { user_id, personal, password_hash, verification, at } => {
+                let registered = UserEvent::UserRegistered {
+                    user_id,
+                    personal,
+                    password_hash,
+                    role: Role::User,
+                    registered_at: at,
+                };
+                return Ok(match verification {
+                    Some((token_hash, expires_at)) => vec![
+                        registered,
+                        UserEvent::EmailVerificationRequested { token_hash, expires_at, requested_at: at },
+                    ],
+                    None => vec![registered],
+                });
+            }
+            UserCommand::ChangeRole { role, .. } if role == self.role => return Ok(Vec::new()),
+            UserCommand::ChangeRole { role, at } => {
+                UserEvent::UserRoleChanged { role, previous: self.role, sessions_revoked_before: at }
+            }
+            UserCommand::Disable { .. } if self.disabled => return Ok(Vec::new()),
+            UserCommand::Disable { at } => UserEvent::UserDisabled { sessions_revoked_before: at },
+            UserCommand::Enable { .. } if !self.disabled => return Ok(Vec::new()),
+            UserCommand::Enable { at } => UserEvent::UserEnabled { enabled_at: at },
+            UserCommand::ChangePassword { password_hash, keep_session, at } => UserEvent::PasswordChanged {
+                password_hash,
+                sessions_revoked_before: at,
+                kept_session: Some(keep_session),
+            },
+            UserCommand::RequestPasswordReset { token, expires_at, at } => {
+                UserEvent::PasswordResetRequested { token_hash: token, expires_at, requested_at: at }
+            }
+            UserCommand::ResetPassword { token, password_hash, at } => {
+                if !self.reset.as_ref().is_some_and(|r| r.accepts(&token, at)) {
+                    return Err(UserError::InvalidResetToken);
+                }
+                UserEvent::PasswordResetCompleted { password_hash, sessions_revoked_before: at }
+            }
+            UserCommand::RequestEmailVerification { .. } if self.email_verified => return Ok(Vec::new()),
+            UserCommand::RequestEmailVerification { token, expires_at, at } => {
+                UserEvent::EmailVerificationRequested { token_hash: token, expires_at, requested_at: at }
+            }
+            UserCommand::VerifyEmail { token, at } => {
+                if !self.verification.as_ref().is_some_and(|v| v.accepts(&token, at)) {
+                    return Err(UserError::InvalidVerificationToken);
+                }
+                UserEvent::EmailVerified { verified_at: at }
+            }
+        }])
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::Duration;
     use cqrs_es::test::TestFramework;
 
     use super::*;
 
-    fn registered(at: DateTime<Utc>) -> UserEvent {
+    fn at() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00.000100Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn registered() -> UserEvent {
         UserEvent::UserRegistered {
             user_id: "u1".into(),
             personal: UserPersonal { email: "a@example.com".into(), name: None },
             password_hash: "$argon2id$...".into(),
             role: Role::User,
-            registered_at: at,
+            registered_at: at(),
         }
+    }
+
+    fn hash(n: u8) -> TokenHash {
+        TokenHash(format!("h{n}"))
     }
 
     #[test]
     fn a_user_registers_once() {
-        let at = Utc::now();
         TestFramework::<User>::with(())
-            .given(vec![registered(at)])
+            .given(vec![registered()])
             .when(UserCommand::Register {
                 user_id: "u1".into(),
                 personal: UserPersonal { email: "a@example.com".into(), name: None },
                 password_hash: String::new(),
-                at,
+                verification: None,
+                at: at(),
             })
             .then_expect_error(UserError::AlreadyRegistered);
     }
 
     #[test]
     fn a_role_change_revokes_earlier_sessions_and_repeating_it_changes_nothing() {
-        let at = Utc::now();
         TestFramework::<User>::with(())
-            .given(vec![registered(at)])
-            .when(UserCommand::ChangeRole { role: Role::Admin, at })
+            .given(vec![registered()])
+            .when(UserCommand::ChangeRole { role: Role::Admin, at: at() })
             .then_expect_events(vec![UserEvent::UserRoleChanged {
                 role: Role::Admin,
                 previous: Role::User,
-                sessions_revoked_before: at,
+                sessions_revoked_before: at(),
             }]);
         TestFramework::<User>::with(())
-            .given(vec![registered(at)])
-            .when(UserCommand::ChangeRole { role: Role::User, at })
+            .given(vec![registered()])
+            .when(UserCommand::ChangeRole { role: Role::User, at: at() })
             .then_expect_events(vec![]);
     }
 
     #[test]
     fn a_disabled_user_admits_no_session_and_enabling_admits_only_later_ones() {
-        let at = Utc::now();
         let mut user = User::default();
-        user.apply(registered(at));
-        assert!(user.admits_session(at));
-        user.apply(UserEvent::UserDisabled { sessions_revoked_before: at });
-        assert!(!user.admits_session(at + chrono::Duration::seconds(1)));
-        user.apply(UserEvent::UserEnabled { enabled_at: at });
-        assert!(!user.admits_session(at), "sessions from before the disable stay revoked");
-        assert!(user.admits_session(at + chrono::Duration::milliseconds(1)));
-        assert!(!user.admits_session(at + chrono::Duration::nanoseconds(10)), "same millisecond");
+        user.apply(registered());
+        assert!(user.admits_session("s", at()));
+        user.apply(UserEvent::UserDisabled { sessions_revoked_before: at() });
+        assert!(!user.admits_session("s", at() + Duration::seconds(1)));
+        user.apply(UserEvent::UserEnabled { enabled_at: at() });
+        assert!(!user.admits_session("s", at()), "sessions from before the disable stay revoked");
+        assert!(user.admits_session("s", at() + Duration::milliseconds(1)));
+        assert!(!user.admits_session("s", at() + Duration::nanoseconds(10)), "same millisecond");
+    }
+
+    #[test]
+    fn a_password_change_keeps_only_the_asking_session() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(UserEvent::PasswordChanged {
+            password_hash: "new".into(),
+            sessions_revoked_before: at(),
+            kept_session: Some("mine".into()),
+        });
+        assert!(user.admits_session("mine", at() - Duration::hours(1)));
+        assert!(!user.admits_session("other", at() - Duration::hours(1)));
+    }
+
+    #[test]
+    fn a_reset_token_works_once_and_not_after_it_expires() {
+        let requested = UserEvent::PasswordResetRequested {
+            token_hash: hash(1),
+            expires_at: at() + Duration::hours(1),
+            requested_at: at(),
+        };
+        let reset = |token, when| UserCommand::ResetPassword { token, password_hash: "new".into(), at: when };
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested.clone()])
+            .when(reset(hash(2), at()))
+            .then_expect_error(UserError::InvalidResetToken);
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested.clone()])
+            .when(reset(hash(1), at() + Duration::hours(2)))
+            .then_expect_error(UserError::InvalidResetToken);
+        let completed =
+            UserEvent::PasswordResetCompleted { password_hash: "new".into(), sessions_revoked_before: at() };
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested.clone()])
+            .when(reset(hash(1), at()))
+            .then_expect_events(vec![completed.clone()]);
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested, completed])
+            .when(reset(hash(1), at()))
+            .then_expect_error(UserError::InvalidResetToken);
     }
 
     #[test]

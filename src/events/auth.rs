@@ -76,6 +76,35 @@ pub enum UserEvent {
     UserEnabled {
         enabled_at: DateTime<Utc>,
     },
+    /// The password changed; every session but `kept_session` (the one that asked) is
+    /// revoked.
+    PasswordChanged {
+        /// argon2id PHC string (redacted from exports).
+        password_hash: String,
+        sessions_revoked_before: DateTime<Utc>,
+        kept_session: Option<String>,
+    },
+    /// A reset token was issued (its hash only) and mailed.
+    PasswordResetRequested {
+        token_hash: TokenHash,
+        expires_at: DateTime<Utc>,
+        requested_at: DateTime<Utc>,
+    },
+    /// The password was reset with a token; every session is revoked.
+    PasswordResetCompleted {
+        /// argon2id PHC string (redacted from exports).
+        password_hash: String,
+        sessions_revoked_before: DateTime<Utc>,
+    },
+    /// A verification token was issued (its hash only) and mailed.
+    EmailVerificationRequested {
+        token_hash: TokenHash,
+        expires_at: DateTime<Utc>,
+        requested_at: DateTime<Utc>,
+    },
+    EmailVerified {
+        verified_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -85,6 +114,11 @@ impl DomainEvent for UserEvent {
             Self::UserRoleChanged { .. } => "UserRoleChanged",
             Self::UserDisabled { .. } => "UserDisabled",
             Self::UserEnabled { .. } => "UserEnabled",
+            Self::PasswordChanged { .. } => "PasswordChanged",
+            Self::PasswordResetRequested { .. } => "PasswordResetRequested",
+            Self::PasswordResetCompleted { .. } => "PasswordResetCompleted",
+            Self::EmailVerificationRequested { .. } => "EmailVerificationRequested",
+            Self::EmailVerified { .. } => "EmailVerified",
         }
         .to_owned()
     }
@@ -210,23 +244,70 @@ pub enum LoginFailure {
     UnknownEmail,
     BadPassword,
     Disabled,
+    /// Refused without checking the password: too soon after a failure, or another
+    /// attempt on the address is in progress.
+    Throttled,
+    /// Refused without checking the password: the address is locked.
+    Locked,
 }
 
 /// Events of the login attempts on one e-mail address, registered or not (the aggregate
 /// id is the same hash as the e-mail claim's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LoginAttemptEvent {
+    /// An attempt may check the password (the only one in flight for the address).
+    LoginAttemptStarted {
+        attempt_id: String,
+        started_at: DateTime<Utc>,
+    },
     LoginFailed {
         reason: LoginFailure,
         user_id: Option<String>,
         personal: SessionPersonal,
+        /// Consecutive failures including this one.
+        consecutive_failures: u32,
         failed_at: DateTime<Utc>,
+    },
+    /// The attempt ended without a verdict (the hashing queue was full, the client left).
+    LoginAttemptAbandoned {
+        attempt_id: String,
+        abandoned_at: DateTime<Utc>,
+    },
+    /// The password was right: the failure count starts again.
+    LoginSucceeded {
+        attempt_id: String,
+        user_id: String,
+        succeeded_at: DateTime<Utc>,
+    },
+    AccountLocked {
+        user_id: Option<String>,
+        failures: u32,
+        locked_until: DateTime<Utc>,
+        locked_at: DateTime<Utc>,
+    },
+    AccountUnlocked {
+        user_id: Option<String>,
+        unlocked_at: DateTime<Utc>,
+    },
+    /// A password reset was asked for an address without an account (nothing is sent).
+    ResetRequestedForUnknownAddress {
+        personal: SessionPersonal,
+        requested_at: DateTime<Utc>,
     },
 }
 
 impl DomainEvent for LoginAttemptEvent {
     fn event_type(&self) -> String {
-        "LoginFailed".to_owned()
+        match self {
+            Self::LoginAttemptStarted { .. } => "LoginAttemptStarted",
+            Self::LoginFailed { .. } => "LoginFailed",
+            Self::LoginSucceeded { .. } => "LoginSucceeded",
+            Self::LoginAttemptAbandoned { .. } => "LoginAttemptAbandoned",
+            Self::AccountLocked { .. } => "AccountLocked",
+            Self::AccountUnlocked { .. } => "AccountUnlocked",
+            Self::ResetRequestedForUnknownAddress { .. } => "ResetRequestedForUnknownAddress",
+        }
+        .to_owned()
     }
     fn event_version(&self) -> String {
         "1".to_owned()
@@ -260,6 +341,22 @@ impl DomainEvent for KeyringEvent {
             Self::SigningKeyRemoved { .. } => "SigningKeyRemoved",
         }
         .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Security notices that belong to no other aggregate (each notice is its own stream).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SecurityNoticeEvent {
+    /// A client passed a rate limit (recorded once per window, not once per request).
+    RateLimitExceeded { rule: String, user_id: Option<String>, personal: SessionPersonal, at: DateTime<Utc> },
+}
+
+impl DomainEvent for SecurityNoticeEvent {
+    fn event_type(&self) -> String {
+        "RateLimitExceeded".to_owned()
     }
     fn event_version(&self) -> String {
         "1".to_owned()

@@ -90,6 +90,26 @@ pub struct NewEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// A message to deliver after the events that cause it commit (the transactional
+/// outbox). The body may hold a single-use token: it is erased once delivered.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutgoingMail {
+    pub id: String,
+    pub kind: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    /// After this the message is useless (its token expired): it is dropped unsent.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for OutgoingMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingMail").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
 /// An event as read back from the global log.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RecordedEvent {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Executor, PgPool, Postgres, Row};
 
-use super::{AppendError, LogCursor, NewEvent, RecordedEvent, StoreError};
+use super::{AppendError, LogCursor, NewEvent, OutgoingMail, RecordedEvent, StoreError};
 
 const APPEND: &str = "
 WITH appended AS (
@@ -20,6 +20,24 @@ WITH appended AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                          $6::jsonb[], $7::jsonb[], $8::timestamptz[])
     RETURNING txid, position
+)
+SELECT max(txid) AS txid, max(position) AS position FROM appended";
+
+/// The same append, plus outbox messages in the same statement (hence the same
+/// transaction).
+const APPEND_WITH_MAIL: &str = "
+WITH appended AS (
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                        payload, metadata, recorded_at)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                         $6::jsonb[], $7::jsonb[], $8::timestamptz[])
+    RETURNING txid, position
+), queued AS (
+    INSERT INTO outbox (id, kind, recipient, subject, body, created_at, expires_at, next_attempt_at)
+    SELECT id, kind, recipient, subject, body, created_at, expires_at, created_at
+      FROM UNNEST($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                  $14::timestamptz[], $15::timestamptz[])
+           AS m(id, kind, recipient, subject, body, created_at, expires_at)
 )
 SELECT max(txid) AS txid, max(position) AS position FROM appended";
 
@@ -37,7 +55,11 @@ SELECT txid, position FROM events
  WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
  ORDER BY txid DESC, position DESC LIMIT 1";
 
-pub(super) async fn append(pool: &PgPool, events: &[NewEvent]) -> Result<LogCursor, AppendError> {
+pub(super) async fn append(
+    pool: &PgPool,
+    events: &[NewEvent],
+    mail: &[OutgoingMail],
+) -> Result<LogCursor, AppendError> {
     let column = |f: fn(&NewEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
     let types = column(|e| e.aggregate_type.clone());
     let ids = column(|e| e.aggregate_id.clone());
@@ -47,7 +69,7 @@ pub(super) async fn append(pool: &PgPool, events: &[NewEvent]) -> Result<LogCurs
     let payloads: Vec<Value> = events.iter().map(|e| e.payload.clone()).collect();
     let metadata: Vec<Value> = events.iter().map(|e| e.metadata.clone()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
-    let row = sqlx::query(APPEND)
+    let query = sqlx::query(if mail.is_empty() { APPEND } else { APPEND_WITH_MAIL })
         .bind(types)
         .bind(ids)
         .bind(sequences)
@@ -55,10 +77,21 @@ pub(super) async fn append(pool: &PgPool, events: &[NewEvent]) -> Result<LogCurs
         .bind(versions)
         .bind(payloads)
         .bind(metadata)
-        .bind(times)
-        .fetch_one(pool)
-        .await
-        .map_err(classify)?;
+        .bind(times);
+    let query = if mail.is_empty() {
+        query
+    } else {
+        let text = |f: fn(&OutgoingMail) -> &str| mail.iter().map(|m| f(m).to_owned()).collect::<Vec<_>>();
+        query
+            .bind(text(|m| &m.id))
+            .bind(text(|m| &m.kind))
+            .bind(text(|m| &m.recipient))
+            .bind(text(|m| &m.subject))
+            .bind(text(|m| &m.body))
+            .bind(mail.iter().map(|m| m.created_at).collect::<Vec<_>>())
+            .bind(mail.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+    };
+    let row = query.fetch_one(pool).await.map_err(classify)?;
     let txid = row.try_get("txid").map_err(StoreError::from)?;
     let position = row.try_get("position").map_err(StoreError::from)?;
     Ok(LogCursor { txid, position })

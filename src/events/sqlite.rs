@@ -6,7 +6,10 @@
 use cqrs_es::persist::SerializedEvent;
 use sqlx::{Executor, Row, Sqlite, SqlitePool};
 
-use super::{AppendError, LogCursor, NewEvent, RecordedEvent, StoreError, parse_sqlite_time, sqlite_time};
+use super::{
+    AppendError, LogCursor, NewEvent, OutgoingMail, RecordedEvent, StoreError, parse_sqlite_time, sqlite_time,
+};
+use crate::db::DbTime;
 
 const INSERT: &str = "
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -24,7 +27,11 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence";
 
-pub(super) async fn append(writer: &SqlitePool, events: &[NewEvent]) -> Result<LogCursor, AppendError> {
+pub(super) async fn append(
+    writer: &SqlitePool,
+    events: &[NewEvent],
+    mail: &[OutgoingMail],
+) -> Result<LogCursor, AppendError> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
     let mut last = 0i64;
     for event in events {
@@ -41,6 +48,22 @@ pub(super) async fn append(writer: &SqlitePool, events: &[NewEvent]) -> Result<L
             .await
             .map_err(classify)?;
         last = row.try_get("position").map_err(StoreError::from)?;
+    }
+    for m in mail {
+        sqlx::query(
+            "INSERT INTO outbox (id, kind, recipient, subject, body, created_at, expires_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $6)",
+        )
+        .bind(&m.id)
+        .bind(&m.kind)
+        .bind(&m.recipient)
+        .bind(&m.subject)
+        .bind(&m.body)
+        .bind(DbTime(m.created_at))
+        .bind(DbTime(m.expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(LogCursor { txid: 0, position: last })

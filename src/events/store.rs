@@ -6,7 +6,7 @@ use cqrs_es::Aggregate;
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use postgres_es::PostgresEventRepository;
 
-use super::{LogCursor, LogSignal, NewEvent, RecordedEvent, postgres, sqlite};
+use super::{LogCursor, LogSignal, NewEvent, OutgoingMail, RecordedEvent, postgres, sqlite};
 use crate::db::{Db, DbTx};
 use crate::telemetry::Metrics;
 
@@ -72,12 +72,22 @@ impl EventStore {
     /// Appends events of one or more aggregates atomically: all or none. Returns the
     /// cursor of the last event written.
     pub async fn append(&self, events: &[NewEvent]) -> Result<LogCursor, AppendError> {
+        self.append_with_mail(events, &[]).await
+    }
+
+    /// Appends events and queues outbox messages in the same transaction (the
+    /// transactional outbox): the messages exist if and only if the events do.
+    pub async fn append_with_mail(
+        &self,
+        events: &[NewEvent],
+        mail: &[OutgoingMail],
+    ) -> Result<LogCursor, AppendError> {
         if events.is_empty() {
             return Err(StoreError::Repository("nothing to append".into()).into());
         }
         let cursor = match &self.inner.db {
-            Db::Postgres(pool) => postgres::append(pool, events).await?,
-            Db::Sqlite { writer, .. } => sqlite::append(writer, events).await?,
+            Db::Postgres(pool) => postgres::append(pool, events, mail).await?,
+            Db::Sqlite { writer, .. } => sqlite::append(writer, events, mail).await?,
         };
         for event in events {
             self.inner.metrics.event_appended(&event.event_type);

@@ -12,7 +12,8 @@ use super::Projection;
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::events::auth::{
-    KeyringEvent, LoginAttemptEvent, RevokeReason, SessionEvent, SessionPersonal, UserEvent,
+    KeyringEvent, LoginAttemptEvent, RevokeReason, SecurityNoticeEvent, SessionEvent, SessionPersonal,
+    UserEvent,
 };
 use crate::insert_rows;
 
@@ -29,6 +30,13 @@ pub mod kinds {
     pub const ROLE_CHANGED: &str = "role_changed";
     pub const ACCOUNT_DISABLED: &str = "account_disabled";
     pub const ACCOUNT_ENABLED: &str = "account_enabled";
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const PASSWORD_CHANGED: &str = "password_changed";
+    pub const PASSWORD_RESET_REQUESTED: &str = "password_reset_requested";
+    pub const PASSWORD_RESET_COMPLETED: &str = "password_reset_completed";
+    pub const EMAIL_VERIFIED: &str = "email_verified";
+    pub const ACCOUNT_LOCKED: &str = "account_locked";
+    pub const ACCOUNT_UNLOCKED: &str = "account_unlocked";
 }
 
 /// See the module documentation.
@@ -113,6 +121,17 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
             }
             UserEvent::UserDisabled { .. } => row(kinds::ACCOUNT_DISABLED, id, None, None, json!({})),
             UserEvent::UserEnabled { .. } => row(kinds::ACCOUNT_ENABLED, id, None, None, json!({})),
+            UserEvent::PasswordChanged { kept_session, .. } => {
+                row(kinds::PASSWORD_CHANGED, id, kept_session, None, json!({}))
+            }
+            UserEvent::PasswordResetRequested { .. } => {
+                row(kinds::PASSWORD_RESET_REQUESTED, id, None, None, json!({}))
+            }
+            UserEvent::PasswordResetCompleted { .. } => {
+                row(kinds::PASSWORD_RESET_COMPLETED, id, None, None, json!({}))
+            }
+            UserEvent::EmailVerified { .. } => row(kinds::EMAIL_VERIFIED, id, None, None, json!({})),
+            UserEvent::EmailVerificationRequested { .. } => return Ok(None),
         },
         "session" => match event.decode::<SessionEvent>()? {
             SessionEvent::SessionStarted { user_id, origin, remember_me, personal, .. } => row(
@@ -135,9 +154,38 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
                 row(kind, Some(user_id), id, None, json!({"reason": reason.as_str()}))
             }
         },
-        "login_attempts" => {
-            let LoginAttemptEvent::LoginFailed { reason, user_id, personal, .. } = event.decode()?;
-            row(kinds::LOGIN_FAILURE, user_id, None, Some(&personal), json!({"reason": reason}))
+        "login_attempts" => match event.decode::<LoginAttemptEvent>()? {
+            LoginAttemptEvent::LoginFailed { reason, user_id, personal, consecutive_failures, .. } => row(
+                kinds::LOGIN_FAILURE,
+                user_id,
+                None,
+                Some(&personal),
+                json!({"reason": reason, "consecutiveFailures": consecutive_failures}),
+            ),
+            LoginAttemptEvent::AccountLocked { user_id, failures, locked_until, .. } => row(
+                kinds::ACCOUNT_LOCKED,
+                user_id,
+                None,
+                None,
+                json!({"failures": failures, "lockedUntil": locked_until}),
+            ),
+            LoginAttemptEvent::AccountUnlocked { user_id, .. } => {
+                row(kinds::ACCOUNT_UNLOCKED, user_id, None, None, json!({}))
+            }
+            LoginAttemptEvent::ResetRequestedForUnknownAddress { personal, .. } => row(
+                kinds::PASSWORD_RESET_REQUESTED,
+                None,
+                None,
+                Some(&personal),
+                json!({"knownAddress": false}),
+            ),
+            LoginAttemptEvent::LoginAttemptStarted { .. }
+            | LoginAttemptEvent::LoginSucceeded { .. }
+            | LoginAttemptEvent::LoginAttemptAbandoned { .. } => return Ok(None),
+        },
+        "security_notice" => {
+            let SecurityNoticeEvent::RateLimitExceeded { rule, user_id, personal, .. } = event.decode()?;
+            row(kinds::RATE_LIMITED, user_id, None, Some(&personal), json!({"rule": rule}))
         }
         "keyring" => match event.decode::<KeyringEvent>()? {
             KeyringEvent::SigningKeyActivated { kid, previous_kid: Some(previous), .. } => row(

@@ -68,7 +68,8 @@ async fn apply_session(tx: &mut DbTx, id: &str, event: SessionEvent) -> anyhow::
                      revoked_at = (SELECT revoked_before FROM session_cutoffs WHERE user_id = $2), \
                      revoked_reason = $3 \
                  WHERE id = $1 AND EXISTS (SELECT 1 FROM session_cutoffs c \
-                     WHERE c.user_id = $2 AND c.revoked_before >= sessions.created_at)",
+                     WHERE c.user_id = $2 AND c.revoked_before >= sessions.created_at \
+                       AND (c.kept_session IS NULL OR c.kept_session <> sessions.id))",
                 id,
                 &user_id,
                 RevokeReason::UserChanged.as_str()
@@ -102,10 +103,16 @@ async fn apply_session(tx: &mut DbTx, id: &str, event: SessionEvent) -> anyhow::
 }
 
 async fn apply_user(tx: &mut DbTx, user_id: &str, event: UserEvent) -> anyhow::Result<()> {
-    let cutoff = match event {
-        UserEvent::UserRoleChanged { sessions_revoked_before, .. } => sessions_revoked_before,
-        UserEvent::UserDisabled { sessions_revoked_before } => sessions_revoked_before,
-        UserEvent::UserRegistered { .. } | UserEvent::UserEnabled { .. } => return Ok(()),
+    let (cutoff, kept) = match event {
+        UserEvent::UserRoleChanged { sessions_revoked_before, .. }
+        | UserEvent::UserDisabled { sessions_revoked_before }
+        | UserEvent::PasswordResetCompleted { sessions_revoked_before, .. } => {
+            (sessions_revoked_before, None)
+        }
+        UserEvent::PasswordChanged { sessions_revoked_before, kept_session, .. } => {
+            (sessions_revoked_before, kept_session)
+        }
+        _ => return Ok(()),
     };
     // Sessions are compared in whole milliseconds (see `User::admits_session`): the
     // cutoff covers the rest of its own millisecond.
@@ -115,18 +122,21 @@ async fn apply_user(tx: &mut DbTx, user_id: &str, event: UserEvent) -> anyhow::R
     );
     exec!(
         tx,
-        "INSERT INTO session_cutoffs (user_id, revoked_before) VALUES ($1, $2) \
-         ON CONFLICT (user_id) DO UPDATE SET revoked_before = excluded.revoked_before",
+        "INSERT INTO session_cutoffs (user_id, revoked_before, kept_session) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET revoked_before = excluded.revoked_before, \
+             kept_session = excluded.kept_session",
         user_id,
-        cutoff_end
+        cutoff_end,
+        &kept
     )?;
     exec!(
         tx,
         "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-         WHERE user_id = $1 AND created_at <= $2 AND revoked_at IS NULL",
+         WHERE user_id = $1 AND created_at <= $2 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4)",
         user_id,
         cutoff_end,
-        RevokeReason::UserChanged.as_str()
+        RevokeReason::UserChanged.as_str(),
+        &kept
     )?;
     Ok(())
 }

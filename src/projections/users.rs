@@ -44,7 +44,8 @@ impl Projection for Users {
             UserEvent::UserRoleChanged { role, sessions_revoked_before, .. } => {
                 exec!(
                     tx,
-                    "UPDATE users SET role = $2, sessions_revoked_before = $3, updated_at = $4 WHERE id = $1",
+                    "UPDATE users SET role = $2, sessions_revoked_before = $3, kept_session = NULL, updated_at = $4 \
+                     WHERE id = $1",
                     id,
                     role.as_str(),
                     DbTime(sessions_revoked_before),
@@ -54,7 +55,8 @@ impl Projection for Users {
             UserEvent::UserDisabled { sessions_revoked_before } => {
                 exec!(
                     tx,
-                    "UPDATE users SET disabled = true, sessions_revoked_before = $2, updated_at = $3 WHERE id = $1",
+                    "UPDATE users SET disabled = true, sessions_revoked_before = $2, kept_session = NULL, \
+                     updated_at = $3 WHERE id = $1",
                     id,
                     DbTime(sessions_revoked_before),
                     at
@@ -63,6 +65,29 @@ impl Projection for Users {
             UserEvent::UserEnabled { .. } => {
                 exec!(tx, "UPDATE users SET disabled = false, updated_at = $2 WHERE id = $1", id, at)?;
             }
+            UserEvent::PasswordChanged { sessions_revoked_before, kept_session, .. } => {
+                exec!(
+                    tx,
+                    "UPDATE users SET sessions_revoked_before = $2, kept_session = $3, updated_at = $4 WHERE id = $1",
+                    id,
+                    DbTime(sessions_revoked_before),
+                    kept_session,
+                    at
+                )?;
+            }
+            UserEvent::PasswordResetCompleted { sessions_revoked_before, .. } => {
+                exec!(
+                    tx,
+                    "UPDATE users SET sessions_revoked_before = $2, kept_session = NULL, updated_at = $3 WHERE id = $1",
+                    id,
+                    DbTime(sessions_revoked_before),
+                    at
+                )?;
+            }
+            UserEvent::EmailVerified { .. } => {
+                exec!(tx, "UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1", id, at)?;
+            }
+            UserEvent::PasswordResetRequested { .. } | UserEvent::EmailVerificationRequested { .. } => {}
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod passwords;
+pub mod rate_limit;
 pub mod refresh;
 pub mod revocations;
 pub mod secrets;

@@ -1,10 +1,12 @@
-//! Refresh tokens: opaque to clients, 256 bits of randomness, stored only as hashes.
+//! Opaque tokens (refresh, password reset, e-mail verification): 256 bits of randomness
+//! bound to an owner id, stored only as hashes.
 //!
-//! A token is `base64url(session id (16 bytes) ‖ secret (32 bytes))`: the session id lets
-//! the server load the session (its token family) directly. A rotation's successor is
-//! derived deterministically, `HMAC-SHA256(server key, presented token)`, so two
-//! concurrent refreshes with the same token get the same successor without any process
-//! storing a token in clear.
+//! A token is `base64url(owner id (16 bytes) ‖ secret (32 bytes))`: the owner (a session
+//! for refresh tokens, a user for reset and verification tokens) lets the server load the
+//! aggregate that holds the hash directly. A refresh token's successor is derived
+//! deterministically, `HMAC-SHA256(server key, presented token)`, so two concurrent
+//! refreshes with the same token get the same successor without any process storing a
+//! token in clear.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,20 +15,23 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-/// A refresh token as presented or issued.
+/// An opaque token as presented or issued.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken {
+pub struct OpaqueToken {
     session_id: Uuid,
     secret: [u8; 32],
 }
 
-impl std::fmt::Debug for RefreshToken {
+/// A refresh token: an opaque token owned by a session.
+pub type RefreshToken = OpaqueToken;
+
+impl std::fmt::Debug for OpaqueToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RefreshToken({}, [redacted])", self.session_id)
+        write!(f, "OpaqueToken({}, [redacted])", self.session_id)
     }
 }
 
-impl RefreshToken {
+impl OpaqueToken {
     /// A new random token for a session.
     pub fn generate(session_id: Uuid) -> Self {
         Self { session_id, secret: rand::random() }
@@ -44,6 +49,11 @@ impl RefreshToken {
 
     /// The session (token family) this token belongs to.
     pub fn session_id(&self) -> Uuid {
+        self.session_id
+    }
+
+    /// The owner this token belongs to (a session or a user).
+    pub fn owner(&self) -> Uuid {
         self.session_id
     }
 

@@ -26,12 +26,28 @@ use crate::events::auth::{SessionEvent, UserEvent};
 use crate::events::{EventStore, LogCursor, RecordedEvent};
 use crate::projections::Projector;
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cutoff {
+    before: DateTime<Utc>,
+    kept: Option<String>,
+}
+
+impl State {
+    fn cut(&mut self, user: String, before: DateTime<Utc>, kept: Option<String>) {
+        let newer = self.cutoffs.get(&user).is_none_or(|c| before >= c.before);
+        if newer {
+            self.cutoffs.insert(user, Cutoff { before, kept });
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Revoked sessions and when.
     sessions: HashMap<String, DateTime<Utc>>,
-    /// Per user: sessions started at or before this millisecond are revoked.
-    cutoffs: HashMap<String, DateTime<Utc>>,
+    /// Per user: sessions started at or before this millisecond are revoked, except the
+    /// kept one (the session that changed the password).
+    cutoffs: HashMap<String, Cutoff>,
     disabled: HashSet<String>,
     cursor: LogCursor,
 }
@@ -64,7 +80,7 @@ impl Revocations {
         let cursor = projector.checkpoint("users").await?.min(projector.checkpoint("sessions").await?);
         let since = DbTime(clock.now() - window);
         let mut state = State { cursor, ..State::default() };
-        let users = "SELECT id, disabled, sessions_revoked_before FROM users \
+        let users = "SELECT id, disabled, sessions_revoked_before, kept_session FROM users \
                      WHERE disabled OR sessions_revoked_before > $1";
         let sessions = "SELECT id, revoked_at FROM sessions WHERE revoked_at > $1";
         macro_rules! load {
@@ -75,7 +91,8 @@ impl Revocations {
                         state.disabled.insert(id.clone());
                     }
                     if let Some(DbTime(cutoff)) = row.try_get::<Option<DbTime>, _>(2)? {
-                        state.cutoffs.insert(id, cutoff);
+                        let kept: Option<String> = row.try_get(3)?;
+                        state.cut(id, cutoff, kept);
                     }
                 }
                 for row in sqlx::query(sessions).bind(since).fetch_all($pool).await? {
@@ -102,7 +119,8 @@ impl Revocations {
         }
         if let Some(cutoff) = state.cutoffs.get(&claims.sub) {
             let started = session_started_ms(&claims.sid).unwrap_or(i64::MIN);
-            if started <= cutoff.timestamp_millis() {
+            let kept = cutoff.kept.as_deref() == Some(claims.sid.as_str());
+            if !kept && started <= cutoff.before.timestamp_millis() {
                 return Err(TokenError::SessionRevoked);
             }
         }
@@ -115,10 +133,8 @@ impl Revocations {
     }
 
     /// Records a user-wide cutoff this process just committed.
-    pub fn revoke_user_sessions(&self, user_id: &str, before: DateTime<Utc>) {
-        let mut state = self.state.write();
-        let cutoff = state.cutoffs.entry(user_id.to_owned()).or_insert(before);
-        *cutoff = (*cutoff).max(before);
+    pub fn revoke_user_sessions(&self, user_id: &str, before: DateTime<Utc>, kept: Option<&str>) {
+        self.state.write().cut(user_id.to_owned(), before, kept.map(str::to_owned));
     }
 
     /// Records that this process just disabled or enabled a user.
@@ -179,7 +195,7 @@ impl Revocations {
         let horizon = self.clock.now() - self.window;
         let mut state = self.state.write();
         state.sessions.retain(|_, at| *at > horizon);
-        state.cutoffs.retain(|_, at| *at > horizon);
+        state.cutoffs.retain(|_, cutoff| cutoff.before > horizon);
     }
 }
 
@@ -190,17 +206,22 @@ fn apply(state: &mut State, event: &RecordedEvent) {
                 state.sessions.insert(event.aggregate_id.clone(), revoked_at);
             }
         }
-        ("user", "UserRoleChanged" | "UserDisabled" | "UserEnabled") => {
+        (
+            "user",
+            "UserRoleChanged" | "UserDisabled" | "UserEnabled" | "PasswordChanged" | "PasswordResetCompleted",
+        ) => {
             let user = event.aggregate_id.clone();
             match event.decode::<UserEvent>() {
-                Ok(UserEvent::UserRoleChanged { sessions_revoked_before, .. }) => {
-                    let cutoff = state.cutoffs.entry(user).or_insert(sessions_revoked_before);
-                    *cutoff = (*cutoff).max(sessions_revoked_before);
+                Ok(UserEvent::UserRoleChanged { sessions_revoked_before, .. })
+                | Ok(UserEvent::PasswordResetCompleted { sessions_revoked_before, .. }) => {
+                    state.cut(user, sessions_revoked_before, None);
+                }
+                Ok(UserEvent::PasswordChanged { sessions_revoked_before, kept_session, .. }) => {
+                    state.cut(user, sessions_revoked_before, kept_session);
                 }
                 Ok(UserEvent::UserDisabled { sessions_revoked_before }) => {
                     state.disabled.insert(user.clone());
-                    let cutoff = state.cutoffs.entry(user).or_insert(sessions_revoked_before);
-                    *cutoff = (*cutoff).max(sessions_revoked_before);
+                    state.cut(user, sessions_revoked_before, None);
                 }
                 Ok(UserEvent::UserEnabled { .. }) => {
                     state.disabled.remove(&user);

@@ -32,6 +32,9 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// Whether the user's e-mail address is verified.
+    #[serde(rename = "emailVerified", default)]
+    pub email_verified: bool,
 }
 
 /// Why a token was refused; `reason()` is what `/auth/validate` reports.
@@ -117,6 +120,7 @@ impl TokenService {
         session_id: &str,
         email: &str,
         role: Role,
+        email_verified: bool,
         now: DateTime<Utc>,
     ) -> Result<(String, AccessClaims), TokenError> {
         let keys = self.keys.keys();
@@ -132,6 +136,7 @@ impl TokenService {
             iat,
             exp: iat + ACCESS_TOKEN_TTL_SECS,
             jti: uuid::Uuid::new_v4().to_string(),
+            email_verified,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.clone());

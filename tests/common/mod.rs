@@ -109,6 +109,9 @@ impl TestDb {
         let mut config = Config::for_database(self.config.clone());
         config.database_max_connections = 5;
         config.key_encryption_secret = Some(Secret::new(self.secret()));
+        // Tests of other features register and sign in far more than the limits allow
+        // from one address; the rate-limit tests turn them back on.
+        config.rate_limits.enabled = false;
         config
     }
 
@@ -367,4 +370,137 @@ pub async fn count(db: &mana_core_auth::db::Db, sql: &str) -> i64 {
             sqlx::query_scalar(sql).fetch_one(reader).await.expect("count")
         }
     }
+}
+
+/// A Redis key prefix of one test; its keys are deleted when it is dropped.
+pub struct RedisPrefix {
+    pub prefix: String,
+    url: String,
+}
+
+impl RedisPrefix {
+    pub fn new(url: &str) -> Self {
+        Self { prefix: format!("mca-test:{}:", uuid::Uuid::new_v4().simple()), url: url.to_owned() }
+    }
+
+    /// Fails loudly when the shared Redis is not reachable.
+    pub async fn ensure_reachable(&self) {
+        let client = deadpool_redis::redis::Client::open(self.url.as_str()).expect("redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {} ({e}). The tests need it: start it, or point TEST_REDIS_URL at one.", self.url)
+        });
+        let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut conn).await.expect("ping");
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let (url, pattern) = (self.url.clone(), format!("{}*", self.prefix));
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = deadpool_redis::redis::Client::open(url.as_str()) else { return };
+            let Ok(mut conn) = client.get_connection() else { return };
+            let keys: Vec<String> =
+                deadpool_redis::redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = deadpool_redis::redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
+/// A Redis server of one test, on its own port (for outage tests).
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let dir = tempfile::tempdir().expect("dir");
+        let mut redis = Self { port, child: None, dir };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An API client whose requests come from one loopback address (127.0.0.0/8), so that
+/// tests can play distinct clients.
+pub fn api_from(base: &str, source: std::net::IpAddr) -> api::Api {
+    let http = reqwest::Client::builder().local_address(source).build().expect("client");
+    api::Api { base: base.trim_end_matches('/').to_owned(), http }
+}
+
+/// The newest message to `recipient` in the development mailbox, waiting for delivery.
+pub async fn mail_to(db: &mana_core_auth::db::Db, recipient: &str, kind: &str, newer_than: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sql = "SELECT body FROM dev_mailbox WHERE recipient = $1 AND kind = $2 ORDER BY seq";
+    loop {
+        let bodies: Vec<String> = match db {
+            mana_core_auth::db::Db::Postgres(pool) => {
+                sqlx::query_scalar(sql).bind(recipient).bind(kind).fetch_all(pool).await.expect("mailbox")
+            }
+            mana_core_auth::db::Db::Sqlite { reader, .. } => {
+                sqlx::query_scalar(sql).bind(recipient).bind(kind).fetch_all(reader).await.expect("mailbox")
+            }
+        };
+        if bodies.len() > newer_than {
+            return bodies.last().cloned().unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "no {kind} mail to {recipient} was delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `token=` value of a link in a message body.
+pub fn token_in(body: &str) -> String {
+    let start = body.find("token=").expect("a token link") + "token=".len();
+    body[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
 }

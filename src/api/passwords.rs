@@ -1,0 +1,168 @@
+//! `/api/v1/auth`: password change and reset, e-mail verification.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::SuccessBody;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, Authenticated, Client};
+use super::limits::enforce;
+use crate::app::AppState;
+use crate::auth::input::{Email, Password};
+use crate::security::rate_limit::Rule;
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(change_password))
+        .routes(routes!(forgot_password))
+        .routes(routes!(reset_password))
+        .routes(routes!(verify_email))
+        .routes(routes!(resend_verification))
+}
+
+/// `POST /auth/change-password` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChangePasswordBody {
+    current_password: Option<String>,
+    /// 12 to 128 characters.
+    new_password: Option<String>,
+}
+
+/// `POST /auth/forgot-password` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForgotPasswordBody {
+    email: Option<String>,
+    /// Where the link in the message points; must be on an allowed origin.
+    redirect_to: Option<String>,
+}
+
+/// `POST /auth/reset-password` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResetPasswordBody {
+    token: Option<String>,
+    new_password: Option<String>,
+}
+
+/// `POST /auth/verify-email` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyEmailBody {
+    token: Option<String>,
+}
+
+/// The values of every required field, or a validation error naming each problem.
+fn fields<const N: usize>(values: [(&str, Option<&str>); N]) -> Result<[String; N], ApiError> {
+    let problems: Vec<String> =
+        values.iter().filter(|(_, v)| v.is_none()).map(|(name, _)| format!("{name} is required")).collect();
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    Ok(values.map(|(_, v)| v.unwrap_or_default().to_owned()))
+}
+
+fn new_password(raw: &str) -> Result<Password, ApiError> {
+    Password::parse(raw, "newPassword").map_err(|m| ApiError::validation(vec![m]))
+}
+
+/// Change the caller's password; every other session is revoked.
+#[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", security(("bearer" = [])),
+    request_body = ChangePasswordBody,
+    responses(
+        (status = 200, description = "Changed; other sessions revoked", body = SuccessBody),
+        (status = 400, description = "`VALIDATION_FAILED`, `INVALID_CURRENT_PASSWORD`", body = ErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+    ))]
+async fn change_password(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Authenticated(claims): Authenticated,
+    ApiJson(body): ApiJson<ChangePasswordBody>,
+) -> Result<Json<SuccessBody>, ApiError> {
+    let [current, new] = fields([
+        ("currentPassword", body.current_password.as_deref()),
+        ("newPassword", body.new_password.as_deref()),
+    ])?;
+    let current = Password::presented(&current).map_err(|m| ApiError::validation(vec![m]))?;
+    state.auth().change_password(&claims, current, new_password(&new)?, &client).await?;
+    Ok(Json(SuccessBody { success: true, message: "Password changed successfully" }))
+}
+
+/// Ask for a password-reset link. The answer is the same whether or not the address has
+/// an account.
+#[utoipa::path(post, path = "/api/v1/auth/forgot-password", tag = "auth", request_body = ForgotPasswordBody,
+    responses(
+        (status = 200, description = "Always the same answer", body = SuccessBody),
+        (status = 400, description = "`VALIDATION_FAILED` (malformed address, disallowed redirectTo)", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`", body = ErrorBody),
+    ))]
+async fn forgot_password(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<ForgotPasswordBody>,
+) -> Result<Json<SuccessBody>, ApiError> {
+    let [email] = fields([("email", body.email.as_deref())])?;
+    let email = Email::parse(&email).map_err(|m| ApiError::validation(vec![m]))?;
+    enforce(&state, Rule::ForgotEmail, email.as_str(), None, &client).await?;
+    state.auth().forgot_password(email, body.redirect_to.as_deref(), &client).await?;
+    Ok(Json(SuccessBody {
+        success: true,
+        message: "If an account with that email exists, a password reset link has been sent",
+    }))
+}
+
+/// Set a new password with a reset token; every session is revoked.
+#[utoipa::path(post, path = "/api/v1/auth/reset-password", tag = "auth", request_body = ResetPasswordBody,
+    responses(
+        (status = 200, description = "Reset; every session revoked", body = SuccessBody),
+        (status = 400, description = "`INVALID_RESET_TOKEN` (invalid, expired or used), `VALIDATION_FAILED`", body = ErrorBody),
+    ))]
+async fn reset_password(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<ResetPasswordBody>,
+) -> Result<Json<SuccessBody>, ApiError> {
+    let [token, new] =
+        fields([("token", body.token.as_deref()), ("newPassword", body.new_password.as_deref())])?;
+    state.auth().reset_password(&token, new_password(&new)?, &client).await?;
+    Ok(Json(SuccessBody { success: true, message: "Password has been reset successfully" }))
+}
+
+/// Mark the address verified with the token from the verification message.
+#[utoipa::path(post, path = "/api/v1/auth/verify-email", tag = "auth", request_body = VerifyEmailBody,
+    responses(
+        (status = 200, description = "Verified", body = SuccessBody),
+        (status = 400, description = "`INVALID_VERIFICATION_TOKEN`, `VALIDATION_FAILED`", body = ErrorBody),
+    ))]
+async fn verify_email(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<VerifyEmailBody>,
+) -> Result<Json<SuccessBody>, ApiError> {
+    let [token] = fields([("token", body.token.as_deref())])?;
+    state.auth().verify_email(&token, &client).await?;
+    Ok(Json(SuccessBody { success: true, message: "Email verified successfully" }))
+}
+
+/// Mail a new verification link (the previous one stops working).
+#[utoipa::path(post, path = "/api/v1/auth/resend-verification", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Sent (or already verified)", body = SuccessBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+    ))]
+async fn resend_verification(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Authenticated(claims): Authenticated,
+) -> Result<Json<SuccessBody>, ApiError> {
+    let sent = state.auth().resend_verification(&claims, &client).await?;
+    let message = if sent { "Verification email sent" } else { "Email already verified" };
+    Ok(Json(SuccessBody { success: true, message }))
+}

@@ -1,0 +1,335 @@
+//! Rate limits shared by every server process: fixed windows counted in Redis with one
+//! atomic pipeline (`INCR`, `EXPIRE NX`, `TTL`).
+//!
+//! Redis unreachable or slow never fails a request: every Redis call has a short timeout,
+//! and on failure a per-process limiter takes over (limits then hold per process), the
+//! outage is logged once, readiness and metrics report it, and Redis is tried again a
+//! second later. Keys carry `REDIS_KEY_PREFIX`; subjects that are personal data (e-mail
+//! addresses) are hashed before they reach Redis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use crate::telemetry::Metrics;
+
+/// What is limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// Logins per (client IP, e-mail).
+    LoginIpEmail,
+    /// Logins per client IP.
+    LoginIp,
+    /// Registrations per client IP.
+    Register,
+    /// Refreshes per session.
+    Refresh,
+    /// Forgot-password requests per e-mail.
+    ForgotEmail,
+    /// Forgot-password requests per client IP.
+    ForgotIp,
+    /// Every other route, per user when authenticated, else per client IP.
+    Default,
+}
+
+impl Rule {
+    /// The rule's name in keys, logs and security events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LoginIpEmail => "login_ip_email",
+            Self::LoginIp => "login_ip",
+            Self::Register => "register_ip",
+            Self::Refresh => "refresh_session",
+            Self::ForgotEmail => "forgot_password_email",
+            Self::ForgotIp => "forgot_password_ip",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// At most `max` hits per `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl Limit {
+    /// Parses `max/seconds`, e.g. `5/60`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (max, secs) = text.trim().split_once('/')?;
+        let (max, secs): (u32, u64) = (max.trim().parse().ok()?, secs.trim().parse().ok()?);
+        (max > 0 && secs > 0).then(|| Self { max, window: Duration::from_secs(secs) })
+    }
+}
+
+/// The limit of every rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub enabled: bool,
+    pub rules: HashMap<Rule, Limit>,
+}
+
+impl Limits {
+    /// The defaults: login 5/min per (IP, e-mail) and 30/min per IP, register 10/hour per
+    /// IP, refresh 60/min per session, forgot-password 3/5 min per e-mail and 10/hour per IP,
+    /// everything else 100/min.
+    pub fn defaults() -> Self {
+        let limit = |max, secs| Limit { max, window: Duration::from_secs(secs) };
+        Self {
+            enabled: true,
+            rules: HashMap::from([
+                (Rule::LoginIpEmail, limit(5, 60)),
+                (Rule::LoginIp, limit(30, 60)),
+                (Rule::Register, limit(10, 3600)),
+                (Rule::Refresh, limit(60, 60)),
+                (Rule::ForgotEmail, limit(3, 300)),
+                (Rule::ForgotIp, limit(10, 3600)),
+                (Rule::Default, limit(100, 60)),
+            ]),
+        }
+    }
+
+    fn get(&self, rule: Rule) -> Limit {
+        self.rules.get(&rule).copied().unwrap_or(Limit { max: 100, window: Duration::from_secs(60) })
+    }
+}
+
+/// The outcome of one hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: Limit,
+    pub remaining: u32,
+    /// Until the window ends.
+    pub reset: Duration,
+    /// The first refusal of this window (to record one security event per window, not
+    /// one per request under a flood).
+    pub first_refusal: bool,
+}
+
+/// The limiter of one process.
+pub struct RateLimiter {
+    limits: Limits,
+    prefix: String,
+    redis: Option<Redis>,
+    local: Mutex<LocalWindows>,
+    metrics: Arc<Metrics>,
+}
+
+struct Redis {
+    pool: deadpool_redis::Pool,
+    connection: Mutex<Option<MultiplexedConnection>>,
+    timeout: Duration,
+    down_until: Mutex<Option<Instant>>,
+    degraded: AtomicBool,
+}
+
+#[derive(Default)]
+struct LocalWindows {
+    windows: HashMap<String, (u32, Instant)>,
+    hits: u64,
+}
+
+impl RateLimiter {
+    /// A limiter on Redis at `redis_url` (when given), else per process.
+    pub fn new(
+        limits: Limits,
+        redis_url: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let redis = match redis_url {
+            Some(url) => {
+                let mut config = deadpool_redis::Config::from_url(url);
+                let mut pool = deadpool_redis::PoolConfig::new(8);
+                pool.timeouts.wait = Some(timeout);
+                pool.timeouts.create = Some(timeout.max(Duration::from_millis(500)));
+                pool.timeouts.recycle = Some(timeout);
+                config.pool = Some(pool);
+                let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+                Some(Redis {
+                    pool,
+                    connection: Mutex::new(None),
+                    timeout,
+                    down_until: Mutex::new(None),
+                    degraded: AtomicBool::new(false),
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            limits,
+            prefix: prefix.to_owned(),
+            redis,
+            local: Mutex::new(LocalWindows::default()),
+            metrics,
+        })
+    }
+
+    /// Whether limits are enforced at all (`RATE_LIMITS=off` turns them off).
+    pub fn enabled(&self) -> bool {
+        self.limits.enabled
+    }
+
+    /// Whether Redis is configured but unreachable (the per-process limiter is in use).
+    pub fn degraded(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.degraded.load(Ordering::Relaxed))
+    }
+
+    /// `"redis"`, `"degraded"` (Redis configured but down) or `"local"` (no Redis).
+    pub fn mode(&self) -> &'static str {
+        match &self.redis {
+            Some(_) if self.degraded() => "degraded",
+            Some(_) => "redis",
+            None => "local",
+        }
+    }
+
+    /// Counts one hit of `subject` against `rule`.
+    pub async fn hit(&self, rule: Rule, subject: &str) -> Decision {
+        let limit = self.limits.get(rule);
+        if !self.limits.enabled {
+            return Decision {
+                allowed: true,
+                limit,
+                remaining: limit.max,
+                reset: limit.window,
+                first_refusal: false,
+            };
+        }
+        let key = format!("{}rl:{}:{}", self.prefix, rule.name(), hashed(subject));
+        let counted = match &self.redis {
+            Some(redis) => self.redis_hit(redis, &key, limit).await,
+            None => None,
+        };
+        let (count, reset) = counted.unwrap_or_else(|| self.local_hit(&key, limit));
+        Decision {
+            allowed: count <= limit.max,
+            limit,
+            remaining: limit.max.saturating_sub(count),
+            reset,
+            first_refusal: count == limit.max + 1,
+        }
+    }
+
+    async fn redis_hit(&self, redis: &Redis, key: &str, limit: Limit) -> Option<(u32, Duration)> {
+        if redis.down_until.lock().is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        let outcome = tokio::time::timeout(redis.timeout, async {
+            let mut connection = redis.connection().await?;
+            let window = limit.window.as_secs().max(1);
+            let result: Result<(u64, i64), _> = deadpool_redis::redis::pipe()
+                .atomic()
+                .incr(key, 1u64)
+                .cmd("EXPIRE")
+                .arg(key)
+                .arg(window)
+                .arg("NX")
+                .ignore()
+                .cmd("TTL")
+                .arg(key)
+                .query_async(&mut connection)
+                .await;
+            result.map_err(anyhow::Error::from)
+        })
+        .await;
+        match outcome {
+            Ok(Ok((count, ttl))) => {
+                if redis.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("rate limiter: Redis is back; limits are shared again");
+                    self.metrics.rate_limiter_degraded(false);
+                }
+                let reset = Duration::from_secs(u64::try_from(ttl).unwrap_or(limit.window.as_secs()));
+                Some((u32::try_from(count).unwrap_or(u32::MAX), reset))
+            }
+            Ok(Err(error)) => {
+                self.redis_failed(redis, &format!("{error:#}"));
+                None
+            }
+            Err(_) => {
+                self.redis_failed(redis, "timed out");
+                None
+            }
+        }
+    }
+
+    fn redis_failed(&self, redis: &Redis, error: &str) {
+        *redis.connection.lock() = None;
+        *redis.down_until.lock() = Some(Instant::now() + Duration::from_secs(1));
+        if !redis.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error, "rate limiter: Redis unreachable; limiting per process until it is back");
+            self.metrics.rate_limiter_degraded(true);
+        }
+    }
+
+    fn local_hit(&self, key: &str, limit: Limit) -> (u32, Duration) {
+        let now = Instant::now();
+        let mut local = self.local.lock();
+        local.hits += 1;
+        if local.hits.is_multiple_of(10_000) {
+            // Drop windows that ended (the longest window is kept by the check below).
+            local.windows.retain(|_, (_, start)| now.duration_since(*start) < Duration::from_secs(3600));
+        }
+        let entry = local.windows.entry(key.to_owned()).or_insert((0, now));
+        if now.duration_since(entry.1) >= limit.window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        (entry.0, limit.window.saturating_sub(now.duration_since(entry.1)))
+    }
+}
+
+impl Redis {
+    /// The shared multiplexed connection (taken from the pool once, reused by every call).
+    async fn connection(&self) -> anyhow::Result<MultiplexedConnection> {
+        if let Some(connection) = self.connection.lock().clone() {
+            return Ok(connection);
+        }
+        let object = self.pool.get().await?;
+        let connection: MultiplexedConnection = (*object).clone();
+        *self.connection.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+/// Subjects may be e-mail addresses: keep them out of Redis.
+fn hashed(subject: &str) -> String {
+    Sha256::digest(subject.as_bytes())[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_as_max_per_seconds() {
+        assert_eq!(Limit::parse("5/60"), Some(Limit { max: 5, window: Duration::from_secs(60) }));
+        assert_eq!(Limit::parse("0/60"), None);
+        assert_eq!(Limit::parse("five"), None);
+    }
+
+    #[tokio::test]
+    async fn the_local_limiter_allows_exactly_the_limit_per_window() {
+        let mut limits = Limits::defaults();
+        limits.rules.insert(Rule::Default, Limit { max: 3, window: Duration::from_secs(60) });
+        let limiter =
+            RateLimiter::new(limits, None, "t:", Duration::from_millis(50), Arc::new(Metrics::new()))
+                .unwrap();
+        let mut decisions = Vec::new();
+        for _ in 0..5 {
+            decisions.push(limiter.hit(Rule::Default, "1.2.3.4").await);
+        }
+        assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 3);
+        assert_eq!(decisions.iter().filter(|d| d.first_refusal).count(), 1);
+        assert!(limiter.hit(Rule::Default, "5.6.7.8").await.allowed, "another subject has its own window");
+        assert_eq!(limiter.mode(), "local");
+    }
+}
