@@ -131,6 +131,7 @@ impl Application {
             config.redis_timeout,
             Arc::clone(store.metrics()),
         )?);
+        limiter.warm_up().await;
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
         let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys())).await?;
         projector.spawn(&mut tasks, &background);

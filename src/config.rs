@@ -187,7 +187,7 @@ impl Config {
             credits_daily_timezone: env.parse("CREDITS_DAILY_TIMEZONE", "UTC")?,
             rate_limits: parse_rate_limits(&env)?,
             redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or("mana-core-auth:").to_owned(),
-            redis_timeout: Duration::from_millis(env.parse_range("REDIS_TIMEOUT_MS", "50", 1, 10_000)?),
+            redis_timeout: Duration::from_millis(env.parse_range("REDIS_TIMEOUT_MS", "250", 1, 10_000)?),
             lockout_threshold: env.parse_range("LOGIN_LOCKOUT_THRESHOLD", "20", 1, 1000)?,
             lockout_duration: Duration::from_secs(env.parse_range(
                 "LOGIN_LOCKOUT_SECS",

@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 
 use crate::telemetry::Metrics;
 
+/// How long establishing a Redis connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What is limited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
@@ -150,7 +153,7 @@ impl RateLimiter {
                 let mut config = deadpool_redis::Config::from_url(url);
                 let mut pool = deadpool_redis::PoolConfig::new(8);
                 pool.timeouts.wait = Some(timeout);
-                pool.timeouts.create = Some(timeout.max(Duration::from_millis(500)));
+                pool.timeouts.create = Some(CONNECT_TIMEOUT);
                 pool.timeouts.recycle = Some(timeout);
                 config.pool = Some(pool);
                 let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
@@ -171,6 +174,18 @@ impl RateLimiter {
             local: Mutex::new(LocalWindows::default()),
             metrics,
         })
+    }
+
+    /// Connects to Redis ahead of the first request (best effort; failures fall back as
+    /// usual).
+    pub async fn warm_up(&self) {
+        if let Some(redis) = &self.redis {
+            match tokio::time::timeout(CONNECT_TIMEOUT, redis.connection()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => self.redis_failed(redis, &format!("{error:#}")),
+                Err(_) => self.redis_failed(redis, "connecting timed out"),
+            }
+        }
     }
 
     /// Whether limits are enforced at all (`RATE_LIMITS=off` turns them off).
@@ -223,8 +238,20 @@ impl RateLimiter {
         if redis.down_until.lock().is_some_and(|until| Instant::now() < until) {
             return None;
         }
+        // Connecting may take longer than a command (it happens once per outage).
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, redis.connection()).await;
+        let mut connection = match connection {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                self.redis_failed(redis, &format!("{error:#}"));
+                return None;
+            }
+            Err(_) => {
+                self.redis_failed(redis, "connecting timed out");
+                return None;
+            }
+        };
         let outcome = tokio::time::timeout(redis.timeout, async {
-            let mut connection = redis.connection().await?;
             let window = limit.window.as_secs().max(1);
             let result: Result<(u64, i64), _> = deadpool_redis::redis::pipe()
                 .atomic()
