@@ -50,6 +50,9 @@ pub enum HttpScenario {
     Validate,
     /// Validate workers next to `--login-concurrency` login workers; reported apart.
     Mixed,
+    /// `GET /auth/session` with a token: a route under the default rate limit (compare
+    /// runs with the limiter on and off to see its cost).
+    Limited,
 }
 
 /// The routes the scenarios use, below the base URL.
@@ -58,6 +61,7 @@ struct Routes {
     login: Uri,
     refresh: Uri,
     validate: Uri,
+    session: Uri,
 }
 
 impl Routes {
@@ -67,6 +71,7 @@ impl Routes {
             login: server.uri("/api/v1/auth/login")?,
             refresh: server.uri("/api/v1/auth/refresh")?,
             validate: server.uri("/api/v1/auth/validate")?,
+            session: server.uri("/api/v1/auth/session")?,
         })
     }
 }
@@ -129,6 +134,13 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
             let ceiling = super::ceilings::signature_verifications_per_second()?;
             println!("ceiling: in-process EdDSA JWT verification on every core: {ceiling:.0}/s");
             Ok(())
+        }
+        HttpScenario::Limited => {
+            let users = register_users(&server, &routes, 1).await?;
+            let bearer = hyper::header::HeaderValue::from_str(&format!("Bearer {}", users[0].access_token))?;
+            let workers =
+                (0..n).map(|_| Session { uri: routes.session.clone(), bearer: bearer.clone() }).collect();
+            measure("limited", &server, workers, window()).await
         }
         HttpScenario::Mixed => {
             let mut users = register_users(&server, &routes, 1 + LOGIN_USERS).await?;
@@ -275,6 +287,19 @@ impl Worker for Validate {
     async fn request(&mut self, conn: &mut Connection) -> Outcome {
         let result = conn.post(&self.uri, self.body.clone()).await;
         Outcome::of(result, "valid:false", says_valid)
+    }
+}
+
+/// Reads the current session with a bearer token.
+struct Session {
+    uri: Uri,
+    bearer: hyper::header::HeaderValue,
+}
+
+impl Worker for Session {
+    async fn request(&mut self, conn: &mut Connection) -> Outcome {
+        let result = conn.send(hyper::Method::GET, &self.uri, None, Some(&self.bearer)).await;
+        Outcome::of(result, "", |_| true)
     }
 }
 

@@ -123,12 +123,30 @@ impl Connection {
     /// one whose server side has closed between requests is re-opened transparently,
     /// since nothing was sent on it.
     pub async fn post(&mut self, uri: &Uri, body: Bytes) -> anyhow::Result<Reply> {
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
+        self.send(Method::POST, uri, Some(body), None).await
+    }
+
+    /// Sends a request with an optional JSON body and an optional `Authorization` value
+    /// (e.g. `Bearer <token>`), and reads the whole answer (see [`post`](Self::post)).
+    pub async fn send(
+        &mut self,
+        method: Method,
+        uri: &Uri,
+        body: Option<Bytes>,
+        authorization: Option<&HeaderValue>,
+    ) -> anyhow::Result<Reply> {
+        let has_body = body.is_some();
+        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method;
         *request.uri_mut() = uri.clone();
         let headers = request.headers_mut();
         headers.insert(HOST, self.server.host.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if has_body {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(value) = authorization {
+            headers.insert(hyper::header::AUTHORIZATION, value.clone());
+        }
 
         self.ready().await?;
         let Some(Live { sender, driver }) = self.live.as_mut() else {

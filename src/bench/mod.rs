@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Lag(LagArgs),
     /// Start-up time to the first healthy response and idle RSS of the server binary.
     Startup(StartupArgs),
+    /// The rate limiter's own cost: latency of one limit check on Redis under load.
+    Limiter(LimiterArgs),
     /// HTTP load against a running server (this one or any with the same routes).
     Http(HttpArgs),
 }
@@ -85,6 +87,16 @@ pub struct LagArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LimiterArgs {
+    #[arg(long, env = "BENCH_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct StartupArgs {
     /// How many starts to measure.
     #[arg(long, default_value_t = 10)]
@@ -123,6 +135,56 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Catchup(args) => foundation::catchup(args).await,
         BenchCommand::Lag(args) => foundation::lag(args).await,
         BenchCommand::Startup(args) => foundation::startup(args).await,
+        BenchCommand::Limiter(args) => limiter(args).await,
         BenchCommand::Http(args) => http::run(args).await,
     }
+}
+
+/// Concurrent limit checks against Redis (one key per worker, limits out of reach).
+async fn limiter(args: LimiterArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::security::rate_limit::{Limit, Limits, RateLimiter, Rule};
+
+    let mut limits = Limits::defaults();
+    limits.rules.insert(Rule::Default, Limit { max: u32::MAX - 1, window: Duration::from_secs(60) });
+    let prefix = format!("bench-limiter:{}:", uuid::Uuid::new_v4().simple());
+    let limiter = Arc::new(RateLimiter::new(
+        limits,
+        Some(&args.redis_url),
+        &prefix,
+        Duration::from_millis(250),
+        Arc::new(crate::telemetry::Metrics::new()),
+    )?);
+    limiter.warm_up().await;
+    anyhow::ensure!(limiter.mode() == "redis", "Redis at {} is not reachable", args.redis_url);
+    println!("limiter: {} tasks, {} s, Redis {}", args.concurrency, args.duration, args.redis_url);
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let limiter = Arc::clone(&limiter);
+        tasks.spawn(async move {
+            let mut latencies = Latencies::default();
+            let subject = format!("ip:10.0.0.{worker}");
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                limiter.hit(Rule::Default, &subject).await;
+                latencies.record(started.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut all = Latencies::default();
+    while let Some(latencies) = tasks.join_next().await {
+        all.merge(latencies?);
+    }
+    println!(
+        "limiter: {} checks = {:.0}/s; per check {}; mode after the run: {}",
+        all.count(),
+        all.count() as f64 / args.duration as f64,
+        all.summary(),
+        limiter.mode()
+    );
+    Ok(())
 }
