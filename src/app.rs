@@ -19,6 +19,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::commands::CommandBus;
 use crate::commands::login_attempts::LockoutPolicy;
 use crate::config::{Config, Secret};
+use crate::credits::{CreditService, CreditSettings};
 use crate::db::Db;
 use crate::events::{EventStore, LogSignal, signal};
 use crate::projections::{self, Projector, ProjectorSettings};
@@ -42,6 +43,7 @@ struct Shared {
     store: EventStore,
     projector: Arc<Projector>,
     auth: Arc<AuthService>,
+    credits: Arc<CreditService>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -79,6 +81,11 @@ impl AppState {
     /// The authentication service.
     pub fn auth(&self) -> &Arc<AuthService> {
         &self.inner.auth
+    }
+
+    /// The credit service.
+    pub fn credits(&self) -> &Arc<CreditService> {
+        &self.inner.credits
     }
 
     /// The rate limiter.
@@ -132,6 +139,18 @@ impl Application {
             Arc::clone(store.metrics()),
         )?);
         limiter.warm_up().await;
+        let credits = Arc::new(CreditService::new(
+            store.clone(),
+            Arc::clone(&projector),
+            clock.clone(),
+            auth.aggregates().credits.clone(),
+            CreditSettings {
+                daily_free: config.credits_daily_free,
+                free_cap: config.credits_free_cap,
+                timezone: config.credits_daily_timezone,
+                read_your_writes: config.read_your_writes_timeout,
+            },
+        ));
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
         let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys())).await?;
         projector.spawn(&mut tasks, &background);
@@ -155,7 +174,8 @@ impl Application {
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let state = AppState { inner: Arc::new(Shared { config, clock, store, projector, auth, limiter }) };
+        let state =
+            AppState { inner: Arc::new(Shared { config, clock, store, projector, auth, credits, limiter }) };
         Ok(Self { state, listener, tasks, background, scheduler })
     }
 

@@ -86,6 +86,8 @@ pub struct Config {
     pub password_hash_threads: usize,
     pub password_hash_queue: usize,
     pub credits_signup_bonus: i64,
+    pub credits_daily_free: i64,
+    pub credits_free_cap: Option<i64>,
     pub credits_daily_timezone: chrono_tz::Tz,
     /// Rate limits (`RATE_LIMITS=off` disables them all).
     pub rate_limits: crate::security::rate_limit::Limits,
@@ -184,6 +186,11 @@ impl Config {
             )?,
             password_hash_queue: env.parse_range("PASSWORD_HASH_QUEUE", "64", 1, 100_000)?,
             credits_signup_bonus: env.parse_range("CREDITS_SIGNUP_BONUS", "150", 0, 1_000_000_000)?,
+            credits_daily_free: env.parse_range("CREDITS_DAILY_FREE", "5", 0, 1_000_000)?,
+            credits_free_cap: match env.get("CREDITS_FREE_CAP") {
+                None => None,
+                Some(_) => Some(env.parse_range("CREDITS_FREE_CAP", "0", 0, 1_000_000_000)?),
+            },
             credits_daily_timezone: env.parse("CREDITS_DAILY_TIMEZONE", "UTC")?,
             rate_limits: parse_rate_limits(&env)?,
             redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or("mana-core-auth:").to_owned(),

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod credits;
 pub mod db;
 pub mod events;
 pub mod jobs;

@@ -33,6 +33,9 @@ pub enum ErrorCode {
     InvalidResetToken,
     InvalidVerificationToken,
     InvalidCurrentPassword,
+    InsufficientCredits,
+    IdempotencyKeyReused,
+    RefundExceedsSpend,
 }
 
 impl ErrorCode {
@@ -53,9 +56,12 @@ impl ErrorCode {
             Self::EmailTaken => StatusCode::CONFLICT,
             Self::InvalidCredentials | Self::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
             Self::EmailNotVerified => StatusCode::FORBIDDEN,
-            Self::InvalidResetToken | Self::InvalidVerificationToken | Self::InvalidCurrentPassword => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidResetToken
+            | Self::InvalidVerificationToken
+            | Self::InvalidCurrentPassword
+            | Self::InsufficientCredits
+            | Self::RefundExceedsSpend => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyReused => StatusCode::CONFLICT,
         }
     }
 
@@ -81,6 +87,9 @@ impl ErrorCode {
             Self::InvalidResetToken => "INVALID_RESET_TOKEN",
             Self::InvalidVerificationToken => "INVALID_VERIFICATION_TOKEN",
             Self::InvalidCurrentPassword => "INVALID_CURRENT_PASSWORD",
+            Self::InsufficientCredits => "INSUFFICIENT_CREDITS",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::RefundExceedsSpend => "REFUND_EXCEEDS_SPEND",
         }
     }
 
@@ -123,6 +132,9 @@ impl ErrorCode {
             Self::InvalidResetToken => "Invalid or expired reset token",
             Self::InvalidVerificationToken => "Invalid or expired verification token",
             Self::InvalidCurrentPassword => "The current password is wrong",
+            Self::InsufficientCredits => "Insufficient credits",
+            Self::IdempotencyKeyReused => "The idempotency key was already used for a different request",
+            Self::RefundExceedsSpend => "The refund exceeds what is left of the transaction",
         }
     }
 }

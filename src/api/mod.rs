@@ -3,6 +3,7 @@
 //! map the result.
 
 mod auth;
+mod credits;
 pub mod error;
 pub mod extract;
 mod health;
@@ -60,6 +61,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(sessions::router())
         .merge(passwords::router())
+        .merge(credits::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -17,6 +17,8 @@ use super::error::{ErrorBody, ErrorCode, Message};
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "auth", description = "Registration, login, tokens and keys"),
         (name = "sessions", description = "The caller's sessions and security events"),
+        (name = "credits", description = "The caller's credits: balance, spends, history"),
+        (name = "admin", description = "Credit operations for admin and service tokens"),
     ),
     modifiers(&BearerAuth),
 )]

@@ -5,6 +5,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The two pools of credits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,6 +22,15 @@ pub enum Pool {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum GrantSource {
     SignupBonus,
+    /// The daily free credits of `day` (in the daily-grant time zone).
+    Daily {
+        day: NaiveDate,
+    },
+    /// An admin or service grant.
+    Admin {
+        actor: String,
+        reason: String,
+    },
 }
 
 /// Balances after an event.
@@ -35,6 +45,23 @@ impl Balances {
     pub fn total(self) -> i64 {
         self.free + self.paid
     }
+
+    /// The balances with `amount` added to `pool` (negative takes away).
+    pub fn plus(self, pool: Pool, amount: i64) -> Self {
+        match pool {
+            Pool::Free => Self { free: self.free + amount, ..self },
+            Pool::Paid => Self { paid: self.paid + amount, ..self },
+        }
+    }
+}
+
+/// An idempotency key as recorded with the operation it made: the key, and the
+/// fingerprint of the request (so that a different request under the same key is told
+/// apart from a retry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUse {
+    pub key: String,
+    pub fingerprint: String,
 }
 
 /// Events of a credit account.
@@ -51,7 +78,53 @@ pub enum CreditEvent {
         before: Balances,
         after: Balances,
         description: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<KeyUse>,
         granted_at: DateTime<Utc>,
+    },
+    CreditsSpent {
+        transaction_id: String,
+        amount: i64,
+        from_free: i64,
+        from_paid: i64,
+        before: Balances,
+        after: Balances,
+        total_spent_after: i64,
+        app_id: String,
+        description: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<KeyUse>,
+        spent_at: DateTime<Utc>,
+    },
+    /// Credits of a spend given back, to the pools they came from (paid first).
+    CreditsRefunded {
+        transaction_id: String,
+        refunded_transaction_id: String,
+        amount: i64,
+        to_free: i64,
+        to_paid: i64,
+        before: Balances,
+        after: Balances,
+        actor: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<KeyUse>,
+        refunded_at: DateTime<Utc>,
+    },
+    /// An admin correction of one pool (signed).
+    CreditsAdjusted {
+        transaction_id: String,
+        pool: Pool,
+        amount: i64,
+        before: Balances,
+        after: Balances,
+        actor: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<KeyUse>,
+        adjusted_at: DateTime<Utc>,
     },
 }
 
@@ -60,6 +133,9 @@ impl DomainEvent for CreditEvent {
         match self {
             Self::CreditAccountOpened { .. } => "CreditAccountOpened",
             Self::CreditsGranted { .. } => "CreditsGranted",
+            Self::CreditsSpent { .. } => "CreditsSpent",
+            Self::CreditsRefunded { .. } => "CreditsRefunded",
+            Self::CreditsAdjusted { .. } => "CreditsAdjusted",
         }
         .to_owned()
     }

@@ -7,10 +7,13 @@
 //! PostgreSQL; SQLite's single writer), and the checkpoint update is a compare-and-set
 //! as a second guard. [`Projector::wait_for`] gives requests read-your-writes.
 
+pub mod balances;
+pub mod credit_transactions;
 mod projector;
 pub mod security_events;
 pub mod sessions;
 mod streams;
+pub mod usage_stats;
 pub mod users;
 
 use async_trait::async_trait;
@@ -55,5 +58,8 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(users::Users),
         std::sync::Arc::new(sessions::Sessions),
         std::sync::Arc::new(security_events::SecurityEvents),
+        std::sync::Arc::new(balances::BalancesProjection),
+        std::sync::Arc::new(credit_transactions::CreditTransactions),
+        std::sync::Arc::new(usage_stats::UsageStats),
     ]
 }

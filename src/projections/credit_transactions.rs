@@ -1,0 +1,125 @@
+//! Projection `credit_transactions` (table `credit_transactions`): the ledger, one row
+//! per credit-moving event, in the original's transaction shape.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::types::Json;
+
+use super::Projection;
+use crate::credits::ledger::{Kind, Transaction, transaction_of};
+use crate::db::{Db, DbTime, DbTx};
+use crate::events::RecordedEvent;
+use crate::events::credits::CreditEvent;
+use crate::insert_rows;
+
+/// See the module documentation.
+pub struct CreditTransactions;
+
+#[async_trait]
+impl Projection for CreditTransactions {
+    fn name(&self) -> &'static str {
+        "credit_transactions"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["credit_transactions"]
+    }
+
+    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        for event in events.iter().filter(|e| e.aggregate_type == "credit_account") {
+            if let Some(t) = transaction_of(&event.aggregate_id, &event.decode::<CreditEvent>()?) {
+                rows.push((event.cursor.position, t));
+            }
+        }
+        for chunk in rows.chunks(500) {
+            insert_rows!(
+                tx,
+                "INSERT INTO credit_transactions (id, position, user_id, type, status, amount, balance_before, \
+                     balance_after, app_id, description, metadata, idempotency_key, created_at, completed_at) ",
+                chunk,
+                |r| (
+                    r.1.id.clone(),
+                    r.0,
+                    r.1.user_id.clone(),
+                    r.1.kind.as_str(),
+                    "completed",
+                    r.1.amount,
+                    r.1.balance_before,
+                    r.1.balance_after,
+                    r.1.app_id.clone(),
+                    r.1.description.clone(),
+                    r.1.metadata.clone().map(Json),
+                    r.1.idempotency_key.clone(),
+                    DbTime(r.1.at),
+                    DbTime(r.1.at)
+                )
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn kind(text: &str) -> Kind {
+    match text {
+        "usage" => Kind::Usage,
+        "refund" => Kind::Refund,
+        "adjustment" => Kind::Adjustment,
+        _ => Kind::Bonus,
+    }
+}
+
+/// A user's transactions, newest first.
+pub async fn for_user(db: &Db, user_id: &str, limit: i64, offset: i64) -> anyhow::Result<Vec<Transaction>> {
+    let sql = "SELECT id, user_id, type, amount, balance_before, balance_after, app_id, description, metadata, \
+                      idempotency_key, created_at \
+               FROM credit_transactions WHERE user_id = $1 \
+               ORDER BY created_at DESC, position DESC LIMIT $2 OFFSET $3";
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all($pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(Transaction {
+                        id: r.try_get(0)?,
+                        user_id: r.try_get(1)?,
+                        kind: kind(&r.try_get::<String, _>(2)?),
+                        amount: r.try_get(3)?,
+                        balance_before: r.try_get(4)?,
+                        balance_after: r.try_get(5)?,
+                        app_id: r.try_get(6)?,
+                        description: r.try_get(7)?,
+                        metadata: r.try_get::<Option<Json<Value>>, _>(8)?.map(|j| j.0),
+                        idempotency_key: r.try_get(9)?,
+                        at: r.try_get::<DbTime, _>(10)?.0,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        };
+    }
+    Ok(match db {
+        Db::Postgres(pool) => fetch!(pool),
+        Db::Sqlite { reader, .. } => fetch!(reader),
+    })
+}
+
+/// The user a transaction belongs to.
+pub async fn owner(db: &Db, transaction_id: &str) -> anyhow::Result<Option<String>> {
+    let sql = "SELECT user_id FROM credit_transactions WHERE id = $1";
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query_scalar(sql).bind(transaction_id).fetch_optional(pool).await?,
+        Db::Sqlite { reader, .. } => {
+            sqlx::query_scalar(sql).bind(transaction_id).fetch_optional(reader).await?
+        }
+    })
+}

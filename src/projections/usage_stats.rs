@@ -1,0 +1,62 @@
+//! Projection `usage_stats` (table `usage_stats`): per user, app and UTC day, the credits
+//! spent and the number of spends (gross: refunds are not subtracted).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use super::Projection;
+use crate::db::DbTx;
+use crate::events::RecordedEvent;
+use crate::events::credits::CreditEvent;
+use crate::insert_rows;
+
+/// See the module documentation.
+pub struct UsageStats;
+
+#[async_trait]
+impl Projection for UsageStats {
+    fn name(&self) -> &'static str {
+        "usage_stats"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["usage_stats"]
+    }
+
+    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut totals: HashMap<(String, String, NaiveDate), (i64, i64)> = HashMap::new();
+        let mut order = Vec::new();
+        for event in
+            events.iter().filter(|e| e.aggregate_type == "credit_account" && e.event_type == "CreditsSpent")
+        {
+            if let CreditEvent::CreditsSpent { amount, app_id, spent_at, .. } = event.decode()? {
+                let key = (event.aggregate_id.clone(), app_id, spent_at.date_naive());
+                let entry = totals.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    (0, 0)
+                });
+                entry.0 += amount;
+                entry.1 += 1;
+            }
+        }
+        let rows: Vec<_> = order.into_iter().filter_map(|k| totals.remove(&k).map(|v| (k, v))).collect();
+        for chunk in rows.chunks(1000) {
+            insert_rows!(
+                tx,
+                "INSERT INTO usage_stats (user_id, app_id, day, credits_used, spends) ",
+                chunk,
+                |r| (r.0.0.clone(), r.0.1.clone(), r.0.2, r.1.0, r.1.1),
+                " ON CONFLICT (user_id, app_id, day) DO UPDATE SET \
+                  credits_used = usage_stats.credits_used + excluded.credits_used, \
+                  spends = usage_stats.spends + excluded.spends"
+            )?;
+        }
+        Ok(())
+    }
+}
