@@ -3,6 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// mimalloc: the service allocates many small short-lived buffers (JSON, SQL rows);
+/// glibc's allocator spent about 15 % of the CPU on them under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mana_core_auth::cli::{Cli, run};
 
 fn main() -> ExitCode {

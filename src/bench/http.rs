@@ -53,6 +53,13 @@ pub enum HttpScenario {
     /// `GET /auth/session` with a token: a route under the default rate limit (compare
     /// runs with the limiter on and off to see its cost).
     Limited,
+    /// Spends of 1 credit, every worker on one account (the server needs a large
+    /// `CREDITS_SIGNUP_BONUS`).
+    SpendHot,
+    /// Spends of 1 credit, each worker on its own account.
+    SpendDistinct,
+    /// `GET /credits/balance`, each worker on its own account.
+    Balance,
 }
 
 /// The routes the scenarios use, below the base URL.
@@ -62,6 +69,8 @@ struct Routes {
     refresh: Uri,
     validate: Uri,
     session: Uri,
+    spend: Uri,
+    balance: Uri,
 }
 
 impl Routes {
@@ -72,6 +81,8 @@ impl Routes {
             refresh: server.uri("/api/v1/auth/refresh")?,
             validate: server.uri("/api/v1/auth/validate")?,
             session: server.uri("/api/v1/auth/session")?,
+            spend: server.uri("/api/v1/credits/use")?,
+            balance: server.uri("/api/v1/credits/balance")?,
         })
     }
 }
@@ -141,6 +152,36 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
             let workers =
                 (0..n).map(|_| Session { uri: routes.session.clone(), bearer: bearer.clone() }).collect();
             measure("limited", &server, workers, window()).await
+        }
+        HttpScenario::SpendHot | HttpScenario::SpendDistinct | HttpScenario::Balance => {
+            let accounts = if scenario == HttpScenario::SpendHot { 1 } else { n };
+            let users = register_users(&server, &routes, accounts).await?;
+            let body = Bytes::from_static(br#"{"amount":1,"appId":"bench","description":"bench spend"}"#);
+            let workers = (0..n)
+                .map(|i| {
+                    let bearer = hyper::header::HeaderValue::from_str(&format!(
+                        "Bearer {}",
+                        users[i % accounts].access_token
+                    ))?;
+                    Ok(if scenario == HttpScenario::Balance {
+                        Authorized {
+                            method: hyper::Method::GET,
+                            uri: routes.balance.clone(),
+                            body: None,
+                            bearer,
+                        }
+                    } else {
+                        Authorized {
+                            method: hyper::Method::POST,
+                            uri: routes.spend.clone(),
+                            body: Some(body.clone()),
+                            bearer,
+                        }
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let label = scenario.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned());
+            measure(&label, &server, workers, window()).await
         }
         HttpScenario::Mixed => {
             let mut users = register_users(&server, &routes, 1 + LOGIN_USERS).await?;
@@ -287,6 +328,21 @@ impl Worker for Validate {
     async fn request(&mut self, conn: &mut Connection) -> Outcome {
         let result = conn.post(&self.uri, self.body.clone()).await;
         Outcome::of(result, "valid:false", says_valid)
+    }
+}
+
+/// One authorized request, the same every time.
+struct Authorized {
+    method: hyper::Method,
+    uri: Uri,
+    body: Option<Bytes>,
+    bearer: hyper::header::HeaderValue,
+}
+
+impl Worker for Authorized {
+    async fn request(&mut self, conn: &mut Connection) -> Outcome {
+        let result = conn.send(self.method.clone(), &self.uri, self.body.clone(), Some(&self.bearer)).await;
+        Outcome::of_status(result)
     }
 }
 

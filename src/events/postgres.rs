@@ -146,3 +146,37 @@ fn decode(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
         recorded_at: row.try_get("recorded_at")?,
     })
 }
+
+const AGGREGATE_EVENTS: &str = "
+SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+  FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence";
+
+/// An aggregate's events after a sequence (cache catch-ups).
+pub(super) async fn aggregate_events(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after_sequence: i64,
+) -> Result<Vec<cqrs_es::persist::SerializedEvent>, StoreError> {
+    let rows = sqlx::query(AGGREGATE_EVENTS)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let sequence: i64 = row.try_get("sequence")?;
+            Ok(cqrs_es::persist::SerializedEvent::new(
+                row.try_get("aggregate_id")?,
+                usize::try_from(sequence).map_err(|_| StoreError::Corrupt("sequence".into()))?,
+                row.try_get("aggregate_type")?,
+                row.try_get("event_type")?,
+                row.try_get("event_version")?,
+                row.try_get("payload")?,
+                row.try_get("metadata")?,
+            ))
+        })
+        .collect()
+}

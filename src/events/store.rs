@@ -6,6 +6,8 @@ use cqrs_es::Aggregate;
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use postgres_es::PostgresEventRepository;
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::{LogCursor, LogSignal, NewEvent, OutgoingMail, RecordedEvent, postgres, sqlite};
 use crate::db::{Db, DbTx};
 use crate::telemetry::Metrics;
@@ -21,7 +23,18 @@ struct Inner {
     postgres_es: Option<PostgresEventRepository>,
     signal: LogSignal,
     metrics: Arc<Metrics>,
+    combiner: tokio::sync::OnceCell<mpsc::UnboundedSender<Pending>>,
 }
+
+/// An append waiting for the writer.
+struct Pending {
+    events: Vec<NewEvent>,
+    mail: Vec<OutgoingMail>,
+    reply: oneshot::Sender<Result<LogCursor, AppendError>>,
+}
+
+/// Appends queued at once are written together, at most this many.
+const MAX_COMBINED: usize = 256;
 
 /// A failure to read or write the log.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +64,8 @@ impl EventStore {
             Db::Postgres(pool) => Some(PostgresEventRepository::new(pool.clone())),
             Db::Sqlite { .. } => None,
         };
-        Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics }) }
+        let combiner = tokio::sync::OnceCell::new();
+        Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, combiner }) }
     }
 
     /// The database underneath.
@@ -85,10 +99,19 @@ impl EventStore {
         if events.is_empty() {
             return Err(StoreError::Repository("nothing to append".into()).into());
         }
-        let cursor = match &self.inner.db {
-            Db::Postgres(pool) => postgres::append(pool, events, mail).await?,
-            Db::Sqlite { writer, .. } => sqlite::append(writer, events, mail).await?,
-        };
+        let writer = self
+            .inner
+            .combiner
+            .get_or_init(|| async {
+                let (sender, queue) = mpsc::unbounded_channel();
+                tokio::spawn(write_combined(self.inner.db.clone(), queue));
+                sender
+            })
+            .await;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { events: events.to_vec(), mail: mail.to_vec(), reply };
+        writer.send(pending).map_err(|_| StoreError::Repository("the writer stopped".into()))?;
+        let cursor = answer.await.map_err(|_| StoreError::Repository("the writer stopped".into()))??;
         for event in events {
             self.inner.metrics.event_appended(&event.event_type);
         }
@@ -103,13 +126,14 @@ impl EventStore {
         after_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, StoreError> {
         match (&self.inner.db, &self.inner.postgres_es) {
-            (Db::Postgres(_), Some(repo)) => {
-                let loaded = if after_sequence == 0 {
-                    repo.get_events::<A>(aggregate_id).await
-                } else {
-                    repo.get_last_events::<A>(aggregate_id, after_sequence).await
-                };
-                loaded.map_err(|e| StoreError::Repository(e.to_string()))
+            (Db::Postgres(_), Some(repo)) if after_sequence == 0 => {
+                repo.get_events::<A>(aggregate_id).await.map_err(|e| StoreError::Repository(e.to_string()))
+            }
+            // postgres-es formats the sequence into the SQL text, so each catch-up would be
+            // a new statement to parse; ours is prepared once.
+            (Db::Postgres(pool), Some(_)) => {
+                let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
+                postgres::aggregate_events(pool, A::TYPE, aggregate_id, after).await
             }
             (Db::Sqlite { reader, .. }, _) => {
                 let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
@@ -146,5 +170,56 @@ impl EventStore {
             Db::Postgres(pool) => postgres::head(pool).await,
             Db::Sqlite { reader, .. } => sqlite::head(reader).await,
         }
+    }
+}
+
+/// The writer of one process: appends that queue while a write is in flight are written
+/// together in one statement (PostgreSQL) or one transaction (SQLite), so independent
+/// commands share a commit. Every append is atomic on its own either way: if the combined
+/// write conflicts, each append is retried alone and gets its own outcome. Each append's
+/// cursor is that of the combined write (its events become readable at the same moment).
+async fn write_combined(db: Db, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_COMBINED {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        if group.len() == 1 {
+            let Some(one) = group.pop() else { continue };
+            let result = raw_append(&db, &one.events, &one.mail).await;
+            let _ = one.reply.send(result);
+            continue;
+        }
+        let events: Vec<NewEvent> = group.iter().flat_map(|p| p.events.iter().cloned()).collect();
+        let mail: Vec<OutgoingMail> = group.iter().flat_map(|p| p.mail.iter().cloned()).collect();
+        match raw_append(&db, &events, &mail).await {
+            Ok(cursor) => {
+                for pending in group {
+                    let _ = pending.reply.send(Ok(cursor));
+                }
+            }
+            Err(AppendError::Conflict) => {
+                for pending in group {
+                    let result = raw_append(&db, &pending.events, &pending.mail).await;
+                    let _ = pending.reply.send(result);
+                }
+            }
+            Err(AppendError::Store(error)) => {
+                let text = error.to_string();
+                for pending in group {
+                    let _ = pending.reply.send(Err(StoreError::Repository(text.clone()).into()));
+                }
+            }
+        }
+    }
+}
+
+async fn raw_append(db: &Db, events: &[NewEvent], mail: &[OutgoingMail]) -> Result<LogCursor, AppendError> {
+    match db {
+        Db::Postgres(pool) => postgres::append(pool, events, mail).await,
+        Db::Sqlite { writer, .. } => sqlite::append(writer, events, mail).await,
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod balances;
 pub mod credit_transactions;
+mod group;
 mod projector;
 pub mod security_events;
 pub mod sessions;

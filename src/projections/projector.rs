@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Projection;
+use super::group::GroupError;
 use crate::clock::SharedClock;
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::{EventStore, LogCursor, parse_sqlite_time};
@@ -53,10 +54,10 @@ pub const LAG_COUNT_CAP: i64 = 100_000;
 
 /// Follows the log and feeds projections.
 pub struct Projector {
-    store: EventStore,
-    clock: SharedClock,
-    settings: ProjectorSettings,
-    projections: Vec<Arc<dyn Projection>>,
+    pub(super) store: EventStore,
+    pub(super) clock: SharedClock,
+    pub(super) settings: ProjectorSettings,
+    pub(super) projections: Vec<Arc<dyn Projection>>,
     progress: HashMap<&'static str, watch::Sender<LogCursor>>,
 }
 
@@ -106,45 +107,41 @@ impl Projector {
     /// Starts one follower task per projection; they stop after their current batch
     /// when `shutdown` is cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
-        for index in 0..self.projections.len() {
-            let projector = Arc::clone(self);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { projector.follow(index, shutdown).await });
-        }
+        let projector = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { projector.follow(shutdown).await });
     }
 
-    async fn follow(&self, index: usize, shutdown: CancellationToken) {
-        let projection = &self.projections[index];
-        let name = projection.name();
+    /// The follower: group batches for every projection this process can lock, and
+    /// separate retries (with backoff) for a projection whose batch failed, so that one
+    /// failing projection does not hold the others back.
+    async fn follow(&self, shutdown: CancellationToken) {
         let mut events = self.store.signal().subscribe_events();
         let mut progress = self.store.signal().subscribe_progress();
-        let mut failures = 0u32;
+        let mut quarantine: HashMap<&'static str, (u32, std::time::Instant)> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let outcome = self.run_batch(projection.as_ref()).await;
+            let excluded: Vec<&'static str> = quarantine.keys().copied().collect();
+            let outcome = self.run_group_batch(&excluded).await;
             let wait_for_progress = match outcome {
-                Ok(BatchOutcome::Applied(..)) => {
-                    failures = 0;
-                    continue;
-                }
+                Ok(BatchOutcome::Applied(..)) => continue,
                 Ok(BatchOutcome::CaughtUp(_)) => false,
                 Ok(BatchOutcome::NotLeader(_)) => true,
-                Err(error) => {
-                    failures += 1;
-                    self.store.metrics().projection_error(name);
-                    tracing::error!(
-                        projection = name,
-                        error = format!("{error:#}"),
-                        "projection batch failed; retrying"
-                    );
-                    let backoff = Duration::from_millis(250 * 2u64.pow(failures.min(7)));
+                Err(GroupError::Projection(name, error)) => {
+                    let failures = quarantine.get(name).map_or(1, |(n, _)| n + 1);
+                    self.failed(name, failures, &error);
+                    quarantine.insert(name, (failures, std::time::Instant::now() + backoff(failures)));
+                    continue;
+                }
+                Err(GroupError::Other(error)) => {
+                    tracing::error!(error = format!("{error:#}"), "projector batch failed; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff(1)) => {}
                         () = shutdown.cancelled() => {}
                     }
                     continue;
                 }
             };
-            failures = 0;
+            self.retry_quarantined(&mut quarantine).await;
             tokio::select! {
                 _ = events.changed() => {}
                 _ = progress.changed(), if wait_for_progress => {}
@@ -152,6 +149,45 @@ impl Projector {
                 () = shutdown.cancelled() => {}
             }
         }
+    }
+
+    /// Runs each quarantined projection whose backoff passed on its own until it has
+    /// caught up (then it rejoins the group) or fails again.
+    async fn retry_quarantined(&self, quarantine: &mut HashMap<&'static str, (u32, std::time::Instant)>) {
+        let due: Vec<&'static str> = quarantine
+            .iter()
+            .filter(|(_, (_, at))| *at <= std::time::Instant::now())
+            .map(|(n, _)| *n)
+            .collect();
+        for name in due {
+            let Some(projection) = self.projections.iter().find(|p| p.name() == name) else { continue };
+            loop {
+                match self.run_batch(projection.as_ref()).await {
+                    Ok(BatchOutcome::Applied(..)) => {}
+                    Ok(_) => {
+                        tracing::info!(projection = name, "projection recovered");
+                        quarantine.remove(name);
+                        break;
+                    }
+                    Err(error) => {
+                        let failures = quarantine.get(name).map_or(1, |(n, _)| n + 1);
+                        self.failed(name, failures, &error);
+                        quarantine.insert(name, (failures, std::time::Instant::now() + backoff(failures)));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn failed(&self, name: &str, failures: u32, error: &anyhow::Error) {
+        self.store.metrics().projection_error(name);
+        tracing::error!(
+            projection = name,
+            failures,
+            error = format!("{error:#}"),
+            "projection batch failed; retrying it alone"
+        );
     }
 
     /// Applies at most one batch of one projection.
@@ -281,7 +317,7 @@ impl Projector {
         self.progress.get(name).map(watch::Sender::subscribe)
     }
 
-    fn publish(&self, name: &str, at: LogCursor) {
+    pub(super) fn publish(&self, name: &str, at: LogCursor) {
         if let Some(sender) = self.progress.get(name) {
             sender.send_if_modified(|current| {
                 let newer = at > *current;
@@ -379,8 +415,13 @@ async fn lock_checkpoint(tx: &mut DbTx, name: &str) -> anyhow::Result<(bool, Log
     row.transpose()?.with_context(|| format!("no checkpoint row for {name}; run init first"))
 }
 
+/// How long a failing projection waits before its next try.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(250 * 2u64.pow(failures.min(7)))
+}
+
 /// A stable advisory-lock key per projection (FNV-1a of a namespaced name).
-fn lock_key(name: &str) -> i64 {
+pub(super) fn lock_key(name: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in "mana-core-auth/projection/".bytes().chain(name.bytes()) {
         hash ^= u64::from(byte);
