@@ -607,7 +607,8 @@ mod tests {
         let events = run(&mut account, CreditCommand::Touch { daily: capped.clone(), at: at(2) }).unwrap();
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(account.balances.free, 150);
-        run(&mut account, spend("s", 60, None, 2)).unwrap();
+        // A spend on day 1 (already granted by the registration) brings the pool below the cap.
+        run(&mut account, spend("s", 60, None, 1)).unwrap();
         let events = run(&mut account, CreditCommand::Touch { daily: capped, at: at(2) }).unwrap();
         assert!(
             matches!(&events[0], CreditEvent::CreditsGranted { amount: 5, .. }),
