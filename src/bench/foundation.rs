@@ -102,11 +102,11 @@ impl Projection for BenchRows {
             }
             return Ok(());
         }
-        insert_rows!(tx, "INSERT INTO bench_rows (position, aggregate_id, event_type) ", events, |e| (
-            e.cursor.position,
-            e.aggregate_id.clone(),
-            e.event_type.clone()
-        ))?;
+        insert_rows!(tx, "bench_rows", events, |e| {
+            "position": "bigint" = e.cursor.position,
+            "aggregate_id": "text" = e.aggregate_id.clone(),
+            "event_type": "text" = e.event_type.clone(),
+        })?;
         Ok(())
     }
 }
@@ -282,8 +282,10 @@ async fn pgbench(admin_url: &str, clients: usize, duration: u64) -> anyhow::Resu
 }
 
 pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
+    let kind =
+        if args.realistic { "realistic mix, every real projection" } else { "bench events, one projection" };
     println!(
-        "catchup: {} events, batch {}, engine {}, {}",
+        "catchup: {} events ({kind}), batch {}, engine {}, {}",
         args.events,
         args.batch_size,
         args.target.engine,
@@ -291,10 +293,45 @@ pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
     );
     let scratch = Scratch::open(&args.target, 8).await?;
     let filled = Instant::now();
+    let written = if args.realistic {
+        fill_realistic(&scratch, args.events).await?
+    } else {
+        fill_bench(&scratch, args.events).await?
+    };
+    println!("catchup: log filled with {written} events in {:.1} s", filled.elapsed().as_secs_f64());
+
+    let settings =
+        ProjectorSettings { batch_size: args.batch_size, poll_interval: Duration::from_millis(200) };
+    let projections: Vec<Arc<dyn Projection>> = if args.realistic {
+        let all = projections::all();
+        if let Some(unknown) = args.only.iter().find(|n| !all.iter().any(|p| p.name() == n.as_str())) {
+            anyhow::bail!("no projection named {unknown}");
+        }
+        all.into_iter().filter(|p| args.only.is_empty() || args.only.iter().any(|n| n == p.name())).collect()
+    } else {
+        vec![Arc::new(BenchRows { per_event: args.per_event })]
+    };
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    let projector =
+        Projector::new(scratch.store.clone(), Arc::new(SystemClock), settings, projections.clone());
+    projector.init().await?;
+    let started = Instant::now();
+    projector.catch_up().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let how = if args.per_event { "one INSERT per event" } else { "multi-row statements per batch" };
+    println!(
+        "catchup: {} ({how}) applied {written} events in {elapsed:.2} s = {:.0} events/s",
+        names.join(", "),
+        written as f64 / elapsed
+    );
+    scratch.close().await
+}
+
+async fn fill_bench(scratch: &Scratch, total: usize) -> anyhow::Result<usize> {
     let chunk = 1000;
     let mut written = 0;
-    while written < args.events {
-        let n = chunk.min(args.events - written);
+    while written < total {
+        let n = chunk.min(total - written);
         let events: Vec<NewEvent> = (0..n)
             .map(|i| NewEvent {
                 aggregate_type: BenchCounter::TYPE.to_owned(),
@@ -310,27 +347,24 @@ pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
         scratch.store.append(&events).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         written += n;
     }
-    println!("catchup: log filled in {:.1} s", filled.elapsed().as_secs_f64());
+    Ok(written)
+}
 
-    let settings =
-        ProjectorSettings { batch_size: args.batch_size, poll_interval: Duration::from_millis(200) };
-    let projector = Projector::new(
-        scratch.store.clone(),
-        Arc::new(SystemClock),
-        settings,
-        vec![Arc::new(BenchRows { per_event: args.per_event })],
-    );
-    projector.init().await?;
-    let started = Instant::now();
-    projector.catch_up().await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "catchup: bench_rows (one row per event, {}) applied {} events in {elapsed:.2} s = {:.0} events/s",
-        if args.per_event { "one INSERT per event" } else { "one multi-row INSERT per batch" },
-        args.events,
-        args.events as f64 / elapsed
-    );
-    scratch.close().await
+async fn fill_realistic(scratch: &Scratch, total: usize) -> anyhow::Result<usize> {
+    let mut written = 0;
+    let mut user = 0;
+    let mut chunk = Vec::new();
+    while written < total {
+        let events = super::mix::user_events(user, Utc::now());
+        written += events.len();
+        chunk.extend(events);
+        user += 1;
+        if chunk.len() >= 1000 || written >= total {
+            scratch.store.append(&chunk).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            chunk.clear();
+        }
+    }
+    Ok(written)
 }
 
 pub(super) async fn lag(args: LagArgs) -> anyhow::Result<()> {

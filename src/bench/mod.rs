@@ -8,6 +8,7 @@ mod ceilings;
 mod foundation;
 mod http;
 mod http_client;
+pub mod mix;
 mod stats;
 
 use clap::{Args, Subcommand};
@@ -72,6 +73,15 @@ pub struct CatchupArgs {
     /// Apply with one INSERT per event (the trait's default path) instead of one per batch.
     #[arg(long)]
     pub per_event: bool,
+    /// Fill the log with a realistic mix (registrations, sessions, refreshes, failed
+    /// logins, spends) and feed every real projection, instead of the one-row-per-event
+    /// benchmark projection.
+    #[arg(long)]
+    pub realistic: bool,
+    /// With `--realistic`: feed only these projections (comma-separated names), to see
+    /// what each one costs.
+    #[arg(long, value_delimiter = ',', requires = "realistic")]
+    pub only: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -86,18 +86,17 @@ impl Projection for BalancesProjection {
         for chunk in rows.chunks(1000) {
             insert_rows!(
                 tx,
-                "INSERT INTO balances (user_id, balance, free_credits_remaining, total_earned, total_spent, \
-                                       last_daily_grant_day, updated_at) ",
+                "balances",
                 chunk,
-                |r| (
-                    r.0.clone(),
-                    r.1.balances.paid,
-                    r.1.balances.free,
-                    r.1.earned,
-                    r.1.spent,
-                    r.1.grant_day,
-                    r.1.at
-                ),
+                |r| {
+                    "user_id": "text" = r.0.clone(),
+                    "balance": "bigint" = r.1.balances.paid,
+                    "free_credits_remaining": "bigint" = r.1.balances.free,
+                    "total_earned": "bigint" = r.1.earned,
+                    "total_spent": "bigint" = r.1.spent,
+                    "last_daily_grant_day": "date" = r.1.grant_day,
+                    "updated_at": "timestamptz" = r.1.at,
+                },
                 UPSERT
             )?;
         }

@@ -38,28 +38,22 @@ impl Projection for CreditTransactions {
             }
         }
         for chunk in rows.chunks(500) {
-            insert_rows!(
-                tx,
-                "INSERT INTO credit_transactions (id, position, user_id, type, status, amount, balance_before, \
-                     balance_after, app_id, description, metadata, idempotency_key, created_at, completed_at) ",
-                chunk,
-                |r| (
-                    r.1.id.clone(),
-                    r.0,
-                    r.1.user_id.clone(),
-                    r.1.kind.as_str(),
-                    "completed",
-                    r.1.amount,
-                    r.1.balance_before,
-                    r.1.balance_after,
-                    r.1.app_id.clone(),
-                    r.1.description.clone(),
-                    r.1.metadata.clone().map(Json),
-                    r.1.idempotency_key.clone(),
-                    DbTime(r.1.at),
-                    DbTime(r.1.at)
-                )
-            )?;
+            insert_rows!(tx, "credit_transactions", chunk, |r| {
+                "id": "text" = r.1.id.clone(),
+                "position": "bigint" = r.0,
+                "user_id": "text" = r.1.user_id.clone(),
+                "type": "text" = r.1.kind.as_str(),
+                "status": "text" = "completed",
+                "amount": "bigint" = r.1.amount,
+                "balance_before": "bigint" = r.1.balance_before,
+                "balance_after": "bigint" = r.1.balance_after,
+                "app_id": "text" = r.1.app_id.clone(),
+                "description": "text" = r.1.description.clone(),
+                "metadata": "jsonb" = r.1.metadata.clone().map(Json),
+                "idempotency_key": "text" = r.1.idempotency_key.clone(),
+                "created_at": "timestamptz" = DbTime(r.1.at),
+                "completed_at": "timestamptz" = DbTime(r.1.at),
+            })?;
         }
         Ok(())
     }

@@ -241,6 +241,19 @@ impl Projector {
 
     /// Runs every projection until it has applied everything readable now.
     pub async fn catch_up(&self) -> anyhow::Result<()> {
+        // Group batches first (one read and one transaction per batch for every
+        // projection this process can lock), then each projection on its own, which
+        // also waits out any projection another process is leading.
+        loop {
+            match self.run_group_batch(&[]).await {
+                Ok(BatchOutcome::Applied(..)) => {}
+                Ok(BatchOutcome::CaughtUp(_) | BatchOutcome::NotLeader(_)) => break,
+                Err(GroupError::Projection(name, error)) => {
+                    return Err(error.context(format!("projection {name}")));
+                }
+                Err(GroupError::Other(error)) => return Err(error),
+            }
+        }
         for projection in &self.projections {
             loop {
                 match self.run_batch(projection.as_ref()).await? {

@@ -76,22 +76,16 @@ impl Projection for SecurityEvents {
             }
         }
         for chunk in rows.chunks(1000) {
-            insert_rows!(
-                tx,
-                "INSERT INTO security_events (position, user_id, session_id, event_type, ip_address, \
-                                              user_agent, metadata, created_at) ",
-                chunk,
-                |r| (
-                    r.position,
-                    r.user_id.clone(),
-                    r.session_id.clone(),
-                    r.event_type,
-                    r.ip_address.clone(),
-                    r.user_agent.clone(),
-                    Json(r.metadata.clone()),
-                    r.created_at
-                )
-            )?;
+            insert_rows!(tx, "security_events", chunk, |r| {
+                "position": "bigint" = r.position,
+                "user_id": "text" = r.user_id.clone(),
+                "session_id": "text" = r.session_id.clone(),
+                "event_type": "text" = r.event_type,
+                "ip_address": "text" = r.ip_address.clone(),
+                "user_agent": "text" = r.user_agent.clone(),
+                "metadata": "jsonb" = Json(r.metadata.clone()),
+                "created_at": "timestamptz" = r.created_at,
+            })?;
         }
         Ok(())
     }

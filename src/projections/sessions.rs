@@ -1,6 +1,8 @@
 //! Projection `sessions` (table `sessions`): one row per session with its device, client,
 //! activity and revocation. `GET /auth/sessions` lists from it.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -9,7 +11,7 @@ use super::Projection;
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::events::auth::{RevokeReason, SessionEvent, UserEvent};
-use crate::exec;
+use crate::{exec, insert_rows};
 
 /// See the module documentation.
 pub struct Sessions;
@@ -25,95 +27,255 @@ impl Projection for Sessions {
     }
 
     async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        match event.aggregate_type.as_str() {
-            "session" => apply_session(tx, &event.aggregate_id, event.decode()?).await,
-            "user" => apply_user(tx, &event.aggregate_id, event.decode()?).await,
-            _ => Ok(()),
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    /// New sessions are inserted together and refreshes folded into one update per
+    /// session. Refreshes touch only activity columns and revocations only `revoked_*`,
+    /// so refreshes may wait for the end of the batch; inserts are flushed before each
+    /// revocation or user-wide cutoff, which therefore see exactly the rows they would
+    /// have seen one event at a time.
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut batch = Batch::default();
+        for event in events {
+            let id = &event.aggregate_id;
+            match event.aggregate_type.as_str() {
+                "session" => match event.decode::<SessionEvent>()? {
+                    SessionEvent::SessionStarted {
+                        user_id,
+                        origin,
+                        refresh_expires_at,
+                        remember_me,
+                        personal,
+                        started_at,
+                        ..
+                    } => batch.started(NewSession {
+                        id: id.clone(),
+                        user_id,
+                        origin: serde_json::to_value(origin)?.as_str().unwrap_or_default().to_owned(),
+                        device_id: personal.device_id,
+                        device_name: personal.device_name,
+                        remember_me,
+                        created_at: DbTime(started_at),
+                        activity: Activity {
+                            at: DbTime(started_at),
+                            expires_at: DbTime(refresh_expires_at),
+                            ip_address: personal.ip_address,
+                            user_agent: personal.user_agent,
+                        },
+                    }),
+                    SessionEvent::SessionRefreshed { refresh_expires_at, personal, refreshed_at, .. } => {
+                        batch.refreshed(
+                            id,
+                            Activity {
+                                at: DbTime(refreshed_at),
+                                expires_at: DbTime(refresh_expires_at),
+                                ip_address: personal.ip_address,
+                                user_agent: personal.user_agent,
+                            },
+                        )
+                    }
+                    SessionEvent::RefreshTokenReuseDetected { .. } => {}
+                    SessionEvent::SessionRevoked { reason, revoked_at, .. } => {
+                        batch.insert_started(tx).await?;
+                        exec!(
+                            tx,
+                            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                             WHERE id = $1 AND revoked_at IS NULL",
+                            id,
+                            DbTime(revoked_at),
+                            reason.as_str()
+                        )?;
+                    }
+                },
+                "user" => {
+                    if let Some((cutoff, kept)) = cutoff_of(event.decode()?) {
+                        batch.insert_started(tx).await?;
+                        apply_cutoff(tx, id, cutoff, kept).await?;
+                    }
+                }
+                _ => {}
+            }
         }
+        batch.insert_started(tx).await?;
+        batch.update_refreshed(tx).await
     }
 }
 
-async fn apply_session(tx: &mut DbTx, id: &str, event: SessionEvent) -> anyhow::Result<()> {
+/// A session's activity columns, as its start or latest refresh left them.
+struct Activity {
+    at: DbTime,
+    expires_at: DbTime,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl Activity {
+    /// `later` on top of `self`: a refresh without an address keeps the known one.
+    fn then(&mut self, later: Activity) {
+        self.at = later.at;
+        self.expires_at = later.expires_at;
+        self.ip_address = later.ip_address.or(self.ip_address.take());
+        self.user_agent = later.user_agent.or(self.user_agent.take());
+    }
+}
+
+struct NewSession {
+    id: String,
+    user_id: String,
+    origin: String,
+    device_id: Option<String>,
+    device_name: Option<String>,
+    remember_me: bool,
+    created_at: DbTime,
+    activity: Activity,
+}
+
+/// What a batch has yet to write.
+#[derive(Default)]
+struct Batch {
+    started: Vec<NewSession>,
+    /// Refreshes of sessions inserted before this batch or already flushed, in first-seen
+    /// order, one per session.
+    refreshed: Vec<(String, Activity)>,
+    refreshed_index: HashMap<String, usize>,
+}
+
+impl Batch {
+    fn started(&mut self, session: NewSession) {
+        self.started.push(session);
+    }
+
+    fn refreshed(&mut self, id: &str, activity: Activity) {
+        if let Some(new) = self.started.iter_mut().rev().find(|s| s.id == id) {
+            return new.activity.then(activity);
+        }
+        match self.refreshed_index.get(id) {
+            Some(&i) => self.refreshed[i].1.then(activity),
+            None => {
+                self.refreshed_index.insert(id.to_owned(), self.refreshed.len());
+                self.refreshed.push((id.to_owned(), activity));
+            }
+        }
+    }
+
+    /// Inserts the sessions started so far, then revokes those a user-wide cutoff
+    /// projected earlier covers already.
+    async fn insert_started(&mut self, tx: &mut DbTx) -> anyhow::Result<()> {
+        if self.started.is_empty() {
+            return Ok(());
+        }
+        let started = std::mem::take(&mut self.started);
+        for chunk in started.chunks(1000) {
+            insert_rows!(tx, "sessions", chunk, |s| {
+                "id": "text" = s.id.clone(),
+                "user_id": "text" = s.user_id.clone(),
+                "origin": "text" = s.origin.clone(),
+                "device_id": "text" = s.device_id.clone(),
+                "device_name": "text" = s.device_name.clone(),
+                "ip_address": "text" = s.activity.ip_address.clone(),
+                "user_agent": "text" = s.activity.user_agent.clone(),
+                "remember_me": "boolean" = s.remember_me,
+                "created_at": "timestamptz" = s.created_at,
+                "last_active_at": "timestamptz" = s.activity.at,
+                "refresh_expires_at": "timestamptz" = s.activity.expires_at,
+            })?;
+        }
+        let ids: Vec<String> = started.into_iter().map(|s| s.id).collect();
+        let covered = "UPDATE sessions SET \
+                 revoked_at = (SELECT revoked_before FROM session_cutoffs c WHERE c.user_id = sessions.user_id), \
+                 revoked_reason = $2 \
+             WHERE id IN (SELECT * FROM ids) AND EXISTS (SELECT 1 FROM session_cutoffs c \
+                 WHERE c.user_id = sessions.user_id AND c.revoked_before >= sessions.created_at \
+                   AND (c.kept_session IS NULL OR c.kept_session <> sessions.id))";
+        let reason = RevokeReason::UserChanged.as_str();
+        match tx {
+            DbTx::Postgres(tx) => {
+                sqlx::query(&format!("WITH ids AS (SELECT unnest($1::text[])) {covered}"))
+                    .bind(ids)
+                    .bind(reason)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            DbTx::Sqlite(tx) => {
+                sqlx::query(&format!("WITH ids AS (SELECT value FROM json_each($1)) {covered}"))
+                    .bind(serde_json::to_string(&ids)?)
+                    .bind(reason)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One update per refreshed session: on PostgreSQL one statement over arrays, on
+    /// SQLite (in-process, no round trips) one prepared statement per session.
+    async fn update_refreshed(self, tx: &mut DbTx) -> anyhow::Result<()> {
+        let set = "last_active_at = v.at, refresh_expires_at = v.expires_at, \
+                   ip_address = COALESCE(v.ip_address, sessions.ip_address), \
+                   user_agent = COALESCE(v.user_agent, sessions.user_agent)";
+        match tx {
+            DbTx::Postgres(tx) if !self.refreshed.is_empty() => {
+                let column = |f: &dyn Fn(&Activity) -> Option<String>| {
+                    self.refreshed.iter().map(|(_, a)| f(a)).collect::<Vec<_>>()
+                };
+                sqlx::query(&format!(
+                    "UPDATE sessions SET {set} \
+                     FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[]) \
+                         AS v(id, at, expires_at, ip_address, user_agent) \
+                     WHERE sessions.id = v.id"
+                ))
+                .bind(self.refreshed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
+                .bind(self.refreshed.iter().map(|(_, a)| a.at).collect::<Vec<_>>())
+                .bind(self.refreshed.iter().map(|(_, a)| a.expires_at).collect::<Vec<_>>())
+                .bind(column(&|a| a.ip_address.clone()))
+                .bind(column(&|a| a.user_agent.clone()))
+                .execute(&mut **tx)
+                .await?;
+            }
+            DbTx::Postgres(_) => {}
+            DbTx::Sqlite(tx) => {
+                for (id, a) in self.refreshed {
+                    sqlx::query(
+                        "UPDATE sessions SET last_active_at = $2, refresh_expires_at = $3, \
+                             ip_address = COALESCE($4, ip_address), user_agent = COALESCE($5, user_agent) \
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(a.at)
+                    .bind(a.expires_at)
+                    .bind(a.ip_address)
+                    .bind(a.user_agent)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The user-wide session cutoff a user event sets, with the session it spares.
+fn cutoff_of(event: UserEvent) -> Option<(DateTime<Utc>, Option<String>)> {
     match event {
-        SessionEvent::SessionStarted {
-            user_id,
-            origin,
-            refresh_expires_at,
-            remember_me,
-            personal,
-            started_at,
-            ..
-        } => {
-            let origin = serde_json::to_value(origin)?.as_str().unwrap_or_default().to_owned();
-            exec!(
-                tx,
-                "INSERT INTO sessions (id, user_id, origin, device_id, device_name, ip_address, user_agent, \
-                                       remember_me, created_at, last_active_at, refresh_expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
-                id,
-                &user_id,
-                origin,
-                personal.device_id,
-                personal.device_name,
-                personal.ip_address,
-                personal.user_agent,
-                remember_me,
-                DbTime(started_at),
-                DbTime(refresh_expires_at)
-            )?;
-            // A user-wide cutoff projected earlier may cover this session already.
-            exec!(
-                tx,
-                "UPDATE sessions SET \
-                     revoked_at = (SELECT revoked_before FROM session_cutoffs WHERE user_id = $2), \
-                     revoked_reason = $3 \
-                 WHERE id = $1 AND EXISTS (SELECT 1 FROM session_cutoffs c \
-                     WHERE c.user_id = $2 AND c.revoked_before >= sessions.created_at \
-                       AND (c.kept_session IS NULL OR c.kept_session <> sessions.id))",
-                id,
-                &user_id,
-                RevokeReason::UserChanged.as_str()
-            )?;
-        }
-        SessionEvent::SessionRefreshed { refresh_expires_at, personal, refreshed_at, .. } => {
-            exec!(
-                tx,
-                "UPDATE sessions SET last_active_at = $2, refresh_expires_at = $3, \
-                     ip_address = COALESCE($4, ip_address), user_agent = COALESCE($5, user_agent) \
-                 WHERE id = $1",
-                id,
-                DbTime(refreshed_at),
-                DbTime(refresh_expires_at),
-                personal.ip_address,
-                personal.user_agent
-            )?;
-        }
-        SessionEvent::RefreshTokenReuseDetected { .. } => {}
-        SessionEvent::SessionRevoked { reason, revoked_at, .. } => {
-            exec!(
-                tx,
-                "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
-                id,
-                DbTime(revoked_at),
-                reason.as_str()
-            )?;
-        }
-    }
-    Ok(())
-}
-
-async fn apply_user(tx: &mut DbTx, user_id: &str, event: UserEvent) -> anyhow::Result<()> {
-    let (cutoff, kept) = match event {
         UserEvent::UserRoleChanged { sessions_revoked_before, .. }
         | UserEvent::UserDisabled { sessions_revoked_before }
         | UserEvent::PasswordResetCompleted { sessions_revoked_before, .. } => {
-            (sessions_revoked_before, None)
+            Some((sessions_revoked_before, None))
         }
         UserEvent::PasswordChanged { sessions_revoked_before, kept_session, .. } => {
-            (sessions_revoked_before, kept_session)
+            Some((sessions_revoked_before, kept_session))
         }
-        _ => return Ok(()),
-    };
+        _ => None,
+    }
+}
+
+async fn apply_cutoff(
+    tx: &mut DbTx,
+    user_id: &str,
+    cutoff: DateTime<Utc>,
+    kept: Option<String>,
+) -> anyhow::Result<()> {
     // Sessions are compared in whole milliseconds (see `User::admits_session`): the
     // cutoff covers the rest of its own millisecond.
     let cutoff_end = DbTime(

@@ -57,10 +57,16 @@ impl Projection for Streams {
         for chunk in touched.chunks(1000) {
             insert_rows!(
                 tx,
-                "INSERT INTO event_streams (aggregate_type, aggregate_id, version, events, \
-                                            first_recorded_at, last_recorded_at) ",
+                "event_streams",
                 chunk,
-                |r| (r.aggregate_type.clone(), r.aggregate_id.clone(), r.version, r.events, r.first, r.last),
+                |r| {
+                    "aggregate_type": "text" = r.aggregate_type.clone(),
+                    "aggregate_id": "text" = r.aggregate_id.clone(),
+                    "version": "bigint" = r.version,
+                    "events": "bigint" = r.events,
+                    "first_recorded_at": "timestamptz" = r.first,
+                    "last_recorded_at": "timestamptz" = r.last,
+                },
                 UPSERT
             )?;
         }

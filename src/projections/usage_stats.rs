@@ -49,9 +49,15 @@ impl Projection for UsageStats {
         for chunk in rows.chunks(1000) {
             insert_rows!(
                 tx,
-                "INSERT INTO usage_stats (user_id, app_id, day, credits_used, spends) ",
+                "usage_stats",
                 chunk,
-                |r| (r.0.0.clone(), r.0.1.clone(), r.0.2, r.1.0, r.1.1),
+                |r| {
+                    "user_id": "text" = r.0.0.clone(),
+                    "app_id": "text" = r.0.1.clone(),
+                    "day": "date" = r.0.2,
+                    "credits_used": "bigint" = r.1.0,
+                    "spends": "bigint" = r.1.1,
+                },
                 " ON CONFLICT (user_id, app_id, day) DO UPDATE SET \
                   credits_used = usage_stats.credits_used + excluded.credits_used, \
                   spends = usage_stats.spends + excluded.spends"
