@@ -7,6 +7,8 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 
 COPY Cargo.toml Cargo.lock ./
+# Build settings (the allocator's commit policy), see .cargo/config.toml.
+COPY .cargo ./.cargo
 COPY src ./src
 # sqlx::migrate! embeds these at compile time.
 COPY migrations ./migrations
