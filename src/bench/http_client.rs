@@ -308,6 +308,11 @@ impl Tally {
         }
     }
 
+    /// Whether some requests got no answer (their effect on the server is unknown).
+    pub fn has_transport_errors(&self) -> bool {
+        !self.transport.is_empty()
+    }
+
     fn merge(&mut self, other: Tally) {
         self.requests += other.requests;
         self.ok.merge(other.ok);
