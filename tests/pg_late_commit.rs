@@ -42,11 +42,19 @@ async fn the_reader_waits_for_a_late_commit_and_then_returns_it_once() {
     .expect("late insert");
 
     // Others commit meanwhile; their positions are higher than the open one's.
+    let mut newest = None;
     for i in 0..20 {
-        bus.execute(&format!("after-{i}"), CounterCommand::Add(1), &ctx()).await.expect("after");
+        let committed =
+            bus.execute(&format!("after-{i}"), CounterCommand::Add(1), &ctx()).await.expect("after");
+        newest = committed.cursor;
     }
     let held_back = store.read_after(cursor, 100).await.expect("read while open");
     assert!(held_back.is_empty(), "read {} events past an open transaction", held_back.len());
+    // What a "wait until everything committed is projected" must wait for: the newest
+    // committed event, not the readable head, which stops at the open transaction.
+    let committed = store.committed_head().await.expect("committed head");
+    assert_eq!(Some(committed), newest, "the newest committed event");
+    assert_eq!(store.head().await.expect("head"), cursor, "the readable head stops at the open transaction");
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     late.commit().await.expect("late commit");

@@ -258,7 +258,7 @@ impl AuthService {
 
     /// Waits (bounded) until the read models show everything committed so far.
     async fn settle_all(&self) -> anyhow::Result<()> {
-        let head = self.store.head().await?;
+        let head = self.store.committed_head().await?;
         self.projector.wait_for(head, self.settings.read_your_writes).await;
         Ok(())
     }

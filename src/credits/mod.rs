@@ -249,7 +249,7 @@ impl CreditService {
             }
             AdminOperation::Refund { transaction_id: spend_id, amount } => {
                 // Route to the account that holds the spend; the account decides.
-                let head = self.store.head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let head = self.store.committed_head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 self.projector.wait_for(head, self.settings.read_your_writes).await;
                 let owner = credit_transactions::owner(self.store.db(), &spend_id)
                     .await?

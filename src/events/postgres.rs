@@ -55,6 +55,9 @@ SELECT txid, position FROM events
  WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
  ORDER BY txid DESC, position DESC LIMIT 1";
 
+/// The newest committed event, even if an older transaction still keeps it unreadable.
+const COMMITTED_HEAD: &str = "SELECT txid, position FROM events ORDER BY txid DESC, position DESC LIMIT 1";
+
 pub(super) async fn append(
     pool: &PgPool,
     events: &[NewEvent],
@@ -126,7 +129,15 @@ where
 }
 
 pub(super) async fn head(pool: &PgPool) -> Result<LogCursor, StoreError> {
-    let row = sqlx::query(HEAD).fetch_optional(pool).await?;
+    cursor_of(pool, HEAD).await
+}
+
+pub(super) async fn committed_head(pool: &PgPool) -> Result<LogCursor, StoreError> {
+    cursor_of(pool, COMMITTED_HEAD).await
+}
+
+async fn cursor_of(pool: &PgPool, sql: &str) -> Result<LogCursor, StoreError> {
+    let row = sqlx::query(sql).fetch_optional(pool).await?;
     Ok(match row {
         Some(row) => LogCursor { txid: row.try_get("txid")?, position: row.try_get("position")? },
         None => LogCursor::START,

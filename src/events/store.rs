@@ -164,10 +164,23 @@ impl EventStore {
         }
     }
 
-    /// The cursor of the newest readable event ([`LogCursor::START`] when empty).
+    /// The cursor of the newest readable event ([`LogCursor::START`] when empty). On
+    /// PostgreSQL it lags while any older transaction in the cluster is still open, so it
+    /// is for reporting; to wait for the read models use [`Self::committed_head`].
     pub async fn head(&self) -> Result<LogCursor, StoreError> {
         match &self.inner.db {
             Db::Postgres(pool) => postgres::head(pool).await,
+            Db::Sqlite { reader, .. } => sqlite::head(reader).await,
+        }
+    }
+
+    /// The cursor of the newest committed event, readable yet or not: once the projector
+    /// has passed it (`Projector::wait_for`), every event committed before this call is in
+    /// the read models.
+    pub async fn committed_head(&self) -> Result<LogCursor, StoreError> {
+        match &self.inner.db {
+            Db::Postgres(pool) => postgres::committed_head(pool).await,
+            // One writer: everything committed is readable.
             Db::Sqlite { reader, .. } => sqlite::head(reader).await,
         }
     }
