@@ -88,8 +88,13 @@ macro_rules! exec {
 /// PostgreSQL receives one array per column (`INSERT ... SELECT * FROM UNNEST($1::text[],
 /// ...)`): one prepared statement whatever the row count, so a batch is not parsed and
 /// planned afresh (a 500-row `VALUES` list costs more to plan than to insert). SQLite,
-/// which prepares in-process, receives a multi-row `VALUES`; callers keep a batch under its
-/// bind limit (32,766 values). The optional tail follows the rows (e.g. `ON CONFLICT`).
+/// which prepares in-process, receives multi-row `VALUES`, split into as many statements as
+/// its bind limit ([`SQLITE_MAX_BINDS`]) needs. The optional tail follows the rows (e.g.
+/// `ON CONFLICT`); rows that conflict across a split resolve as they would in one
+/// statement, since SQLite applies a multi-row insert row by row.
+/// The most values SQLite binds in one statement (`SQLITE_MAX_VARIABLE_NUMBER`).
+pub const SQLITE_MAX_BINDS: usize = 32_766;
+
 #[macro_export]
 macro_rules! insert_rows {
     ($tx:expr, $table:literal, $rows:expr,
@@ -118,11 +123,29 @@ macro_rules! insert_rows {
                     query.execute(&mut **tx).await.map(|r| r.rows_affected())
                 }
                 $crate::db::DbTx::Sqlite(tx) => {
-                    let mut builder =
-                        sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("INSERT INTO {} ({columns}) ", $table));
-                    builder.push_values(rows, |mut b, $row| { $( b.push_bind($value); )+ });
-                    builder.push(tail);
-                    builder.build().persistent(false).execute(&mut **tx).await.map(|r| r.rows_affected())
+                    // SQLite binds at most 32,766 values per statement: split the rows.
+                    let per_statement = ($crate::db::SQLITE_MAX_BINDS / [$($column),+].len()).max(1);
+                    let mut affected = Ok(0u64);
+                    for chunk in rows.chunks(per_statement) {
+                        let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                            "INSERT INTO {} ({columns}) ",
+                            $table
+                        ));
+                        builder.push_values(chunk, |mut b, $row| { $( b.push_bind($value); )+ });
+                        builder.push(tail);
+                        match builder.build().persistent(false).execute(&mut **tx).await {
+                            Ok(done) => {
+                                if let Ok(total) = affected.as_mut() {
+                                    *total += done.rows_affected();
+                                }
+                            }
+                            Err(error) => {
+                                affected = Err(error);
+                                break;
+                            }
+                        }
+                    }
+                    affected
                 }
             }
         }

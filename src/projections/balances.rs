@@ -83,23 +83,21 @@ impl Projection for BalancesProjection {
         }
         let rows: Vec<(String, Row)> =
             order.into_iter().filter_map(|u| rows.remove(&u).map(|r| (u, r))).collect();
-        for chunk in rows.chunks(1000) {
-            insert_rows!(
-                tx,
-                "balances",
-                chunk,
-                |r| {
-                    "user_id": "text" = r.0.clone(),
-                    "balance": "bigint" = r.1.balances.paid,
-                    "free_credits_remaining": "bigint" = r.1.balances.free,
-                    "total_earned": "bigint" = r.1.earned,
-                    "total_spent": "bigint" = r.1.spent,
-                    "last_daily_grant_day": "date" = r.1.grant_day,
-                    "updated_at": "timestamptz" = r.1.at,
-                },
-                UPSERT
-            )?;
-        }
+        insert_rows!(
+            tx,
+            "balances",
+            &rows,
+            |r| {
+                "user_id": "text" = r.0.clone(),
+                "balance": "bigint" = r.1.balances.paid,
+                "free_credits_remaining": "bigint" = r.1.balances.free,
+                "total_earned": "bigint" = r.1.earned,
+                "total_spent": "bigint" = r.1.spent,
+                "last_daily_grant_day": "date" = r.1.grant_day,
+                "updated_at": "timestamptz" = r.1.at,
+            },
+            UPSERT
+        )?;
         Ok(())
     }
 }

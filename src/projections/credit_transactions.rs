@@ -37,24 +37,22 @@ impl Projection for CreditTransactions {
                 rows.push((event.cursor.position, t));
             }
         }
-        for chunk in rows.chunks(500) {
-            insert_rows!(tx, "credit_transactions", chunk, |r| {
-                "id": "text" = r.1.id.clone(),
-                "position": "bigint" = r.0,
-                "user_id": "text" = r.1.user_id.clone(),
-                "type": "text" = r.1.kind.as_str(),
-                "status": "text" = "completed",
-                "amount": "bigint" = r.1.amount,
-                "balance_before": "bigint" = r.1.balance_before,
-                "balance_after": "bigint" = r.1.balance_after,
-                "app_id": "text" = r.1.app_id.clone(),
-                "description": "text" = r.1.description.clone(),
-                "metadata": "jsonb" = r.1.metadata.clone().map(Json),
-                "idempotency_key": "text" = r.1.idempotency_key.clone(),
-                "created_at": "timestamptz" = DbTime(r.1.at),
-                "completed_at": "timestamptz" = DbTime(r.1.at),
-            })?;
-        }
+        insert_rows!(tx, "credit_transactions", &rows, |r| {
+            "id": "text" = r.1.id.clone(),
+            "position": "bigint" = r.0,
+            "user_id": "text" = r.1.user_id.clone(),
+            "type": "text" = r.1.kind.as_str(),
+            "status": "text" = "completed",
+            "amount": "bigint" = r.1.amount,
+            "balance_before": "bigint" = r.1.balance_before,
+            "balance_after": "bigint" = r.1.balance_after,
+            "app_id": "text" = r.1.app_id.clone(),
+            "description": "text" = r.1.description.clone(),
+            "metadata": "jsonb" = r.1.metadata.clone().map(Json),
+            "idempotency_key": "text" = r.1.idempotency_key.clone(),
+            "created_at": "timestamptz" = DbTime(r.1.at),
+            "completed_at": "timestamptz" = DbTime(r.1.at),
+        })?;
         Ok(())
     }
 }

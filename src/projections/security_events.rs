@@ -75,18 +75,16 @@ impl Projection for SecurityEvents {
                 rows.push(row);
             }
         }
-        for chunk in rows.chunks(1000) {
-            insert_rows!(tx, "security_events", chunk, |r| {
-                "position": "bigint" = r.position,
-                "user_id": "text" = r.user_id.clone(),
-                "session_id": "text" = r.session_id.clone(),
-                "event_type": "text" = r.event_type,
-                "ip_address": "text" = r.ip_address.clone(),
-                "user_agent": "text" = r.user_agent.clone(),
-                "metadata": "jsonb" = Json(r.metadata.clone()),
-                "created_at": "timestamptz" = r.created_at,
-            })?;
-        }
+        insert_rows!(tx, "security_events", &rows, |r| {
+            "position": "bigint" = r.position,
+            "user_id": "text" = r.user_id.clone(),
+            "session_id": "text" = r.session_id.clone(),
+            "event_type": "text" = r.event_type,
+            "ip_address": "text" = r.ip_address.clone(),
+            "user_agent": "text" = r.user_agent.clone(),
+            "metadata": "jsonb" = Json(r.metadata.clone()),
+            "created_at": "timestamptz" = r.created_at,
+        })?;
         Ok(())
     }
 }

@@ -166,21 +166,19 @@ impl Batch {
             return Ok(());
         }
         let started = std::mem::take(&mut self.started);
-        for chunk in started.chunks(1000) {
-            insert_rows!(tx, "sessions", chunk, |s| {
-                "id": "text" = s.id.clone(),
-                "user_id": "text" = s.user_id.clone(),
-                "origin": "text" = s.origin.clone(),
-                "device_id": "text" = s.device_id.clone(),
-                "device_name": "text" = s.device_name.clone(),
-                "ip_address": "text" = s.activity.ip_address.clone(),
-                "user_agent": "text" = s.activity.user_agent.clone(),
-                "remember_me": "boolean" = s.remember_me,
-                "created_at": "timestamptz" = s.created_at,
-                "last_active_at": "timestamptz" = s.activity.at,
-                "refresh_expires_at": "timestamptz" = s.activity.expires_at,
-            })?;
-        }
+        insert_rows!(tx, "sessions", &started, |s| {
+            "id": "text" = s.id.clone(),
+            "user_id": "text" = s.user_id.clone(),
+            "origin": "text" = s.origin.clone(),
+            "device_id": "text" = s.device_id.clone(),
+            "device_name": "text" = s.device_name.clone(),
+            "ip_address": "text" = s.activity.ip_address.clone(),
+            "user_agent": "text" = s.activity.user_agent.clone(),
+            "remember_me": "boolean" = s.remember_me,
+            "created_at": "timestamptz" = s.created_at,
+            "last_active_at": "timestamptz" = s.activity.at,
+            "refresh_expires_at": "timestamptz" = s.activity.expires_at,
+        })?;
         let ids: Vec<String> = started.into_iter().map(|s| s.id).collect();
         let covered = "UPDATE sessions SET \
                  revoked_at = (SELECT revoked_before FROM session_cutoffs c WHERE c.user_id = sessions.user_id), \

@@ -54,22 +54,20 @@ impl Projection for Streams {
                 }),
             }
         }
-        for chunk in touched.chunks(1000) {
-            insert_rows!(
-                tx,
-                "event_streams",
-                chunk,
-                |r| {
-                    "aggregate_type": "text" = r.aggregate_type.clone(),
-                    "aggregate_id": "text" = r.aggregate_id.clone(),
-                    "version": "bigint" = r.version,
-                    "events": "bigint" = r.events,
-                    "first_recorded_at": "timestamptz" = r.first,
-                    "last_recorded_at": "timestamptz" = r.last,
-                },
-                UPSERT
-            )?;
-        }
+        insert_rows!(
+            tx,
+            "event_streams",
+            &touched,
+            |r| {
+                "aggregate_type": "text" = r.aggregate_type.clone(),
+                "aggregate_id": "text" = r.aggregate_id.clone(),
+                "version": "bigint" = r.version,
+                "events": "bigint" = r.events,
+                "first_recorded_at": "timestamptz" = r.first,
+                "last_recorded_at": "timestamptz" = r.last,
+            },
+            UPSERT
+        )?;
         Ok(())
     }
 }

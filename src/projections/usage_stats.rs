@@ -46,23 +46,21 @@ impl Projection for UsageStats {
             }
         }
         let rows: Vec<_> = order.into_iter().filter_map(|k| totals.remove(&k).map(|v| (k, v))).collect();
-        for chunk in rows.chunks(1000) {
-            insert_rows!(
-                tx,
-                "usage_stats",
-                chunk,
-                |r| {
-                    "user_id": "text" = r.0.0.clone(),
-                    "app_id": "text" = r.0.1.clone(),
-                    "day": "date" = r.0.2,
-                    "credits_used": "bigint" = r.1.0,
-                    "spends": "bigint" = r.1.1,
-                },
-                " ON CONFLICT (user_id, app_id, day) DO UPDATE SET \
-                  credits_used = usage_stats.credits_used + excluded.credits_used, \
-                  spends = usage_stats.spends + excluded.spends"
-            )?;
-        }
+        insert_rows!(
+            tx,
+            "usage_stats",
+            &rows,
+            |r| {
+                "user_id": "text" = r.0.0.clone(),
+                "app_id": "text" = r.0.1.clone(),
+                "day": "date" = r.0.2,
+                "credits_used": "bigint" = r.1.0,
+                "spends": "bigint" = r.1.1,
+            },
+            " ON CONFLICT (user_id, app_id, day) DO UPDATE SET \
+              credits_used = usage_stats.credits_used + excluded.credits_used, \
+              spends = usage_stats.spends + excluded.spends"
+        )?;
         Ok(())
     }
 }
