@@ -198,6 +198,11 @@ async fn reset_all(db: &Db) {
     tx.commit().await.expect("commit");
 }
 
+/// The mix's time: a fixed instant, so snapshots compare across runs.
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-20T08:00:00Z").expect("time").with_timezone(&Utc)
+}
+
 fn projector(store: &EventStore, batch_size: usize) -> Projector {
     let settings = ProjectorSettings { batch_size, poll_interval: Duration::from_millis(50) };
     Projector::new(store.clone(), Arc::new(SystemClock), settings, projections::all())
@@ -208,7 +213,7 @@ async fn every_projection_leaves_the_same_rows_whatever_the_batch_size() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let store = open_store(&db).await;
-        let t0 = DateTime::parse_from_rfc3339("2026-11-20T08:00:00Z").expect("time").with_timezone(&Utc);
+        let t0 = t0();
         let users = 40;
         for n in 0..users {
             store.append(&mix::user_events(n, t0)).await.expect("append user");
@@ -274,7 +279,7 @@ async fn a_batch_over_sqlites_bind_limit_is_applied_whole() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let store = open_store(&db).await;
-        let t0 = DateTime::parse_from_rfc3339("2026-11-20T08:00:00Z").expect("time").with_timezone(&Utc);
+        let t0 = t0();
         let users = 1_000;
         let events: Vec<NewEvent> = (0..users).flat_map(|n| mix::user_events(n, t0)).collect();
         for chunk in events.chunks(2_400) {
