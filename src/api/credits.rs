@@ -372,6 +372,7 @@ async fn grant(
         (status = 400, description = "`VALIDATION_FAILED`, `INSUFFICIENT_CREDITS` (the pool would go below zero)", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
     ))]
 async fn adjust(
     State(state): State<AppState>,
@@ -390,6 +391,7 @@ async fn adjust(
         (status = 400, description = "`VALIDATION_FAILED`, `REFUND_EXCEEDS_SPEND`", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no refundable spend with that id", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
     ))]
 async fn refund(
     State(state): State<AppState>,

@@ -472,6 +472,19 @@ mod tests {
         }
     }
 
+    /// An operator's grant of `amount` paid credits on day 1.
+    fn paid_grant(amount: i64) -> CreditCommand {
+        CreditCommand::Grant {
+            transaction_id: "g".into(),
+            pool: Pool::Paid,
+            amount,
+            actor: "admin".into(),
+            reason: "r".into(),
+            key: None,
+            at: at(1),
+        }
+    }
+
     #[test]
     fn the_signup_bonus_is_a_counted_free_grant_and_covers_its_day() {
         let mut account = opened(150);
@@ -494,16 +507,7 @@ mod tests {
     #[test]
     fn free_credits_are_spent_before_paid_ones() {
         let mut account = opened(10);
-        let grant = CreditCommand::Grant {
-            transaction_id: "g".into(),
-            pool: Pool::Paid,
-            amount: 20,
-            actor: "admin".into(),
-            reason: "r".into(),
-            key: None,
-            at: at(1),
-        };
-        run(&mut account, grant).unwrap();
+        run(&mut account, paid_grant(20)).unwrap();
         let events = run(&mut account, spend("s", 15, None, 1)).unwrap();
         let CreditEvent::CreditsSpent { from_free, from_paid, before, after, .. } = &events[0] else {
             panic!()
@@ -550,16 +554,7 @@ mod tests {
     #[test]
     fn refunds_return_to_the_pools_paid_first_and_never_exceed_the_spend() {
         let mut account = opened(10);
-        let grant = CreditCommand::Grant {
-            transaction_id: "g".into(),
-            pool: Pool::Paid,
-            amount: 10,
-            actor: "a".into(),
-            reason: "r".into(),
-            key: None,
-            at: at(1),
-        };
-        run(&mut account, grant).unwrap();
+        run(&mut account, paid_grant(10)).unwrap();
         run(&mut account, spend("s", 15, None, 1)).unwrap();
         let refund = |id: &str, amount| CreditCommand::Refund {
             transaction_id: id.into(),
