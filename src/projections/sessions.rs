@@ -135,6 +135,8 @@ struct NewSession {
 #[derive(Default)]
 struct Batch {
     started: Vec<NewSession>,
+    /// Where each pending session sits in `started`.
+    started_index: HashMap<String, usize>,
     /// Refreshes of sessions inserted before this batch or already flushed, in first-seen
     /// order, one per session.
     refreshed: Vec<(String, Activity)>,
@@ -143,12 +145,13 @@ struct Batch {
 
 impl Batch {
     fn started(&mut self, session: NewSession) {
+        self.started_index.insert(session.id.clone(), self.started.len());
         self.started.push(session);
     }
 
     fn refreshed(&mut self, id: &str, activity: Activity) {
-        if let Some(new) = self.started.iter_mut().rev().find(|s| s.id == id) {
-            return new.activity.then(activity);
+        if let Some(&i) = self.started_index.get(id) {
+            return self.started[i].activity.then(activity);
         }
         match self.refreshed_index.get(id) {
             Some(&i) => self.refreshed[i].1.then(activity),
@@ -166,6 +169,7 @@ impl Batch {
             return Ok(());
         }
         let started = std::mem::take(&mut self.started);
+        self.started_index.clear();
         insert_rows!(tx, "sessions", &started, |s| {
             "id": "text" = s.id.clone(),
             "user_id": "text" = s.user_id.clone(),
