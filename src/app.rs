@@ -248,6 +248,7 @@ async fn build_auth(
             threshold: config.lockout_threshold,
             lock_for: chrono::Duration::from_std(config.lockout_duration)?,
         },
+        login_queue_wait: config.login_queue_wait,
         require_verified_email: config.require_verified_email,
         frontend_url: config.frontend_url.clone(),
         redirect_origins: config.cors_origins.iter().chain([&config.frontend_url]).cloned().collect(),

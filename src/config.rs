@@ -96,6 +96,9 @@ pub struct Config {
     /// Consecutive failed logins after which an address is locked.
     pub lockout_threshold: u32,
     pub lockout_duration: Duration,
+    /// How long a login waits for another attempt in flight on the same address and client
+    /// class before it answers 429 `LOGIN_THROTTLED`.
+    pub login_queue_wait: Duration,
     pub require_verified_email: bool,
     pub smtp_url: Option<Secret>,
     pub smtp_from: String,
@@ -201,6 +204,12 @@ impl Config {
                 "900",
                 1,
                 86_400 * 30,
+            )?),
+            login_queue_wait: Duration::from_millis(env.parse_range(
+                "LOGIN_QUEUE_WAIT_MS",
+                "2000",
+                0,
+                60_000,
             )?),
             require_verified_email: env.parse_bool("REQUIRE_VERIFIED_EMAIL", false)?,
             smtp_url: parse_smtp(&env)?,

@@ -49,6 +49,13 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidResetToken => ApiError::code(ErrorCode::InvalidResetToken),
             AuthError::InvalidVerificationToken => ApiError::code(ErrorCode::InvalidVerificationToken),
             AuthError::InvalidCurrentPassword => ApiError::code(ErrorCode::InvalidCurrentPassword),
+            AuthError::Throttled { retry_after_secs } => {
+                let message = format!(
+                    "Too many sign-in attempts for this account; wait {retry_after_secs} s and try again"
+                );
+                let seconds = HeaderValue::from(retry_after_secs.max(1));
+                ApiError::new(ErrorCode::LoginThrottled, message).with_header(header::RETRY_AFTER, seconds)
+            }
             AuthError::Internal(cause) => ApiError::internal(format!("{cause:#}")),
         }
     }
@@ -222,9 +229,9 @@ async fn register(
     responses(
         (status = 200, description = "Signed in", body = TokensBody),
         (status = 400, description = "`VALIDATION_FAILED`, `INVALID_JSON`", body = ErrorBody),
-        (status = 401, description = "`INVALID_CREDENTIALS` (unknown e-mail, wrong password, disabled, throttled or locked alike)", body = ErrorBody),
+        (status = 401, description = "`INVALID_CREDENTIALS` (unknown e-mail, wrong password or disabled account alike)", body = ErrorBody),
         (status = 403, description = "`EMAIL_NOT_VERIFIED` (with REQUIRE_VERIFIED_EMAIL)", body = ErrorBody),
-        (status = 429, description = "`RATE_LIMITED` (`Retry-After`)", body = ErrorBody),
+        (status = 429, description = "`LOGIN_THROTTLED`: refused without a password check (another attempt in flight, too soon after a failure, or locked; `Retry-After`), alike for every address; `RATE_LIMITED` (`Retry-After`)", body = ErrorBody),
         (status = 503, description = "`SERVICE_UNAVAILABLE`: hashing queue full (`Retry-After`)", body = ErrorBody),
     ))]
 async fn login(

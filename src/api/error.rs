@@ -36,6 +36,7 @@ pub enum ErrorCode {
     InsufficientCredits,
     IdempotencyKeyReused,
     RefundExceedsSpend,
+    LoginThrottled,
 }
 
 impl ErrorCode {
@@ -62,6 +63,7 @@ impl ErrorCode {
             | Self::InsufficientCredits
             | Self::RefundExceedsSpend => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyReused => StatusCode::CONFLICT,
+            Self::LoginThrottled => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -90,6 +92,7 @@ impl ErrorCode {
             Self::InsufficientCredits => "INSUFFICIENT_CREDITS",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::RefundExceedsSpend => "REFUND_EXCEEDS_SPEND",
+            Self::LoginThrottled => "LOGIN_THROTTLED",
         }
     }
 
@@ -135,6 +138,7 @@ impl ErrorCode {
             Self::InsufficientCredits => "Insufficient credits",
             Self::IdempotencyKeyReused => "The idempotency key was already used for a different request",
             Self::RefundExceedsSpend => "The refund exceeds what is left of the transaction",
+            Self::LoginThrottled => "Too many sign-in attempts for this account; wait and try again",
         }
     }
 }

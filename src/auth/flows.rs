@@ -2,10 +2,12 @@
 
 use cqrs_es::AggregateError;
 
+use super::guard::Guarded;
 use super::input::{Email, Password, parse_name, parse_short};
 use super::{AuthError, AuthService, ClientInfo, SignedIn, UserView, infra, uuid_at};
 use crate::commands::credit_account::CreditCommand;
 use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError, claim_id};
+use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
 use crate::commands::session::{SessionCommand, SessionError};
 use crate::commands::user::{User, UserCommand};
 use crate::commands::{UnitOfWork, commit_error, with_retries};
@@ -148,6 +150,14 @@ impl AuthService {
                     at: now,
                 };
                 unit.execute(&self.aggregates.sessions, &session_id, start).await.map_err(infra)?;
+                // The registering client signed in: it is familiar to the account.
+                let signed_in = LoginAttemptCommand::RecordSignIn {
+                    attempt_id: session_id.clone(),
+                    user_id: user_id.clone(),
+                    personal: client.personal(),
+                    at: now,
+                };
+                unit.execute(&self.aggregates.attempts, &claim, signed_in).await.map_err(infra)?;
             }
             let open = CreditCommand::Open {
                 user_id: user_id.clone(),
@@ -177,7 +187,17 @@ impl AuthService {
             Some(id) => Some(self.aggregates.users.load(id).await.map_err(infra)?.0),
             None => None,
         };
-        let Some(user) = self.guarded_check(&claim, user, input.password, client).await? else {
+        let personal = SessionPersonal {
+            device_id: input.device_id,
+            device_name: input.device_name,
+            ..client.personal()
+        };
+        let guarded = Guarded {
+            stream: &claim,
+            policy: AttemptPolicy::login(self.settings.lockout),
+            personal: personal.clone(),
+        };
+        let Some(user) = self.guarded_check(guarded, user, input.password, client).await? else {
             return Err(AuthError::InvalidCredentials);
         };
         if self.settings.require_verified_email && !user.email_verified {
@@ -188,11 +208,6 @@ impl AuthService {
         let session_id = uuid_at(now);
         let refresh = RefreshToken::generate(session_id);
         let session_id = session_id.to_string();
-        let personal = SessionPersonal {
-            device_id: input.device_id,
-            device_name: input.device_name,
-            ..client.personal()
-        };
         let start = SessionCommand::Start {
             session_id: session_id.clone(),
             user_id: user_id.clone(),

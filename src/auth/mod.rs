@@ -61,6 +61,10 @@ pub enum AuthError {
     InvalidVerificationToken,
     #[error("the current password is wrong")]
     InvalidCurrentPassword,
+    /// Refused without a password check: another attempt is in flight, the delay after a
+    /// failed check has not passed, or the client's class is locked.
+    #[error("too many attempts; retry after {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
     #[error("a concurrent change could not be resolved")]
     Conflict,
     #[error(transparent)]
@@ -159,6 +163,8 @@ pub struct AuthSettings {
     pub daily_timezone: chrono_tz::Tz,
     pub read_your_writes: Duration,
     pub lockout: LockoutPolicy,
+    /// How long an attempt waits for another one in flight on its address and class.
+    pub login_queue_wait: Duration,
     pub require_verified_email: bool,
     /// Links in e-mails point here unless an allowed `redirectTo` is given.
     pub frontend_url: String,
@@ -202,6 +208,8 @@ pub struct AuthService {
     revocations: Arc<Revocations>,
     successor_key: [u8; 32],
     settings: AuthSettings,
+    /// Local attempts on one address and client class take turns here.
+    turns: guard::TurnQueue,
 }
 
 impl AuthService {
@@ -218,7 +226,18 @@ impl AuthService {
         successor_key: [u8; 32],
         settings: AuthSettings,
     ) -> Self {
-        Self { store, projector, clock, aggregates, passwords, tokens, revocations, successor_key, settings }
+        Self {
+            store,
+            projector,
+            clock,
+            aggregates,
+            passwords,
+            tokens,
+            revocations,
+            successor_key,
+            settings,
+            turns: guard::TurnQueue::default(),
+        }
     }
 
     /// The token service (JWKS, issuing).

@@ -3,10 +3,11 @@
 use cqrs_es::AggregateError;
 use uuid::Uuid;
 
+use super::guard::Guarded;
 use super::input::{Email, Password};
 use super::{AuthError, AuthService, ClientInfo, infra, uuid_at};
 use crate::commands::email_claim::claim_id;
-use crate::commands::login_attempts::LoginAttemptCommand;
+use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
 use crate::commands::user::{UserCommand, UserError};
 use crate::commands::{UnitOfWork, commit_error, with_retries};
 use crate::events::{LogCursor, OutgoingMail};
@@ -31,8 +32,15 @@ impl AuthService {
         if !user.exists() {
             return Err(AuthError::NotFound);
         }
-        let claim = claim_id(user.email());
-        if self.guarded_check(&claim, Some(user), current, client).await?.is_none() {
+        // Judged on the session alone: a lock that others caused on the address does not
+        // block the signed-in owner.
+        let stream = format!("session:{}", claims.sid);
+        let guarded = Guarded {
+            stream: &stream,
+            policy: AttemptPolicy::change_password(),
+            personal: client.personal(),
+        };
+        if self.guarded_check(guarded, Some(user), current, client).await?.is_none() {
             return Err(AuthError::InvalidCurrentPassword);
         }
         let password_hash = self.passwords.hash(new.into_inner()).await?;
@@ -102,17 +110,29 @@ impl AuthService {
             return Err(AuthError::InvalidResetToken);
         }
         let password_hash = self.passwords.hash(new.into_inner()).await?;
-        let command = UserCommand::ResetPassword { token: token.hash(), password_hash, at: now };
-        let committed =
-            match self.aggregates.users.execute(&user_id, command, &client.context(&user_id, now)).await {
-                Ok(committed) => committed,
-                Err(AggregateError::UserError(UserError::InvalidResetToken | UserError::NotFound)) => {
-                    return Err(AuthError::InvalidResetToken);
-                }
-                Err(other) => return Err(infra(other)),
+        let claim = claim_id(user.email());
+        let ctx = client.context(&user_id, now);
+        // The reset and the unlock of the address (every client class) are one append.
+        let cursor = with_retries(self.store.metrics(), "password-reset", || async {
+            let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
+            let command = UserCommand::ResetPassword {
+                token: token.hash(),
+                password_hash: password_hash.clone(),
+                at: now,
             };
+            unit.execute(&self.aggregates.users, &user_id, command).await.map_err(|e| match e {
+                AggregateError::UserError(UserError::InvalidResetToken | UserError::NotFound) => {
+                    AuthError::InvalidResetToken
+                }
+                other => infra(other),
+            })?;
+            let unlock = LoginAttemptCommand::Unlock { user_id: Some(user_id.clone()), at: now };
+            unit.execute(&self.aggregates.attempts, &claim, unlock).await.map_err(infra)?;
+            unit.commit().await.map_err(|e| infra(commit_error::<UserError>(e)))
+        })
+        .await?;
         self.revocations.revoke_user_sessions(&user_id, now, None);
-        self.settle(committed.cursor).await;
+        self.settle(cursor).await;
         Ok(())
     }
 

@@ -1,25 +1,50 @@
 //! Login attempts on one e-mail address, registered or not (the id is the address's
-//! claim id): brute-force protection that holds under parallel attempts.
+//! claim id), or on one session's change-password checks (the id is
+//! `session:<session id>`): brute-force protection that holds under parallel attempts and
+//! across processes, without locking out the owner (smart lockout, after Microsoft
+//! Entra's).
 //!
-//! An attempt must begin here before the password is checked. It may begin only when
-//! the address is not locked, no other attempt on it is in flight, and the delay after
-//! the last failure has passed (1 s, 3 s, 5 s, then 10 s). Otherwise it is refused
-//! without a password check and counts as a failure; at the threshold the address is
-//! locked for the configured time. A success resets the count. Because attempts begin on
-//! one aggregate, parallel attempts are serialised: a storm of concurrent guesses gets
-//! at most one password check at a time.
+//! * Clients come in two classes. A *familiar* client signed in to the account
+//!   successfully from the same IP address or the same `deviceId` within the last 30
+//!   days; every other client is *unfamiliar*. Each class has its own failure count,
+//!   delay and lock, so a storm of wrong guesses from unfamiliar addresses delays and
+//!   locks the unfamiliar class only, and the owner on a familiar client signs in.
+//! * An attempt must begin here before the password is checked. It may begin only when
+//!   its class is not locked, no other attempt of the class is in flight, and the delay
+//!   after the class's last failed check has passed (1 s, 3 s, 5 s, then 10 s). Otherwise
+//!   it is refused without a password check, and a refusal never counts as a failure.
+//!   Only a failed check counts; at the threshold the class is locked for a while.
+//! * An attempt in flight holds its class only until its lease ends (a little longer
+//!   than the longest password check), so a process that dies mid-check blocks nobody for
+//!   long and leaves no failure behind.
+//! * Refusals are recorded (`LoginThrottled`) at most once per client and minute, so an
+//!   attacker cannot flood the owner's security events.
+//!
+//! Events written before client classes existed (`LoginAttemptStarted`, `LoginFailed`,
+//! `LoginSucceeded`, `AccountLocked`) are read as the unfamiliar class.
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 
-use crate::events::auth::{LoginAttemptEvent, LoginFailure, SessionPersonal};
+use crate::events::auth::{LoginAttemptEvent, LoginFailure, SessionPersonal, ThrottleReason};
 
-/// How long an attempt may stay in flight before it is considered abandoned.
-const IN_FLIGHT_EXPIRY: Duration = Duration::seconds(30);
+/// How long an attempt may hold its class before it is considered abandoned: a little
+/// longer than the longest password check (a full hashing queue included).
+pub const IN_FLIGHT_LEASE: Duration = Duration::seconds(5);
+/// How long an attempt written before leases existed held the address.
+const LEGACY_IN_FLIGHT: Duration = Duration::seconds(30);
+/// How long a successful sign-in makes its IP address and device familiar.
+pub const FAMILIAR_FOR: Duration = Duration::days(30);
+/// At most one `LoginThrottled` per client within this time.
+pub const THROTTLE_NOTE_EVERY: Duration = Duration::minutes(1);
+/// How many familiar IP addresses (and, apart, devices) an account remembers.
+const FAMILIAR_KEPT: usize = 32;
+/// How many clients' last throttle notes are remembered (older ones are forgotten first).
+const NOTES_KEPT: usize = 256;
 
-/// The delay after `failures` consecutive failures.
+/// The delay after `failures` consecutive failed checks.
 pub fn delay_after(failures: u32) -> Duration {
     match failures {
         0 => Duration::zero(),
@@ -38,27 +63,131 @@ pub struct LockoutPolicy {
     pub lock_for: Duration,
 }
 
-/// The attempts on one address.
+/// How a stream of attempts is guarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptPolicy {
+    /// Locks the class at a threshold; `None` never locks.
+    pub lockout: Option<LockoutPolicy>,
+    /// Failed checks that add no delay (the delay schedule applies from the next one).
+    pub free_failures: u32,
+    /// Whether clients are told apart by familiarity (a session's checks are one class).
+    pub smart: bool,
+}
+
+impl AttemptPolicy {
+    /// Logins on an address: delays from the first failure, lockout, two client classes.
+    pub fn login(lockout: LockoutPolicy) -> Self {
+        Self { lockout: Some(lockout), free_failures: 0, smart: true }
+    }
+
+    /// Change-password on one session: after 5 wrong current passwords in a row, the
+    /// login delay schedule; never locked.
+    pub fn change_password() -> Self {
+        Self { lockout: None, free_failures: 4, smart: false }
+    }
+
+    fn delay(&self, failures: u32) -> Duration {
+        if failures > self.free_failures { delay_after(failures) } else { Duration::zero() }
+    }
+}
+
+/// An attempt holding a class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub attempt_id: String,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// The failure count, delay, lock and attempt in flight of one client class.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoginAttempts {
+pub struct ClassState {
     pub consecutive_failures: u32,
     pub last_failure_at: Option<DateTime<Utc>>,
-    pub in_flight: Option<(String, DateTime<Utc>)>,
     pub locked_until: Option<DateTime<Utc>>,
+    pub in_flight: Option<InFlight>,
+}
+
+impl ClassState {
+    fn busy(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.in_flight.as_ref().map(|f| f.lease_until).filter(|until| at < *until)
+    }
+
+    fn locked(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.locked_until.filter(|until| at < *until)
+    }
+
+    /// The failure count a new failure continues: a lock that has run out starts it again.
+    fn counted_failures(&self, at: DateTime<Utc>) -> u32 {
+        if self.locked_until.is_some_and(|until| at >= until) { 0 } else { self.consecutive_failures }
+    }
+
+    fn delayed(&self, policy: AttemptPolicy, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let failures = self.counted_failures(at);
+        self.last_failure_at.map(|t| t + policy.delay(failures)).filter(|until| at < *until)
+    }
+
+    fn release(&mut self, attempt_id: &str) {
+        if self.in_flight.as_ref().is_some_and(|f| f.attempt_id == attempt_id) {
+            self.in_flight = None;
+        }
+    }
+
+    fn reset_failures(&mut self) {
+        self.consecutive_failures = 0;
+        self.last_failure_at = None;
+        self.locked_until = None;
+    }
+}
+
+/// The attempts on one address (or one session's change-password checks).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoginAttempts {
+    pub familiar: ClassState,
+    pub unfamiliar: ClassState,
+    /// IP addresses that signed in successfully, with the last time (newest last).
+    pub known_ips: Vec<(String, DateTime<Utc>)>,
+    /// Device ids that signed in successfully, with the last time (newest last).
+    pub known_devices: Vec<(String, DateTime<Utc>)>,
+    /// The last recorded refusal of each recent client.
+    pub throttle_notes: Vec<(String, DateTime<Utc>)>,
+}
+
+/// Whether an attempt may check the password now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// This attempt holds its class: check the password, then finish.
+    Started,
+    /// Another attempt of the class is in flight until `until` (wait and ask again).
+    Busy { until: DateTime<Utc> },
+    /// Refused without a check until `until`.
+    Refused { reason: ThrottleReason, until: DateTime<Utc> },
+}
+
+impl Admission {
+    /// Whole seconds until the refusal ends, at least 1 (`Retry-After`).
+    pub fn retry_after_secs(until: DateTime<Utc>, at: DateTime<Utc>) -> u64 {
+        let millis = (until - at).num_milliseconds().max(0);
+        u64::try_from((millis + 999) / 1000).unwrap_or(1).max(1)
+    }
 }
 
 #[derive(Clone, Debug)]
 pub enum LoginAttemptCommand {
-    /// Asks to check a password now.
+    /// Asks to check a password now. A refusal is recorded (coalesced) unless `may_wait`
+    /// says the caller will wait for an attempt in flight and ask again.
     Begin {
         attempt_id: String,
         user_id: Option<String>,
         personal: SessionPersonal,
-        policy: LockoutPolicy,
+        policy: AttemptPolicy,
+        may_wait: bool,
         at: DateTime<Utc>,
     },
     /// Records a password-reset request for an address without an account.
     RecordUnknownReset { personal: SessionPersonal, at: DateTime<Utc> },
+    /// Records a sign-in that needed no check here (registration): the client becomes
+    /// familiar.
+    RecordSignIn { attempt_id: String, user_id: String, personal: SessionPersonal, at: DateTime<Utc> },
     /// Reports the check's outcome: `Some(Ok(user))`, `Some(Err(failure))`, or `None`
     /// when the attempt ended without a verdict.
     Finish {
@@ -66,94 +195,210 @@ pub enum LoginAttemptCommand {
         outcome: Option<Result<String, LoginFailure>>,
         user_id: Option<String>,
         personal: SessionPersonal,
-        policy: LockoutPolicy,
+        policy: AttemptPolicy,
         at: DateTime<Utc>,
     },
+    /// Unlocks every class and clears the failure counts (a completed password reset).
+    Unlock { user_id: Option<String>, at: DateTime<Utc> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LoginAttemptError {}
 
+/// The key a client's throttle notes are kept under.
+fn client_key(personal: &SessionPersonal) -> String {
+    match (&personal.ip_address, &personal.device_id) {
+        (Some(ip), _) => format!("ip:{ip}"),
+        (None, Some(device)) => format!("device:{device}"),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+fn remember(list: &mut Vec<(String, DateTime<Utc>)>, key: &str, at: DateTime<Utc>, kept: usize) {
+    list.retain(|(k, _)| k != key);
+    list.push((key.to_owned(), at));
+    if list.len() > kept {
+        let excess = list.len() - kept;
+        list.drain(..excess);
+    }
+}
+
 impl LoginAttempts {
-    /// Whether the events of a `Begin` allow the password check.
-    pub fn began(events: &[LoginAttemptEvent]) -> bool {
-        events.iter().any(|e| matches!(e, LoginAttemptEvent::LoginAttemptStarted { .. }))
+    /// Whether `personal`'s IP address or device signed in to the account within 30 days.
+    pub fn is_familiar(&self, personal: &SessionPersonal, policy: AttemptPolicy, at: DateTime<Utc>) -> bool {
+        if !policy.smart {
+            return true;
+        }
+        let recent = |list: &[(String, DateTime<Utc>)], key: &Option<String>| {
+            key.as_ref().is_some_and(|key| list.iter().any(|(k, t)| k == key && at - *t <= FAMILIAR_FOR))
+        };
+        recent(&self.known_ips, &personal.ip_address) || recent(&self.known_devices, &personal.device_id)
     }
 
-    fn failure(
+    fn class(&self, familiar: bool) -> &ClassState {
+        if familiar { &self.familiar } else { &self.unfamiliar }
+    }
+
+    fn class_mut(&mut self, familiar: bool) -> &mut ClassState {
+        if familiar { &mut self.familiar } else { &mut self.unfamiliar }
+    }
+
+    /// Whether attempt `attempt_id` of `personal` may check now (after a `Begin`).
+    pub fn admission(
         &self,
-        reason: LoginFailure,
+        attempt_id: &str,
+        personal: &SessionPersonal,
+        policy: AttemptPolicy,
+        at: DateTime<Utc>,
+    ) -> Admission {
+        let class = self.class(self.is_familiar(personal, policy, at));
+        if class.in_flight.as_ref().is_some_and(|f| f.attempt_id == attempt_id) {
+            return Admission::Started;
+        }
+        if let Some(until) = class.locked(at) {
+            return Admission::Refused { reason: ThrottleReason::Locked, until };
+        }
+        if let Some(until) = class.busy(at) {
+            return Admission::Busy { until };
+        }
+        match class.delayed(policy, at) {
+            Some(until) => Admission::Refused { reason: ThrottleReason::Delay, until },
+            None => Admission::Started,
+        }
+    }
+
+    /// Which class attempt `attempt_id` holds, if it still holds one.
+    fn holder(&self, attempt_id: &str) -> Option<bool> {
+        let holds = |c: &ClassState| c.in_flight.as_ref().is_some_and(|f| f.attempt_id == attempt_id);
+        if holds(&self.familiar) {
+            Some(true)
+        } else if holds(&self.unfamiliar) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn begin(
+        &self,
+        attempt_id: String,
         user_id: Option<String>,
         personal: SessionPersonal,
-        policy: LockoutPolicy,
+        policy: AttemptPolicy,
+        may_wait: bool,
         at: DateTime<Utc>,
     ) -> Vec<LoginAttemptEvent> {
-        let failures = self.consecutive_failures + 1;
-        let mut events = vec![LoginAttemptEvent::LoginFailed {
-            reason,
-            user_id: user_id.clone(),
-            personal,
-            consecutive_failures: failures,
-            failed_at: at,
-        }];
-        let locked = self.locked_until.is_some_and(|until| at < until);
-        if failures >= policy.threshold && !locked {
-            events.push(LoginAttemptEvent::AccountLocked {
-                user_id,
-                failures,
-                locked_until: at + policy.lock_for,
-                locked_at: at,
-            });
+        let familiar = self.is_familiar(&personal, policy, at);
+        let (reason, until) = match self.admission(&attempt_id, &personal, policy, at) {
+            Admission::Started => {
+                let lease_until = at + IN_FLIGHT_LEASE;
+                return vec![LoginAttemptEvent::LoginCheckStarted {
+                    attempt_id,
+                    familiar,
+                    lease_until,
+                    started_at: at,
+                }];
+            }
+            Admission::Busy { .. } if may_wait => return Vec::new(),
+            // Attempts in flight take milliseconds; the lease is only for crashes.
+            Admission::Busy { .. } => (ThrottleReason::InFlight, at + Duration::seconds(1)),
+            Admission::Refused { reason, until } => (reason, until),
+        };
+        let key = client_key(&personal);
+        if self.throttle_notes.iter().any(|(k, t)| *k == key && at - *t < THROTTLE_NOTE_EVERY) {
+            return Vec::new();
         }
-        events
+        vec![LoginAttemptEvent::LoginThrottled {
+            reason,
+            user_id,
+            personal,
+            familiar,
+            retry_after_secs: Admission::retry_after_secs(until, at),
+            throttled_at: at,
+        }]
+    }
+
+    fn finish(
+        &self,
+        attempt_id: String,
+        outcome: Option<Result<String, LoginFailure>>,
+        user_id: Option<String>,
+        personal: SessionPersonal,
+        policy: AttemptPolicy,
+        at: DateTime<Utc>,
+    ) -> Vec<LoginAttemptEvent> {
+        let familiar = self.holder(&attempt_id).unwrap_or_else(|| self.is_familiar(&personal, policy, at));
+        match outcome {
+            None => vec![LoginAttemptEvent::LoginAttemptAbandoned { attempt_id, abandoned_at: at }],
+            Some(Ok(user_id)) => vec![LoginAttemptEvent::LoginCheckSucceeded {
+                attempt_id,
+                user_id,
+                personal,
+                familiar,
+                succeeded_at: at,
+            }],
+            Some(Err(reason)) => {
+                let class = self.class(familiar);
+                let failures = class.counted_failures(at) + 1;
+                let lock = policy.lockout.filter(|l| failures >= l.threshold && class.locked(at).is_none());
+                let mut events = vec![LoginAttemptEvent::LoginCheckFailed {
+                    attempt_id,
+                    reason,
+                    user_id: user_id.clone(),
+                    personal: personal.clone(),
+                    familiar,
+                    consecutive_failures: failures,
+                    failed_at: at,
+                }];
+                if let Some(lock) = lock {
+                    events.push(LoginAttemptEvent::LoginLocked {
+                        user_id,
+                        personal,
+                        familiar,
+                        failures,
+                        locked_until: at + lock.lock_for,
+                        locked_at: at,
+                    });
+                }
+                events
+            }
+        }
     }
 
     fn decide(&self, command: LoginAttemptCommand) -> Vec<LoginAttemptEvent> {
         match command {
-            LoginAttemptCommand::Begin { attempt_id, user_id, personal, policy, at } => {
-                let mut events = Vec::new();
-                let mut state = self.clone();
-                if let Some(until) = self.locked_until {
-                    if at < until {
-                        return vec![LoginAttemptEvent::LoginFailed {
-                            reason: LoginFailure::Locked,
-                            user_id,
-                            personal,
-                            consecutive_failures: self.consecutive_failures,
-                            failed_at: at,
-                        }];
-                    }
-                    let unlocked =
-                        LoginAttemptEvent::AccountUnlocked { user_id: user_id.clone(), unlocked_at: at };
-                    state.apply(unlocked.clone());
-                    events.push(unlocked);
-                }
-                let busy =
-                    state.in_flight.as_ref().is_some_and(|(_, started)| at - *started < IN_FLIGHT_EXPIRY);
-                let waiting =
-                    state.last_failure_at.is_some_and(|t| at < t + delay_after(state.consecutive_failures));
-                if busy || waiting {
-                    events.extend(state.failure(LoginFailure::Throttled, user_id, personal, policy, at));
-                } else {
-                    events.push(LoginAttemptEvent::LoginAttemptStarted { attempt_id, started_at: at });
-                }
-                events
+            LoginAttemptCommand::Begin { attempt_id, user_id, personal, policy, may_wait, at } => {
+                self.begin(attempt_id, user_id, personal, policy, may_wait, at)
             }
             LoginAttemptCommand::RecordUnknownReset { personal, at } => {
                 vec![LoginAttemptEvent::ResetRequestedForUnknownAddress { personal, requested_at: at }]
             }
+            LoginAttemptCommand::RecordSignIn { attempt_id, user_id, personal, at } => {
+                let familiar = self.is_familiar(&personal, AttemptPolicy::login(NO_LOCKOUT), at);
+                vec![LoginAttemptEvent::LoginCheckSucceeded {
+                    attempt_id,
+                    user_id,
+                    personal,
+                    familiar,
+                    succeeded_at: at,
+                }]
+            }
             LoginAttemptCommand::Finish { attempt_id, outcome, user_id, personal, policy, at } => {
-                match outcome {
-                    Some(Ok(user_id)) => {
-                        vec![LoginAttemptEvent::LoginSucceeded { attempt_id, user_id, succeeded_at: at }]
-                    }
-                    Some(Err(reason)) => self.failure(reason, user_id, personal, policy, at),
-                    None => vec![LoginAttemptEvent::LoginAttemptAbandoned { attempt_id, abandoned_at: at }],
+                self.finish(attempt_id, outcome, user_id, personal, policy, at)
+            }
+            LoginAttemptCommand::Unlock { user_id, at } => {
+                let clear = |c: &ClassState| c.consecutive_failures == 0 && c.locked_until.is_none();
+                if clear(&self.familiar) && clear(&self.unfamiliar) {
+                    return Vec::new();
                 }
+                vec![LoginAttemptEvent::AccountUnlocked { user_id, unlocked_at: at }]
             }
         }
     }
 }
+
+/// Familiarity does not depend on the lockout settings.
+const NO_LOCKOUT: LockoutPolicy = LockoutPolicy { threshold: u32::MAX, lock_for: Duration::zero() };
 
 impl Aggregate for LoginAttempts {
     const TYPE: &'static str = "login_attempts";
@@ -176,119 +421,77 @@ impl Aggregate for LoginAttempts {
 
     fn apply(&mut self, event: LoginAttemptEvent) {
         match event {
+            LoginAttemptEvent::LoginCheckStarted { attempt_id, familiar, lease_until, .. } => {
+                self.class_mut(familiar).in_flight = Some(InFlight { attempt_id, lease_until });
+            }
+            LoginAttemptEvent::LoginCheckFailed {
+                attempt_id,
+                familiar,
+                consecutive_failures,
+                failed_at,
+                ..
+            } => {
+                let class = self.class_mut(familiar);
+                class.release(&attempt_id);
+                class.consecutive_failures = consecutive_failures;
+                class.last_failure_at = Some(failed_at);
+                if class.locked_until.is_some_and(|until| failed_at >= until) {
+                    class.locked_until = None;
+                }
+            }
+            LoginAttemptEvent::LoginCheckSucceeded {
+                attempt_id, personal, familiar, succeeded_at, ..
+            } => {
+                let class = self.class_mut(familiar);
+                class.release(&attempt_id);
+                class.reset_failures();
+                if let Some(ip) = &personal.ip_address {
+                    remember(&mut self.known_ips, ip, succeeded_at, FAMILIAR_KEPT);
+                }
+                if let Some(device) = &personal.device_id {
+                    remember(&mut self.known_devices, device, succeeded_at, FAMILIAR_KEPT);
+                }
+            }
+            LoginAttemptEvent::LoginThrottled { personal, throttled_at, .. } => {
+                self.throttle_notes.retain(|(_, t)| throttled_at - *t < THROTTLE_NOTE_EVERY);
+                remember(&mut self.throttle_notes, &client_key(&personal), throttled_at, NOTES_KEPT);
+            }
+            LoginAttemptEvent::LoginLocked { familiar, locked_until, .. } => {
+                self.class_mut(familiar).locked_until = Some(locked_until);
+            }
+            LoginAttemptEvent::LoginAttemptAbandoned { attempt_id, .. } => {
+                self.familiar.release(&attempt_id);
+                self.unfamiliar.release(&attempt_id);
+            }
+            LoginAttemptEvent::AccountUnlocked { .. } => {
+                self.familiar.reset_failures();
+                self.unfamiliar.reset_failures();
+            }
+            LoginAttemptEvent::ResetRequestedForUnknownAddress { .. } => {}
+            // Written before client classes: the unfamiliar class, as those events meant.
             LoginAttemptEvent::LoginAttemptStarted { attempt_id, started_at } => {
-                self.in_flight = Some((attempt_id, started_at));
+                let lease_until = started_at + LEGACY_IN_FLIGHT;
+                self.unfamiliar.in_flight = Some(InFlight { attempt_id, lease_until });
             }
             LoginAttemptEvent::LoginFailed { reason, consecutive_failures, failed_at, .. } => {
                 if reason != LoginFailure::Locked {
-                    self.consecutive_failures = consecutive_failures;
-                    self.last_failure_at = Some(failed_at);
+                    self.unfamiliar.consecutive_failures = consecutive_failures;
+                    self.unfamiliar.last_failure_at = Some(failed_at);
                 }
                 if !matches!(reason, LoginFailure::Throttled | LoginFailure::Locked) {
-                    self.in_flight = None;
-                }
-            }
-            LoginAttemptEvent::LoginAttemptAbandoned { attempt_id, .. } => {
-                if self.in_flight.as_ref().is_some_and(|(id, _)| *id == attempt_id) {
-                    self.in_flight = None;
+                    self.unfamiliar.in_flight = None;
                 }
             }
             LoginAttemptEvent::LoginSucceeded { .. } => {
-                self.consecutive_failures = 0;
-                self.last_failure_at = None;
-                self.in_flight = None;
+                self.unfamiliar.reset_failures();
+                self.unfamiliar.in_flight = None;
             }
-            LoginAttemptEvent::AccountLocked { locked_until, .. } => self.locked_until = Some(locked_until),
-            LoginAttemptEvent::ResetRequestedForUnknownAddress { .. } => {}
-            LoginAttemptEvent::AccountUnlocked { .. } => {
-                self.locked_until = None;
-                self.consecutive_failures = 0;
-                self.last_failure_at = None;
+            LoginAttemptEvent::AccountLocked { locked_until, .. } => {
+                self.unfamiliar.locked_until = Some(locked_until);
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: LockoutPolicy = LockoutPolicy { threshold: 5, lock_for: Duration::minutes(15) };
-
-    fn run(state: &mut LoginAttempts, command: LoginAttemptCommand) -> Vec<LoginAttemptEvent> {
-        let events = state.decide(command);
-        for event in events.clone() {
-            state.apply(event);
-        }
-        events
-    }
-
-    fn begin(id: &str, at: DateTime<Utc>) -> LoginAttemptCommand {
-        LoginAttemptCommand::Begin {
-            attempt_id: id.into(),
-            user_id: None,
-            personal: SessionPersonal::default(),
-            policy: POLICY,
-            at,
-        }
-    }
-
-    fn fail(id: &str, at: DateTime<Utc>) -> LoginAttemptCommand {
-        LoginAttemptCommand::Finish {
-            attempt_id: id.into(),
-            outcome: Some(Err(LoginFailure::BadPassword)),
-            user_id: None,
-            personal: SessionPersonal::default(),
-            policy: POLICY,
-            at,
-        }
-    }
-
-    #[test]
-    fn only_one_attempt_at_a_time_and_parallel_ones_count_as_failures() {
-        let t = Utc::now();
-        let mut state = LoginAttempts::default();
-        assert!(LoginAttempts::began(&run(&mut state, begin("a", t))));
-        for i in 0..4 {
-            assert!(!LoginAttempts::began(&run(&mut state, begin(&format!("p{i}"), t))), "in flight");
-        }
-        assert_eq!(state.consecutive_failures, 4);
-        let events = run(&mut state, fail("a", t));
-        assert!(events.iter().any(|e| matches!(e, LoginAttemptEvent::AccountLocked { .. })), "{events:?}");
-        assert!(!LoginAttempts::began(&run(&mut state, begin("b", t + Duration::minutes(14)))), "locked");
-        let after = run(&mut state, begin("c", t + Duration::minutes(16)));
-        assert!(
-            matches!(after[0], LoginAttemptEvent::AccountUnlocked { .. }) && LoginAttempts::began(&after)
-        );
-    }
-
-    #[test]
-    fn failures_add_a_growing_delay_and_a_success_resets_it() {
-        let t = Utc::now();
-        let mut state = LoginAttempts::default();
-        run(&mut state, begin("a", t));
-        run(&mut state, fail("a", t));
-        assert!(
-            !LoginAttempts::began(&run(&mut state, begin("b", t + Duration::milliseconds(500)))),
-            "within 1 s"
-        );
-        // That refusal was the second failure: the delay is now 3 s from it.
-        let t2 = t + Duration::milliseconds(500);
-        assert!(!LoginAttempts::began(&run(&mut state, begin("c", t2 + Duration::seconds(2)))));
-        let t3 = t2 + Duration::seconds(2);
-        assert!(LoginAttempts::began(&run(&mut state, begin("d", t3 + Duration::seconds(6)))));
-        run(
-            &mut state,
-            LoginAttemptCommand::Finish {
-                attempt_id: "d".into(),
-                outcome: Some(Ok("u".into())),
-                user_id: Some("u".into()),
-                personal: SessionPersonal::default(),
-                policy: POLICY,
-                at: t3 + Duration::seconds(6),
-            },
-        );
-        assert_eq!(state.consecutive_failures, 0);
-        assert!(LoginAttempts::began(&run(&mut state, begin("e", t3 + Duration::seconds(6)))));
-    }
-}
+mod tests;

@@ -251,15 +251,31 @@ pub enum LoginFailure {
     Locked,
 }
 
+/// Why an attempt was refused without a password check (`LoginThrottled`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleReason {
+    /// Another attempt of the same client class was still being checked.
+    InFlight,
+    /// Too soon after a failed check of the same client class.
+    Delay,
+    /// The address is locked for the client's class.
+    Locked,
+}
+
 /// Events of the login attempts on one e-mail address, registered or not (the aggregate
-/// id is the same hash as the e-mail claim's).
+/// id is the same hash as the e-mail claim's), or on one session's change-password checks
+/// (the id is `session:<session id>`).
+///
+/// The first five variants (`LoginAttemptStarted` .. `AccountLocked`) were written before
+/// client classes existed: they keep their shape and are read as the *unfamiliar* class.
+/// New attempts write the `LoginCheck*`, `LoginThrottled` and `LoginLocked` variants,
+/// which say the class (`familiar`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LoginAttemptEvent {
     /// An attempt may check the password (the only one in flight for the address).
-    LoginAttemptStarted {
-        attempt_id: String,
-        started_at: DateTime<Utc>,
-    },
+    /// Written before client classes; read as the unfamiliar class.
+    LoginAttemptStarted { attempt_id: String, started_at: DateTime<Utc> },
     LoginFailed {
         reason: LoginFailure,
         user_id: Option<String>,
@@ -269,30 +285,68 @@ pub enum LoginAttemptEvent {
         failed_at: DateTime<Utc>,
     },
     /// The attempt ended without a verdict (the hashing queue was full, the client left).
-    LoginAttemptAbandoned {
-        attempt_id: String,
-        abandoned_at: DateTime<Utc>,
-    },
+    LoginAttemptAbandoned { attempt_id: String, abandoned_at: DateTime<Utc> },
     /// The password was right: the failure count starts again.
-    LoginSucceeded {
-        attempt_id: String,
-        user_id: String,
-        succeeded_at: DateTime<Utc>,
-    },
+    LoginSucceeded { attempt_id: String, user_id: String, succeeded_at: DateTime<Utc> },
     AccountLocked {
         user_id: Option<String>,
         failures: u32,
         locked_until: DateTime<Utc>,
         locked_at: DateTime<Utc>,
     },
-    AccountUnlocked {
-        user_id: Option<String>,
-        unlocked_at: DateTime<Utc>,
-    },
+    /// Every client class is unlocked and its failure count cleared (written when a
+    /// password reset completes; before client classes, also when a lock expired).
+    AccountUnlocked { user_id: Option<String>, unlocked_at: DateTime<Utc> },
     /// A password reset was asked for an address without an account (nothing is sent).
-    ResetRequestedForUnknownAddress {
+    ResetRequestedForUnknownAddress { personal: SessionPersonal, requested_at: DateTime<Utc> },
+    /// An attempt may check the password: the only one in flight for its client class.
+    /// If its process dies, the attempt stops holding the class at `lease_until`.
+    LoginCheckStarted {
+        attempt_id: String,
+        /// The client signed in to this account from the same IP or device within 30 days.
+        familiar: bool,
+        lease_until: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+    },
+    /// A password check failed (wrong password, unknown address, disabled account).
+    LoginCheckFailed {
+        attempt_id: String,
+        reason: LoginFailure,
+        user_id: Option<String>,
         personal: SessionPersonal,
-        requested_at: DateTime<Utc>,
+        familiar: bool,
+        /// Consecutive failed checks of this client class, including this one.
+        consecutive_failures: u32,
+        failed_at: DateTime<Utc>,
+    },
+    /// A password check succeeded: the client (its IP and device, personal data) is
+    /// familiar to the account for 30 days, and its class's failure count starts again.
+    LoginCheckSucceeded {
+        attempt_id: String,
+        user_id: String,
+        personal: SessionPersonal,
+        familiar: bool,
+        succeeded_at: DateTime<Utc>,
+    },
+    /// Attempts were refused without a password check; recorded at most once per client
+    /// and minute (later refusals within the minute are not recorded).
+    LoginThrottled {
+        reason: ThrottleReason,
+        user_id: Option<String>,
+        personal: SessionPersonal,
+        familiar: bool,
+        retry_after_secs: u64,
+        throttled_at: DateTime<Utc>,
+    },
+    /// Too many failed checks: the client class may not check passwords until
+    /// `locked_until` (the other class is not affected).
+    LoginLocked {
+        user_id: Option<String>,
+        personal: SessionPersonal,
+        familiar: bool,
+        failures: u32,
+        locked_until: DateTime<Utc>,
+        locked_at: DateTime<Utc>,
     },
 }
 
@@ -306,6 +360,11 @@ impl DomainEvent for LoginAttemptEvent {
             Self::AccountLocked { .. } => "AccountLocked",
             Self::AccountUnlocked { .. } => "AccountUnlocked",
             Self::ResetRequestedForUnknownAddress { .. } => "ResetRequestedForUnknownAddress",
+            Self::LoginCheckStarted { .. } => "LoginCheckStarted",
+            Self::LoginCheckFailed { .. } => "LoginCheckFailed",
+            Self::LoginCheckSucceeded { .. } => "LoginCheckSucceeded",
+            Self::LoginThrottled { .. } => "LoginThrottled",
+            Self::LoginLocked { .. } => "LoginLocked",
         }
         .to_owned()
     }

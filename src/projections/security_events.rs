@@ -37,6 +37,7 @@ pub mod kinds {
     pub const EMAIL_VERIFIED: &str = "email_verified";
     pub const ACCOUNT_LOCKED: &str = "account_locked";
     pub const ACCOUNT_UNLOCKED: &str = "account_unlocked";
+    pub const LOGIN_THROTTLED: &str = "login_throttled";
 }
 
 /// See the module documentation.
@@ -146,35 +147,87 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
                 row(kind, Some(user_id), id, None, json!({"reason": reason.as_str()}))
             }
         },
-        "login_attempts" => match event.decode::<LoginAttemptEvent>()? {
-            LoginAttemptEvent::LoginFailed { reason, user_id, personal, consecutive_failures, .. } => row(
-                kinds::LOGIN_FAILURE,
-                user_id,
-                None,
-                Some(&personal),
-                json!({"reason": reason, "consecutiveFailures": consecutive_failures}),
-            ),
-            LoginAttemptEvent::AccountLocked { user_id, failures, locked_until, .. } => row(
-                kinds::ACCOUNT_LOCKED,
-                user_id,
-                None,
-                None,
-                json!({"failures": failures, "lockedUntil": locked_until}),
-            ),
-            LoginAttemptEvent::AccountUnlocked { user_id, .. } => {
-                row(kinds::ACCOUNT_UNLOCKED, user_id, None, None, json!({}))
+        "login_attempts" => {
+            // Change-password checks run on a stream of their own per session.
+            let session = event.aggregate_id.strip_prefix("session:").map(str::to_owned);
+            let context = if session.is_some() { "change_password" } else { "login" };
+            match event.decode::<LoginAttemptEvent>()? {
+                LoginAttemptEvent::LoginCheckFailed {
+                    reason,
+                    user_id,
+                    personal,
+                    familiar,
+                    consecutive_failures,
+                    ..
+                } => row(
+                    kinds::LOGIN_FAILURE,
+                    user_id,
+                    session,
+                    Some(&personal),
+                    json!({"reason": reason, "consecutiveFailures": consecutive_failures, "familiar": familiar,
+                       "context": context}),
+                ),
+                LoginAttemptEvent::LoginThrottled {
+                    reason,
+                    user_id,
+                    personal,
+                    familiar,
+                    retry_after_secs,
+                    ..
+                } => row(
+                    kinds::LOGIN_THROTTLED,
+                    user_id,
+                    session,
+                    Some(&personal),
+                    json!({"reason": reason, "familiar": familiar, "retryAfter": retry_after_secs, "context": context}),
+                ),
+                LoginAttemptEvent::LoginLocked {
+                    user_id,
+                    personal,
+                    familiar,
+                    failures,
+                    locked_until,
+                    ..
+                } => row(
+                    kinds::ACCOUNT_LOCKED,
+                    user_id,
+                    session,
+                    Some(&personal),
+                    json!({"failures": failures, "lockedUntil": locked_until, "familiar": familiar}),
+                ),
+                LoginAttemptEvent::LoginFailed {
+                    reason, user_id, personal, consecutive_failures, ..
+                } => row(
+                    kinds::LOGIN_FAILURE,
+                    user_id,
+                    None,
+                    Some(&personal),
+                    json!({"reason": reason, "consecutiveFailures": consecutive_failures}),
+                ),
+                LoginAttemptEvent::AccountLocked { user_id, failures, locked_until, .. } => row(
+                    kinds::ACCOUNT_LOCKED,
+                    user_id,
+                    None,
+                    None,
+                    json!({"failures": failures, "lockedUntil": locked_until}),
+                ),
+                LoginAttemptEvent::AccountUnlocked { user_id, .. } => {
+                    row(kinds::ACCOUNT_UNLOCKED, user_id, None, None, json!({}))
+                }
+                LoginAttemptEvent::ResetRequestedForUnknownAddress { personal, .. } => row(
+                    kinds::PASSWORD_RESET_REQUESTED,
+                    None,
+                    None,
+                    Some(&personal),
+                    json!({"knownAddress": false}),
+                ),
+                LoginAttemptEvent::LoginAttemptStarted { .. }
+                | LoginAttemptEvent::LoginSucceeded { .. }
+                | LoginAttemptEvent::LoginAttemptAbandoned { .. }
+                | LoginAttemptEvent::LoginCheckStarted { .. }
+                | LoginAttemptEvent::LoginCheckSucceeded { .. } => return Ok(None),
             }
-            LoginAttemptEvent::ResetRequestedForUnknownAddress { personal, .. } => row(
-                kinds::PASSWORD_RESET_REQUESTED,
-                None,
-                None,
-                Some(&personal),
-                json!({"knownAddress": false}),
-            ),
-            LoginAttemptEvent::LoginAttemptStarted { .. }
-            | LoginAttemptEvent::LoginSucceeded { .. }
-            | LoginAttemptEvent::LoginAttemptAbandoned { .. } => return Ok(None),
-        },
+        }
         "security_notice" => {
             let SecurityNoticeEvent::RateLimitExceeded { rule, user_id, personal, .. } = event.decode()?;
             row(kinds::RATE_LIMITED, user_id, None, Some(&personal), json!({"rule": rule}))
