@@ -270,6 +270,12 @@ impl ServerProcess {
         }
     }
 
+    /// Kills the process at once (SIGKILL: no shutdown, no cleanup) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Everything the process logged so far.
     pub fn log_text(&self) -> String {
         self.logs.lock().expect("logs").join("\n")
