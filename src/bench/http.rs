@@ -60,6 +60,10 @@ pub enum HttpScenario {
     SpendDistinct,
     /// `GET /credits/balance`, each worker on its own account.
     Balance,
+    /// Attackers on `--concurrency` loopback source addresses storm one account with wrong
+    /// passwords while its owner signs in from a familiar address every 500 ms (run the
+    /// server with rate limits off or raised).
+    LoginStorm,
 }
 
 /// The routes the scenarios use, below the base URL.
@@ -190,6 +194,14 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        HttpScenario::LoginStorm => {
+            // Registered from this machine's default address, which the owner keeps using:
+            // the owner's client is familiar to the account, the attackers' are not.
+            let owner = register_users(&server, &routes, 1).await?;
+            let owner = owner.first().context("setup registered no user")?;
+            let body = credentials(&owner.email, false)?;
+            super::storm::run(&server, &routes.login, body, &owner.email, n, window()).await
+        }
         HttpScenario::Mixed => {
             let logins = args.login_concurrency;
             let mut users = register_users(&server, &routes, 1 + logins).await?;
@@ -253,8 +265,8 @@ impl Worker for Register {
 /// Logs in one setup user, again and again.
 ///
 /// Each worker signs in its own user: the service checks at most one password at a time
-/// per address and counts a concurrent attempt as a failure (brute-force protection), so
-/// workers sharing an address would measure the lockout, not the login path.
+/// per address and client class (brute-force protection), so workers sharing an address
+/// would measure that queue, not the login path.
 struct Login {
     uri: Uri,
     body: Bytes,

@@ -8,7 +8,7 @@
 //! request. Only `http://` base URLs are supported.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use hyper::client::conn::http1;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
@@ -97,12 +97,25 @@ pub struct Connection {
     server: Arc<Server>,
     live: Option<Live>,
     deadline: std::pin::Pin<Box<Sleep>>,
+    /// The local address to connect from (a loopback alias such as `127.0.9.1`).
+    source: Option<IpAddr>,
 }
 
 impl Connection {
     /// A connection (not yet opened) whose requests fail once `deadline` has passed.
     pub fn new(server: Arc<Server>, deadline: Instant) -> Self {
-        Self { server, live: None, deadline: Box::pin(tokio::time::sleep_until(deadline.into())) }
+        Self {
+            server,
+            live: None,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            source: None,
+        }
+    }
+
+    /// The same connection, opened from `source` (the server sees that client address).
+    pub fn with_source(mut self, source: IpAddr) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Moves the deadline (for setup requests, which each get their own).
@@ -197,8 +210,15 @@ impl Connection {
     }
 
     async fn connect(&mut self) -> anyhow::Result<Live> {
+        let (server, source) = (self.server.addr, self.source);
+        let connect = async move {
+            let Some(source) = source else { return TcpStream::connect(server).await };
+            let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(server).await
+        };
         let stream = tokio::select! {
-            stream = TcpStream::connect(self.server.addr) => stream,
+            stream = connect => stream,
             () = self.deadline.as_mut() => bail!("connect still pending at the deadline"),
         };
         let stream = match stream {
@@ -284,6 +304,21 @@ impl Window {
     pub fn starting_now(warmup: Duration, measured: Duration) -> Self {
         let measure_from = Instant::now() + warmup;
         Self { measure_from, end: measure_from + measured, measured }
+    }
+
+    /// When the measured window starts.
+    pub fn measure_from(&self) -> Instant {
+        self.measure_from
+    }
+
+    /// When the run ends.
+    pub fn end(&self) -> Instant {
+        self.end
+    }
+
+    /// The measured window's length.
+    pub fn measured(&self) -> Duration {
+        self.measured
     }
 }
 

@@ -10,6 +10,7 @@ mod http;
 mod http_client;
 pub mod mix;
 mod stats;
+mod storm;
 
 use clap::{Args, Subcommand};
 
