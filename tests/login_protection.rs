@@ -236,7 +236,13 @@ async fn the_owners_own_wrong_guesses_on_a_familiar_client_are_delayed_and_locke
 
 #[tokio::test]
 async fn a_device_that_signed_in_is_familiar_from_a_new_address() {
-    let db = TestDb::new(Engine::Sqlite).await;
+    for engine in ENGINES {
+        device_familiarity(engine).await;
+    }
+}
+
+async fn device_familiarity(engine: Engine) {
+    let db = TestDb::new(engine).await;
     let clock = ManualClock::new(Utc::now());
     let (app, api) = app_at(&db, &clock).await;
     let email = unique_email("device");
