@@ -10,6 +10,8 @@ COPY Cargo.toml Cargo.lock ./
 # Build settings (the allocator's commit policy), see .cargo/config.toml.
 COPY .cargo ./.cargo
 COPY src ./src
+# The workspace's other member (the benchmarks); not built here, but its manifest is read.
+COPY bench ./bench
 # sqlx::migrate! embeds these at compile time.
 COPY migrations ./migrations
 

@@ -34,11 +34,6 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
-    /// Run one of the project's benchmarks (see docs/BENCHMARKS.md).
-    Bench {
-        #[command(subcommand)]
-        scenario: crate::bench::BenchCommand,
-    },
     /// Inspect or rebuild the projections (read models).
     Projections {
         #[command(subcommand)]
@@ -82,7 +77,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { action } => projections_command(config, action).await,
-        Command::Bench { scenario } => crate::bench::run(scenario).await,
         Command::User { action } => user_command(config, action).await,
     }
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{ENGINES, TestDb, open_store};
-use mana_core_auth::bench::mix;
 use mana_core_auth::clock::SystemClock;
 use mana_core_auth::db::Db;
 use mana_core_auth::events::auth::{
     RevokeReason, Role, SessionEvent, SessionOrigin, SessionPersonal, UserEvent,
 };
+use mana_core_auth::events::mix;
 use mana_core_auth::events::{EventStore, NewEvent};
 use mana_core_auth::exec;
 use mana_core_auth::projections::{self, Projector, ProjectorSettings};

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod credits;
+pub mod mix;
 mod postgres;
 mod repository;
 pub mod signal;

@@ -1,4 +1,5 @@
-//! A realistic event mix for the catch-up benchmark: per user, a registration (claim, user,
+//! A realistic event mix, for the catch-up benchmark (`mana-core-auth-bench catchup
+//! --realistic`) and the projection tests: per user, a registration (claim, user,
 //! verification request, first session, credit account and signup bonus), a failed login,
 //! refreshes, and spends, with consistent balances, serialized exactly as the service
 //! writes them.
@@ -109,14 +110,33 @@ pub fn user_events(n: usize, at: DateTime<Utc>) -> Vec<NewEvent> {
         };
         events.push(event("session", &session, 2 + i as i64, &refreshed, at));
     }
-    let failed = LoginAttemptEvent::LoginFailed {
+    // The registering client becomes familiar; later a wrong password from elsewhere.
+    let signed_in = LoginAttemptEvent::LoginCheckSucceeded {
+        attempt_id: session.clone(),
+        user_id: user.clone(),
+        personal: personal.clone(),
+        familiar: false,
+        succeeded_at: at,
+    };
+    events.push(event("login_attempts", &claim, 1, &signed_in, at));
+    let attempt = format!("{user}-attempt");
+    let started = LoginAttemptEvent::LoginCheckStarted {
+        attempt_id: attempt.clone(),
+        familiar: false,
+        lease_until: at + chrono::Duration::seconds(5),
+        started_at: at,
+    };
+    events.push(event("login_attempts", &claim, 2, &started, at));
+    let failed = LoginAttemptEvent::LoginCheckFailed {
+        attempt_id: attempt,
         reason: LoginFailure::BadPassword,
         user_id: Some(user.clone()),
-        personal,
+        personal: SessionPersonal { ip_address: Some("198.51.100.7".into()), ..personal },
+        familiar: false,
         consecutive_failures: 1,
         failed_at: at,
     };
-    events.push(event("login_attempts", &claim, 1, &failed, at));
+    events.push(event("login_attempts", &claim, 3, &failed, at));
     let opened = CreditEvent::CreditAccountOpened {
         user_id: user.clone(),
         granted_day: at.date_naive(),

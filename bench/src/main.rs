@@ -1,23 +1,42 @@
-//! The project's own benchmarks (`mana-core-auth bench ...`). Each scenario prints its
-//! numbers; docs/BENCHMARKS.md records them with the machine, command and date.
+//! The project's own benchmarks (`mana-core-auth-bench <scenario>`). Each scenario prints
+//! its numbers; docs/BENCHMARKS.md records them with the machine, command and date.
 //!
-//! Benchmarks run on the real path: the release binary's code, real projections, default
-//! durability. Scratch databases are created and dropped by the benchmark itself.
+//! Benchmarks run on the real path: the release build of the service's library and
+//! binary, real projections, default durability. Scratch databases are created and
+//! dropped by the benchmark itself. This crate is a workspace member beside the service:
+//! it uses the service's library, and the service knows nothing of it.
 
 mod ceilings;
 mod foundation;
 mod http;
 mod http_client;
-pub mod mix;
 mod stats;
 mod storm;
 
-use clap::{Args, Subcommand};
+use clap::Args;
+use clap::{Parser, Subcommand};
 
 pub use http::HttpScenario;
 pub use stats::Latencies;
 
-/// `mana-core-auth bench <scenario>`.
+/// The benchmark to run (`mana-core-auth-bench --help`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "mana-core-auth-bench",
+    version,
+    about = "The benchmarks of mana-core-auth (docs/BENCHMARKS.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Cli::parse().command).await
+}
+
+/// `mana-core-auth-bench <scenario>`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Appends through the command layer (one event per command, distinct aggregates),
@@ -156,7 +175,7 @@ async fn limiter(args: LimiterArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use crate::security::rate_limit::{Limit, Limits, RateLimiter, Rule};
+    use mana_core_auth::security::rate_limit::{Limit, Limits, RateLimiter, Rule};
 
     let mut limits = Limits::defaults();
     limits.rules.insert(Rule::Default, Limit { max: u32::MAX - 1, window: Duration::from_secs(60) });
@@ -166,7 +185,7 @@ async fn limiter(args: LimiterArgs) -> anyhow::Result<()> {
         Some(&args.redis_url),
         &prefix,
         Duration::from_millis(250),
-        Arc::new(crate::telemetry::Metrics::new()),
+        Arc::new(mana_core_auth::telemetry::Metrics::new()),
     )?);
     limiter.warm_up().await;
     anyhow::ensure!(limiter.mode() == "redis", "Redis at {} is not reachable", args.redis_url);

@@ -20,14 +20,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppendArgs, CatchupArgs, LagArgs, Latencies, StartupArgs, Target};
-use crate::clock::SystemClock;
-use crate::commands::{CommandBus, CommandContext};
-use crate::config::{DatabaseConfig, Secret};
-use crate::db::{Db, DbTx};
-use crate::events::{EventStore, LogSignal, NewEvent, RecordedEvent, signal};
-use crate::projections::{self, Projection, Projector, ProjectorSettings};
-use crate::telemetry::Metrics;
-use crate::{exec, insert_rows};
+use mana_core_auth::clock::SystemClock;
+use mana_core_auth::commands::{CommandBus, CommandContext};
+use mana_core_auth::config::{DatabaseConfig, Secret};
+use mana_core_auth::db::{Db, DbTx};
+use mana_core_auth::events::{EventStore, LogSignal, NewEvent, RecordedEvent, signal};
+use mana_core_auth::projections::{self, Projection, Projector, ProjectorSettings};
+use mana_core_auth::telemetry::Metrics;
+use mana_core_auth::{exec, insert_rows};
 
 /// A one-event-per-command aggregate for append benchmarks.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -346,7 +346,11 @@ async fn verify_catchup(
     let expected = [
         ("users", "users", users),
         ("sessions", "sessions", users),
-        ("credit_transactions", "credit_transactions", users * (1 + super::mix::SPENDS_PER_USER)),
+        (
+            "credit_transactions",
+            "credit_transactions",
+            users * (1 + mana_core_auth::events::mix::SPENDS_PER_USER),
+        ),
     ];
     for (projection, table, rows) in expected {
         if !names.contains(&projection) {
@@ -376,7 +380,7 @@ async fn fill_bench(scratch: &Scratch, total: usize) -> anyhow::Result<usize> {
                 event_type: "BenchBumped".to_owned(),
                 event_version: "1".to_owned(),
                 payload: serde_json::json!({"Bumped": {"bumps": (written + i) % 10 + 1}}),
-                metadata: crate::events::EventMetadata::system(Utc::now()).to_json(),
+                metadata: mana_core_auth::events::EventMetadata::system(Utc::now()).to_json(),
                 recorded_at: Utc::now(),
             })
             .collect();
@@ -392,7 +396,7 @@ async fn fill_realistic(scratch: &Scratch, total: usize) -> anyhow::Result<(usiz
     let mut user = 0;
     let mut chunk = Vec::new();
     while written < total {
-        let events = super::mix::user_events(user, Utc::now());
+        let events = mana_core_auth::events::mix::user_events(user, Utc::now());
         written += events.len();
         chunk.extend(events);
         user += 1;
@@ -456,7 +460,13 @@ pub(super) async fn lag(args: LagArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn startup(args: StartupArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
+    // The server binary is built beside this one (`cargo build --release --workspace`).
+    let exe = std::env::current_exe()?.with_file_name("mana-core-auth");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} not found: build it with `cargo build --release --workspace`",
+        exe.display()
+    );
     println!("startup: {} runs of {} on a fresh SQLite file, {}", args.runs, exe.display(), machine());
     let mut starts = Latencies::default();
     let mut rss = Vec::new();
