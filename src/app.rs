@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio_cron_scheduler::JobScheduler;
 
+use crate::auth::links::{LinkBase, RedirectOrigins};
 use crate::auth::{AuthAggregates, AuthService, AuthSettings};
 use crate::clock::{SharedClock, SystemClock};
 use crate::commands::CommandBus;
@@ -250,8 +251,10 @@ async fn build_auth(
         },
         login_queue_wait: config.login_queue_wait,
         require_verified_email: config.require_verified_email,
-        frontend_url: config.frontend_url.clone(),
-        redirect_origins: config.cors_origins.iter().chain([&config.frontend_url]).cloned().collect(),
+        frontend: LinkBase::configured(&config.frontend_url).context("FRONTEND_URL is not a URL")?,
+        redirect_origins: RedirectOrigins::new(
+            config.cors_origins.iter().chain([&config.frontend_url]).map(String::as_str),
+        ),
     };
     Ok(Arc::new(AuthService::new(
         store.clone(),

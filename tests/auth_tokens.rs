@@ -208,3 +208,56 @@ async fn concurrent_rotations_in_two_processes_publish_one_key() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_fresh_access_token_is_typed_at_jwt_and_other_types_and_claims_are_refused() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let clock = ManualClock::new(Utc::now());
+        let (app, api) = app_at(&db, &clock).await;
+        let token = api.register(&unique_email("typed")).await.text("accessToken");
+        let (header, claims) = (part(&token, 0), part(&token, 1));
+        assert_eq!(header["typ"], "at+jwt", "{engine:?}");
+        assert_eq!(api.validate(&token).await["valid"], true, "{engine:?}");
+        assert_eq!(api.get_auth("/api/v1/auth/session", &token).await.status, StatusCode::OK);
+
+        // The same claims signed again with the server's own key, one property changed.
+        let keys = app.state.auth().tokens().keys().keys();
+        let (kid, key) = keys.signing.as_ref().expect("signing key");
+        assert_eq!(header["kid"], kid.as_str());
+        let sign = |typ: Option<&str>, claims: &Value| {
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            header.kid = Some(kid.clone());
+            header.typ = typ.map(str::to_owned);
+            jsonwebtoken::encode(&header, claims, key).expect("sign")
+        };
+        let with = |field: &str, value: Value| {
+            let mut changed = claims.clone();
+            changed[field] = value;
+            changed
+        };
+        let iat = claims["iat"].as_i64().expect("iat");
+        let cases = [
+            (sign(Some("at+jwt"), &claims), None),
+            (sign(Some("JWT"), &claims), None),
+            (sign(Some("JWT+x"), &claims), Some("invalid token type")),
+            (sign(None, &claims), Some("invalid token type")),
+            (sign(Some("at+jwt"), &with("nbf", json!(iat + 120))), Some("token not yet valid")),
+            (sign(Some("at+jwt"), &with("exp", json!(iat + 86_400))), Some("token lifetime too long")),
+            (sign(Some("JWT"), &with("exp", json!(iat + 86_400))), Some("token lifetime too long")),
+            (sign(Some("at+jwt"), &with("sid", json!("not-a-uuid"))), Some("malformed token")),
+        ];
+        for (token, refusal) in cases {
+            let answer = api.validate(&token).await;
+            let route = api.get_auth("/api/v1/auth/session", &token).await.status;
+            match refusal {
+                None => assert_eq!((answer["valid"].clone(), route), (json!(true), StatusCode::OK)),
+                Some(reason) => {
+                    assert_eq!(answer["error"], reason, "{engine:?}: {}", part(&token, 0));
+                    assert_eq!(route, StatusCode::UNAUTHORIZED, "{engine:?}: {reason}");
+                }
+            }
+        }
+        app.stop().await;
+    }
+}

@@ -39,7 +39,8 @@ pub struct ChangePasswordBody {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForgotPasswordBody {
     email: Option<String>,
-    /// Where the link in the message points; must be on an allowed origin.
+    /// Where the link in the message points: an absolute URL on an allowed origin
+    /// (`CORS_ORIGINS`, `FRONTEND_URL`), URL characters only, no credentials or fragment.
     redirect_to: Option<String>,
 }
 

@@ -7,6 +7,7 @@ mod admin;
 mod flows;
 mod guard;
 pub mod input;
+pub mod links;
 mod passwords;
 mod sessions;
 
@@ -167,9 +168,9 @@ pub struct AuthSettings {
     pub login_queue_wait: Duration,
     pub require_verified_email: bool,
     /// Links in e-mails point here unless an allowed `redirectTo` is given.
-    pub frontend_url: String,
+    pub frontend: links::LinkBase,
     /// Origins a `redirectTo` may point to.
-    pub redirect_origins: Vec<String>,
+    pub redirect_origins: links::RedirectOrigins,
 }
 
 /// The aggregates the use cases command.

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use super::guard::Guarded;
 use super::input::{Email, Password};
+use super::links::LinkBase;
 use super::{AuthError, AuthService, ClientInfo, infra, uuid_at};
 use crate::commands::email_claim::claim_id;
 use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
@@ -81,7 +82,7 @@ impl AuthService {
                 let owner = Uuid::parse_str(&user_id).map_err(|e| AuthError::Internal(e.into()))?;
                 let token = OpaqueToken::generate(owner);
                 let expires_at = now + RESET_TTL;
-                let link = format!("{base}/reset-password?token={}", token.encode());
+                let link = base.link("reset-password", &token.encode());
                 let message =
                     mail::password_reset(uuid_at(now).to_string(), email.as_str(), &link, now, expires_at);
                 let command = UserCommand::RequestPasswordReset { token: token.hash(), expires_at, at: now };
@@ -184,7 +185,7 @@ impl AuthService {
         now: chrono::DateTime<chrono::Utc>,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> OutgoingMail {
-        let link = format!("{}/verify-email?token={}", self.settings.frontend_url, token.encode());
+        let link = self.settings.frontend.link("verify-email", &token.encode());
         mail::email_verification(uuid_at(now).to_string(), email, &link, now, expires_at)
     }
 
@@ -206,17 +207,12 @@ impl AuthService {
         .await
     }
 
-    /// Where reset links point: an allowed `redirectTo` origin, or the frontend.
-    fn link_base(&self, redirect_to: Option<&str>) -> Result<String, AuthError> {
-        let Some(redirect) = redirect_to else { return Ok(self.settings.frontend_url.clone()) };
-        let redirect = redirect.trim_end_matches('/');
-        let allowed = self.settings.redirect_origins.iter().any(|origin| {
-            redirect == origin
-                || redirect.strip_prefix(origin.as_str()).is_some_and(|rest| rest.starts_with('/'))
-        });
-        if !allowed {
-            return Err(AuthError::Validation(vec!["redirectTo must be on an allowed origin".into()]));
+    /// Where reset links point: an allowed `redirectTo`, or the frontend.
+    fn link_base(&self, redirect_to: Option<&str>) -> Result<LinkBase, AuthError> {
+        match redirect_to {
+            None => Ok(self.settings.frontend.clone()),
+            Some(raw) => LinkBase::parse(raw, &self.settings.redirect_origins)
+                .map_err(|problem| AuthError::Validation(vec![problem])),
         }
-        Ok(redirect.to_owned())
     }
 }

@@ -169,6 +169,8 @@ impl Aggregate for User {
             UserEvent::UserEnabled { .. } => self.disabled = false,
             UserEvent::PasswordChanged { password_hash, sessions_revoked_before, kept_session } => {
                 self.password_hash = password_hash;
+                // A link mailed before the change must not undo it.
+                self.reset = None;
                 self.revoke_sessions(sessions_revoked_before, kept_session);
             }
             UserEvent::PasswordResetRequested { token_hash, expires_at, .. } => {
@@ -361,6 +363,60 @@ mod tests {
             .given(vec![registered(), requested, completed])
             .when(reset(hash(1), at()))
             .then_expect_error(UserError::InvalidResetToken);
+    }
+
+    fn requested(n: u8) -> UserEvent {
+        UserEvent::PasswordResetRequested {
+            token_hash: hash(n),
+            expires_at: at() + Duration::hours(1),
+            requested_at: at(),
+        }
+    }
+
+    fn reset_with(n: u8) -> UserCommand {
+        UserCommand::ResetPassword { token: hash(n), password_hash: "reset".into(), at: at() }
+    }
+
+    #[test]
+    fn a_password_change_voids_a_reset_link_taken_before_it() {
+        let changed = UserEvent::PasswordChanged {
+            password_hash: "changed".into(),
+            sessions_revoked_before: at(),
+            kept_session: Some("mine".into()),
+        };
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested(1), changed])
+            .when(reset_with(1))
+            .then_expect_error(UserError::InvalidResetToken);
+    }
+
+    #[test]
+    fn a_newer_reset_request_voids_the_earlier_link_and_its_own_link_works() {
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested(1), requested(2)])
+            .when(reset_with(1))
+            .then_expect_error(UserError::InvalidResetToken);
+        TestFramework::<User>::with(())
+            .given(vec![registered(), requested(1), requested(2)])
+            .when(reset_with(2))
+            .then_expect_events(vec![UserEvent::PasswordResetCompleted {
+                password_hash: "reset".into(),
+                sessions_revoked_before: at(),
+            }]);
+    }
+
+    #[test]
+    fn a_completed_reset_voids_every_earlier_link() {
+        let completed = UserEvent::PasswordResetCompleted {
+            password_hash: "reset".into(),
+            sessions_revoked_before: at(),
+        };
+        for earlier in [1, 2] {
+            TestFramework::<User>::with(())
+                .given(vec![registered(), requested(1), requested(2), completed.clone()])
+                .when(reset_with(earlier))
+                .then_expect_error(UserError::InvalidResetToken);
+        }
     }
 
     #[test]
