@@ -49,3 +49,37 @@ impl Aggregate for SecurityNotice {
         self.recorded = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::events::auth::SessionPersonal;
+
+    fn rate_limit_exceeded() -> SecurityNoticeEvent {
+        SecurityNoticeEvent::RateLimitExceeded {
+            rule: "login".into(),
+            user_id: Some("u".into()),
+            personal: SessionPersonal { ip_address: Some("10.0.0.9".into()), ..Default::default() },
+            at: DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").expect("time").with_timezone(&Utc),
+        }
+    }
+
+    #[test]
+    fn a_new_notice_records_the_event_it_is_given() {
+        TestFramework::<SecurityNotice>::with(())
+            .given_no_previous_events()
+            .when(SecurityNoticeCommand::Record(rate_limit_exceeded()))
+            .then_expect_events(vec![rate_limit_exceeded()]);
+    }
+
+    #[test]
+    fn a_notice_that_was_already_recorded_refuses_a_second_record() {
+        TestFramework::<SecurityNotice>::with(())
+            .given(vec![rate_limit_exceeded()])
+            .when(SecurityNoticeCommand::Record(rate_limit_exceeded()))
+            .then_expect_error(SecurityNoticeError::AlreadyRecorded);
+    }
+}
