@@ -54,6 +54,24 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The caching headers of an answer that carries tokens: `Cache-Control: no-store` and
+/// `Pragma: no-cache` (RFC 6749 §5.1), so that no browser or proxy keeps a copy.
+struct NoStore;
+
+impl axum::response::IntoResponseParts for NoStore {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut parts: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        let headers = parts.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(parts)
+    }
+}
+
 /// `POST /auth/register` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -202,7 +220,7 @@ async fn register(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<RegisterBody>,
-) -> Result<(StatusCode, Json<RegisterAnswer>), ApiError> {
+) -> Result<(StatusCode, NoStore, Json<RegisterAnswer>), ApiError> {
     let input = Registration::parse(body.email.as_deref(), body.password.as_deref(), body.name.as_deref())?;
     let answer = match state.auth().register(input, &client).await? {
         Registered::SignedIn(signed) => RegisterAnswer::SignedIn(TokensBody::of(signed, true)),
@@ -214,7 +232,7 @@ async fn register(
             })
         }
     };
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((StatusCode::CREATED, NoStore, Json(answer)))
 }
 
 /// Sign in with e-mail and password.
@@ -231,7 +249,7 @@ async fn login(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<LoginBody>,
-) -> Result<Json<TokensBody>, ApiError> {
+) -> Result<(NoStore, Json<TokensBody>), ApiError> {
     let input = LoginInput::parse(
         body.email.as_deref(),
         body.password.as_deref(),
@@ -242,7 +260,7 @@ async fn login(
     let subject = format!("{}|{}", client.ip.as_deref().unwrap_or_default(), input.email.as_str());
     enforce(&state, Rule::LoginIpEmail, &subject, None, &client).await?;
     let signed = state.auth().login(input, &client).await?;
-    Ok(Json(TokensBody::of(signed, false)))
+    Ok((NoStore, Json(TokensBody::of(signed, false))))
 }
 
 /// Spend a refresh token for a new pair.
@@ -256,14 +274,14 @@ async fn refresh(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<Json<TokensBody>, ApiError> {
+) -> Result<(NoStore, Json<TokensBody>), ApiError> {
     let token =
         body.refresh_token.ok_or_else(|| ApiError::validation(vec!["refreshToken is required".into()]))?;
     if let Some(parsed) = crate::security::refresh::RefreshToken::parse(&token) {
         enforce(&state, Rule::Refresh, &parsed.session_id().to_string(), None, &client).await?;
     }
     let signed = state.auth().refresh(&token, &client).await?;
-    Ok(Json(TokensBody::of(signed, false)))
+    Ok((NoStore, Json(TokensBody::of(signed, false))))
 }
 
 /// Revoke the session of the presented access token.
