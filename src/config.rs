@@ -334,6 +334,7 @@ fn parse_rate_limits(env: &Env<'_>) -> Result<crate::security::rate_limit::Limit
         ("RATE_LIMIT_LOGIN_IP", Rule::LoginIp),
         ("RATE_LIMIT_REGISTER", Rule::Register),
         ("RATE_LIMIT_REFRESH", Rule::Refresh),
+        ("RATE_LIMIT_REFRESH_IP", Rule::RefreshIp),
         ("RATE_LIMIT_FORGOT_PASSWORD_EMAIL", Rule::ForgotEmail),
         ("RATE_LIMIT_FORGOT_PASSWORD_IP", Rule::ForgotIp),
         ("RATE_LIMIT_DEFAULT", Rule::Default),
@@ -447,6 +448,18 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.redis_url.unwrap().expose(), "redis://:pw@cache:6380");
+    }
+
+    #[test]
+    fn refresh_is_limited_per_address_by_default_and_the_limit_can_be_set() {
+        use crate::security::rate_limit::{Limit, Rule};
+        let limit = |config: &Config| config.rate_limits.rules.get(&Rule::RefreshIp).copied();
+        let default = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(limit(&default), Some(Limit { max: 300, window: Duration::from_secs(60) }));
+        let set = Config::from_vars(&vars(&[("RATE_LIMIT_REFRESH_IP", "5/10")])).unwrap();
+        assert_eq!(limit(&set), Some(Limit { max: 5, window: Duration::from_secs(10) }));
+        let err = Config::from_vars(&vars(&[("RATE_LIMIT_REFRESH_IP", "lots")])).unwrap_err();
+        assert_eq!(err.variable, "RATE_LIMIT_REFRESH_IP");
     }
 
     #[test]

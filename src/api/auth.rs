@@ -269,6 +269,7 @@ async fn login(
         (status = 200, description = "A new access token and refresh token", body = TokensBody),
         (status = 400, description = "`VALIDATION_FAILED`", body = ErrorBody),
         (status = 401, description = "`INVALID_REFRESH_TOKEN`: unknown, expired, spent (the session is then revoked) or revoked", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED` per client address or per session (`Retry-After`)", body = ErrorBody),
     ))]
 async fn refresh(
     State(state): State<AppState>,
