@@ -30,6 +30,7 @@ use crate::security::rate_limit::RateLimiter;
 use crate::security::revocations::Revocations;
 use crate::security::secrets::ServerSecret;
 use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, TokenService};
+use crate::server::ServerLimits;
 use crate::telemetry::Metrics;
 
 /// Shared state of one server process; cheap to clone.
@@ -197,15 +198,21 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = crate::api::router(self.state.clone());
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        let config = self.state.config();
+        let limits = ServerLimits {
+            header_read_timeout: config.http_header_read_timeout,
+            idle_timeout: config.http_idle_timeout,
+            max_connections: config.http_max_connections,
+        };
+        let metrics = Arc::clone(self.state.metrics());
+        crate::server::serve(self.listener, router, limits, metrics, shutdown).await;
         if let Err(error) = self.scheduler.shutdown().await {
             tracing::warn!(%error, "scheduler did not stop cleanly");
         }
         self.background.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.state.db().close().await;
-        served.context("the HTTP server failed")
+        Ok(())
     }
 }
 

@@ -72,6 +72,13 @@ pub struct Config {
     pub log_filter: String,
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
+    /// How long a client may take to send a request head (`HTTP_HEADER_READ_TIMEOUT_SECS`).
+    pub http_header_read_timeout: Duration,
+    /// How long a kept-alive connection may stay silent between requests, or a response
+    /// write make no progress (`HTTP_IDLE_TIMEOUT_SECS`).
+    pub http_idle_timeout: Duration,
+    /// Open connections per process; above it new ones wait to be accepted.
+    pub http_max_connections: usize,
     pub projection_poll_interval: Duration,
     pub projection_batch_size: usize,
     pub ready_max_projection_lag: Duration,
@@ -155,6 +162,19 @@ impl Config {
             log_filter: env.get("RUST_LOG").unwrap_or(DEFAULT_LOG_FILTER).to_owned(),
             body_limit_bytes: env.parse_range("BODY_LIMIT_BYTES", "65536", 1024, 16 << 20)?,
             request_timeout: Duration::from_secs(env.parse_range("REQUEST_TIMEOUT_SECS", "30", 1, 3600)?),
+            http_header_read_timeout: Duration::from_secs(env.parse_range(
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+                "10",
+                1,
+                3600,
+            )?),
+            http_idle_timeout: Duration::from_secs(env.parse_range(
+                "HTTP_IDLE_TIMEOUT_SECS",
+                "60",
+                1,
+                86_400,
+            )?),
+            http_max_connections: env.parse_range("HTTP_MAX_CONNECTIONS", "10000", 1, 1_000_000)?,
             projection_poll_interval: Duration::from_millis(env.parse_range(
                 "PROJECTION_POLL_INTERVAL_MS",
                 "200",
@@ -343,6 +363,7 @@ fn parse_rate_limits(env: &Env<'_>) -> Result<crate::security::rate_limit::Limit
         ("RATE_LIMIT_LOGIN_IP", Rule::LoginIp),
         ("RATE_LIMIT_REGISTER", Rule::Register),
         ("RATE_LIMIT_REFRESH", Rule::Refresh),
+        ("RATE_LIMIT_REFRESH_IP", Rule::RefreshIp),
         ("RATE_LIMIT_FORGOT_PASSWORD_EMAIL", Rule::ForgotEmail),
         ("RATE_LIMIT_FORGOT_PASSWORD_IP", Rule::ForgotIp),
         ("RATE_LIMIT_DEFAULT", Rule::Default),
@@ -425,6 +446,9 @@ mod tests {
         assert_eq!(config.jwt_audience, "manacore");
         assert_eq!(config.cors_origins, ["http://localhost:3000", "http://localhost:8081"]);
         assert!(config.redis_url.is_none());
+        assert_eq!(config.http_header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.http_max_connections, 10_000);
     }
 
     #[test]
@@ -437,6 +461,14 @@ mod tests {
         assert_eq!(err.variable, "LOG_FORMAT");
         let err = Config::from_vars(&vars(&[("CORS_ORIGINS", "localhost:3000")])).unwrap_err();
         assert_eq!(err.variable, "CORS_ORIGINS");
+        for (name, value) in [
+            ("HTTP_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("HTTP_IDLE_TIMEOUT_SECS", "soon"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
+        ] {
+            let err = Config::from_vars(&vars(&[(name, value)])).unwrap_err();
+            assert_eq!(err.variable, name);
+        }
     }
 
     #[test]
@@ -456,6 +488,18 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.redis_url.unwrap().expose(), "redis://:pw@cache:6380");
+    }
+
+    #[test]
+    fn refresh_is_limited_per_address_by_default_and_the_limit_can_be_set() {
+        use crate::security::rate_limit::{Limit, Rule};
+        let limit = |config: &Config| config.rate_limits.rules.get(&Rule::RefreshIp).copied();
+        let default = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(limit(&default), Some(Limit { max: 300, window: Duration::from_secs(60) }));
+        let set = Config::from_vars(&vars(&[("RATE_LIMIT_REFRESH_IP", "5/10")])).unwrap();
+        assert_eq!(limit(&set), Some(Limit { max: 5, window: Duration::from_secs(10) }));
+        let err = Config::from_vars(&vars(&[("RATE_LIMIT_REFRESH_IP", "lots")])).unwrap_err();
+        assert_eq!(err.variable, "RATE_LIMIT_REFRESH_IP");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod mail;
 pub mod projections;
 pub mod security;
+pub mod server;
 pub mod telemetry;
 
 pub use app::{AppState, Application};

@@ -77,6 +77,7 @@ pub struct Metrics {
     read_your_writes_timeouts: Counter,
     rate_limited: Family<RuleLabels, Counter>,
     rate_limiter_degraded: Gauge,
+    http_connections_open: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +108,12 @@ impl Metrics {
         let read_your_writes_timeouts = Counter::default();
         let rate_limited = Family::<RuleLabels, Counter>::default();
         let rate_limiter_degraded = Gauge::default();
+        let http_connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections open now (at most HTTP_MAX_CONNECTIONS)",
+            http_connections_open.clone(),
+        );
         registry.register("rate_limited", "Requests refused by a rate limit, by rule", rate_limited.clone());
         registry.register(
             "rate_limiter_degraded",
@@ -163,6 +170,7 @@ impl Metrics {
             read_your_writes_timeouts,
             rate_limited,
             rate_limiter_degraded,
+            http_connections_open,
         }
     }
 
@@ -174,6 +182,16 @@ impl Metrics {
     /// Whether the limiter fell back to per-process counting.
     pub fn rate_limiter_degraded(&self, degraded: bool) {
         self.rate_limiter_degraded.set(i64::from(degraded));
+    }
+
+    /// Counts a client connection accepted.
+    pub fn http_connection_opened(&self) {
+        self.http_connections_open.inc();
+    }
+
+    /// Counts a client connection closed.
+    pub fn http_connection_closed(&self) {
+        self.http_connections_open.dec();
     }
 
     /// Records one finished HTTP request.

@@ -220,6 +220,25 @@ async fn refresh_rotates_and_two_refreshes_at_once_share_the_successor() {
 }
 
 #[tokio::test]
+async fn answers_that_carry_tokens_forbid_caching() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let (app, api) = app(&db).await;
+        let email = unique_email("nostore");
+        let registered = api.register(&email).await;
+        let login = api.login(&email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{engine:?}: {}", login.body);
+        let refreshed = api.refresh(&login.text("refreshToken")).await;
+        assert_eq!(refreshed.status, StatusCode::OK, "{engine:?}: {}", refreshed.body);
+        for (route, answer) in [("register", &registered), ("login", &login), ("refresh", &refreshed)] {
+            assert_eq!(answer.headers["cache-control"], "no-store", "{engine:?}: {route}");
+            assert_eq!(answer.headers["pragma"], "no-cache", "{engine:?}: {route}");
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn logout_revokes_the_session_for_validate_and_protected_routes() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;

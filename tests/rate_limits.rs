@@ -226,3 +226,61 @@ async fn when_redis_dies_requests_keep_succeeding_and_shared_limits_return_with_
     })
     .await;
 }
+
+#[tokio::test]
+async fn refresh_is_limited_per_address_whatever_the_token_on_both_engines() {
+    use mana_core_auth::security::rate_limit::{Limit, Rule};
+    use mana_core_auth::security::refresh::RefreshToken;
+    for engine in common::ENGINES {
+        let db = TestDb::new(engine).await;
+        let prefix = RedisPrefix::new(&redis_url());
+        prefix.ensure_reachable().await;
+        let mut config = db.app_config();
+        config.rate_limits.enabled = true;
+        config.rate_limits.rules.insert(Rule::RefreshIp, Limit { max: 5, window: Duration::from_secs(60) });
+        config.redis_url = Some(mana_core_auth::config::Secret::new(redis_url()));
+        config.redis_key_prefix = prefix.prefix.clone();
+        let app = common::TestApp::spawn(config).await;
+        let owner = api_from(&app.base, ip(1, 13));
+        let token = owner.register(&unique_email("refresh-ip")).await.text("refreshToken");
+        let random = || RefreshToken::generate(uuid::Uuid::new_v4()).encode();
+
+        // Five guesses from one address are tried, well-formed or not, whatever the body.
+        let attacker = api_from(&app.base, ip(2, 13));
+        for i in 0..3 {
+            let answer = attacker.refresh(&random()).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{engine:?}: guess {i}: {}", answer.body);
+            assert_eq!(answer.body["error"], "INVALID_REFRESH_TOKEN", "{engine:?}");
+        }
+        assert_eq!(attacker.refresh("not a token").await.status, StatusCode::UNAUTHORIZED, "{engine:?}");
+        let malformed = attacker
+            .send(
+                attacker
+                    .http
+                    .post(format!("{}/api/v1/auth/refresh", attacker.base))
+                    .header("content-type", "application/json")
+                    .body("{\"refreshToken\":"),
+            )
+            .await;
+        assert_eq!(malformed.status, StatusCode::BAD_REQUEST, "{engine:?}: {}", malformed.body);
+
+        // The sixth is refused before any token is looked at, even a good one.
+        for presented in [random(), "x".to_owned(), token.clone()] {
+            let over = attacker.refresh(&presented).await;
+            assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{engine:?}: {}", over.body);
+            assert_eq!(over.body["error"], "RATE_LIMITED", "{engine:?}");
+            let retry: u64 = over.headers["retry-after"].to_str().expect("text").parse().expect("seconds");
+            assert!(retry >= 1, "{engine:?}");
+            assert_eq!(over.headers["ratelimit-limit"], "5", "{engine:?}");
+        }
+
+        // Another address is not affected.
+        let other = api_from(&app.base, ip(3, 13));
+        let answer = other.refresh(&random()).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{engine:?}: {}", answer.body);
+        assert_eq!(answer.body["error"], "INVALID_REFRESH_TOKEN", "{engine:?}");
+        let answer = owner.refresh(&token).await;
+        assert_eq!(answer.status, StatusCode::OK, "{engine:?}: the owner's address: {}", answer.body);
+        app.stop().await;
+    }
+}

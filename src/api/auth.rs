@@ -61,6 +61,24 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The caching headers of an answer that carries tokens: `Cache-Control: no-store` and
+/// `Pragma: no-cache` (RFC 6749 §5.1), so that no browser or proxy keeps a copy.
+struct NoStore;
+
+impl axum::response::IntoResponseParts for NoStore {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut parts: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        let headers = parts.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(parts)
+    }
+}
+
 /// `POST /auth/register` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -209,7 +227,7 @@ async fn register(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<RegisterBody>,
-) -> Result<(StatusCode, Json<RegisterAnswer>), ApiError> {
+) -> Result<(StatusCode, NoStore, Json<RegisterAnswer>), ApiError> {
     let input = Registration::parse(body.email.as_deref(), body.password.as_deref(), body.name.as_deref())?;
     let answer = match state.auth().register(input, &client).await? {
         Registered::SignedIn(signed) => RegisterAnswer::SignedIn(TokensBody::of(signed, true)),
@@ -221,7 +239,7 @@ async fn register(
             })
         }
     };
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((StatusCode::CREATED, NoStore, Json(answer)))
 }
 
 /// Sign in with e-mail and password.
@@ -238,7 +256,7 @@ async fn login(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<LoginBody>,
-) -> Result<Json<TokensBody>, ApiError> {
+) -> Result<(NoStore, Json<TokensBody>), ApiError> {
     let input = LoginInput::parse(
         body.email.as_deref(),
         body.password.as_deref(),
@@ -249,7 +267,7 @@ async fn login(
     let subject = format!("{}|{}", client.ip.as_deref().unwrap_or_default(), input.email.as_str());
     enforce(&state, Rule::LoginIpEmail, &subject, None, &client).await?;
     let signed = state.auth().login(input, &client).await?;
-    Ok(Json(TokensBody::of(signed, false)))
+    Ok((NoStore, Json(TokensBody::of(signed, false))))
 }
 
 /// Spend a refresh token for a new pair.
@@ -258,19 +276,20 @@ async fn login(
         (status = 200, description = "A new access token and refresh token", body = TokensBody),
         (status = 400, description = "`VALIDATION_FAILED`", body = ErrorBody),
         (status = 401, description = "`INVALID_REFRESH_TOKEN`: unknown, expired, spent (the session is then revoked) or revoked", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED` per client address or per session (`Retry-After`)", body = ErrorBody),
     ))]
 async fn refresh(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<Json<TokensBody>, ApiError> {
+) -> Result<(NoStore, Json<TokensBody>), ApiError> {
     let token =
         body.refresh_token.ok_or_else(|| ApiError::validation(vec!["refreshToken is required".into()]))?;
     if let Some(parsed) = crate::security::refresh::RefreshToken::parse(&token) {
         enforce(&state, Rule::Refresh, &parsed.session_id().to_string(), None, &client).await?;
     }
     let signed = state.auth().refresh(&token, &client).await?;
-    Ok(Json(TokensBody::of(signed, false)))
+    Ok((NoStore, Json(TokensBody::of(signed, false))))
 }
 
 /// Revoke the session of the presented access token.

@@ -1,7 +1,9 @@
-//! Rate limiting at the HTTP edge: the per-IP rules of sign-in routes and the default
-//! limit of every other route (per user when a valid token is presented, else per IP).
-//! Rules keyed by the body (login per IP and e-mail, refresh per session, forgot-password
-//! per e-mail) are checked by their handlers with [`enforce`].
+//! Rate limiting at the HTTP edge: the per-IP rules of sign-in routes (login, register,
+//! refresh, forgot-password) and the default limit of every other route (per user when a
+//! valid token is presented, else per IP). The per-IP rules count every request, before
+//! its body is read, so malformed and unknown input is counted too. Rules keyed by the
+//! body (login per IP and e-mail, refresh per session, forgot-password per e-mail) are
+//! checked by their handlers with [`enforce`].
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
@@ -24,9 +26,6 @@ const EXEMPT: &[&str] = &[
     "/metrics",
 ];
 
-/// Routes whose limits are all checked by their handlers.
-const HANDLER_LIMITED: &[&str] = &["/api/v1/auth/refresh"];
-
 /// The middleware.
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if !state.limiter().enabled() || request.method() == Method::OPTIONS {
@@ -34,7 +33,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     }
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let route = route.as_deref().unwrap_or("unmatched");
-    if EXEMPT.contains(&route) || HANDLER_LIMITED.contains(&route) {
+    if EXEMPT.contains(&route) {
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
@@ -44,6 +43,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     let (rule, subject, user) = match (parts.method.clone(), route) {
         (Method::POST, "/api/v1/auth/login") => (Rule::LoginIp, ip, None),
         (Method::POST, "/api/v1/auth/register") => (Rule::Register, ip, None),
+        (Method::POST, "/api/v1/auth/refresh") => (Rule::RefreshIp, ip, None),
         (Method::POST, "/api/v1/auth/forgot-password") => (Rule::ForgotIp, ip, None),
         _ => {
             // Authenticate once here; the handler's extractor reuses the outcome.

@@ -32,6 +32,8 @@ pub enum Rule {
     Register,
     /// Refreshes per session.
     Refresh,
+    /// Refreshes per client IP, whatever the token (unknown and malformed ones too).
+    RefreshIp,
     /// Forgot-password requests per e-mail.
     ForgotEmail,
     /// Forgot-password requests per client IP.
@@ -48,6 +50,7 @@ impl Rule {
             Self::LoginIp => "login_ip",
             Self::Register => "register_ip",
             Self::Refresh => "refresh_session",
+            Self::RefreshIp => "refresh_ip",
             Self::ForgotEmail => "forgot_password_email",
             Self::ForgotIp => "forgot_password_ip",
             Self::Default => "default",
@@ -80,7 +83,7 @@ pub struct Limits {
 
 impl Limits {
     /// The defaults: login 5/min per (IP, e-mail) and 30/min per IP, register 10/hour per
-    /// IP, refresh 60/min per session, forgot-password 3/5 min per e-mail and 10/hour per IP,
+    /// IP, refresh 60/min per session and 300/min per IP, forgot-password 3/5 min per e-mail and 10/hour per IP,
     /// everything else 100/min.
     pub fn defaults() -> Self {
         let limit = |max, secs| Limit { max, window: Duration::from_secs(secs) };
@@ -91,6 +94,7 @@ impl Limits {
                 (Rule::LoginIp, limit(30, 60)),
                 (Rule::Register, limit(10, 3600)),
                 (Rule::Refresh, limit(60, 60)),
+                (Rule::RefreshIp, limit(300, 60)),
                 (Rule::ForgotEmail, limit(3, 300)),
                 (Rule::ForgotIp, limit(10, 3600)),
                 (Rule::Default, limit(100, 60)),
