@@ -212,7 +212,8 @@ async fn use_credits(
     Ok(response)
 }
 
-/// The caller's transactions, newest first.
+/// The caller's transactions, newest first in the order the account applied them: each
+/// row's `balanceBefore` is the next row's `balanceAfter`.
 #[utoipa::path(get, path = "/api/v1/credits/transactions", tag = "credits", security(("bearer" = [])),
     params(
         ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),

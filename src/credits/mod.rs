@@ -1,7 +1,8 @@
 //! Credit use cases: balance (with the day's grant), idempotent spends, history, and the
 //! admin grant, adjust and refund. Decisions are the credit account aggregate's; this
 //! layer computes what the aggregate needs from outside (the day, ids, key fingerprints)
-//! and turns its events into answers.
+//! and turns its events into answers. Commands are built from the time they are decided
+//! at (see `CommandBus::execute_at`), so an account's events never go back in time.
 
 pub mod input;
 pub mod ledger;
@@ -100,6 +101,16 @@ pub enum AdminOperation {
     Refund { transaction_id: String, amount: Option<i64> },
 }
 
+/// The day's free credits for a command decided at `at`.
+fn daily_grant(settings: &CreditSettings, at: DateTime<Utc>, transaction_id: &str) -> DailyGrant {
+    DailyGrant {
+        day: at.with_timezone(&settings.timezone).date_naive(),
+        amount: settings.daily_free,
+        cap: settings.free_cap,
+        transaction_id: transaction_id.to_owned(),
+    }
+}
+
 /// The credit service of one process.
 pub struct CreditService {
     store: EventStore,
@@ -120,15 +131,6 @@ impl CreditService {
         Self { store, projector, clock, accounts, settings }
     }
 
-    fn daily(&self, now: DateTime<Utc>) -> DailyGrant {
-        DailyGrant {
-            day: now.with_timezone(&self.settings.timezone).date_naive(),
-            amount: self.settings.daily_free,
-            cap: self.settings.free_cap,
-            transaction_id: uuid_at(now).to_string(),
-        }
-    }
-
     async fn settle(&self, cursor: Option<LogCursor>) {
         if let Some(cursor) = cursor {
             self.projector.wait_for(cursor, self.settings.read_your_writes).await;
@@ -146,10 +148,11 @@ impl CreditService {
             total_spent: account.total_spent,
             daily_free_credits: daily_free,
         };
-        let command = CreditCommand::Touch { daily: self.daily(now), at: now };
+        let (settings, daily_id) = (self.settings, uuid_at(now).to_string());
+        let command = move |at| CreditCommand::Touch { daily: daily_grant(&settings, at, &daily_id), at };
         let committed = self
             .accounts
-            .execute_with(user_id, command, &client.context(user_id, now), view)
+            .execute_at(user_id, command, &client.context(user_id, now), view)
             .await
             .map_err(|e| failure(e, 0))?;
         self.settle(committed.cursor).await;
@@ -167,20 +170,22 @@ impl CreditService {
         let key = request.idempotency_key.as_deref().map(ledger::user_key);
         let key_use = key.clone().map(|key| KeyUse { key, fingerprint: request.fingerprint() });
         let amount = request.amount;
-        let command = CreditCommand::Spend {
-            transaction_id: uuid_at(now).to_string(),
+        let (settings, transaction_id, daily_id) =
+            (self.settings, uuid_at(now).to_string(), uuid_at(now).to_string());
+        let command = move |at| CreditCommand::Spend {
+            transaction_id: transaction_id.clone(),
             amount,
-            app_id: request.app_id,
-            description: request.description,
-            metadata: request.metadata,
-            key: key_use,
-            daily: self.daily(now),
-            at: now,
+            app_id: request.app_id.clone(),
+            description: request.description.clone(),
+            metadata: request.metadata.clone(),
+            key: key_use.clone(),
+            daily: daily_grant(&settings, at, &daily_id),
+            at,
         };
         let view = move |account: &CreditAccount| key.as_deref().and_then(|k| account.keyed(k)).cloned();
         let committed = self
             .accounts
-            .execute_with(user_id, command, &client.context(user_id, now), view)
+            .execute_at(user_id, command, &client.context(user_id, now), view)
             .await
             .map_err(|e| failure(e, amount))?;
         let replayed = committed.events.is_empty();
