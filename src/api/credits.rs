@@ -251,6 +251,7 @@ pub struct GrantBody {
     amount: Option<Value>,
     pool: Option<Pool>,
     reason: Option<String>,
+    /// Required; scoped to the calling operator, whichever account the request targets.
     idempotency_key: Option<String>,
 }
 
@@ -263,6 +264,7 @@ pub struct RefundBody {
     #[schema(value_type = Option<i64>)]
     amount: Option<Value>,
     reason: Option<String>,
+    /// Required; scoped to the calling operator, whichever account the request targets.
     idempotency_key: Option<String>,
 }
 
@@ -354,7 +356,7 @@ async fn grant_or_adjust(
         (status = 400, description = "`VALIDATION_FAILED`", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`: not an admin or service token", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no such user", body = ErrorBody),
-        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn grant(
     State(state): State<AppState>,
@@ -373,7 +375,7 @@ async fn grant(
         (status = 400, description = "`VALIDATION_FAILED`, `INSUFFICIENT_CREDITS` (the pool would go below zero)", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn adjust(
     State(state): State<AppState>,
@@ -392,7 +394,7 @@ async fn adjust(
         (status = 400, description = "`VALIDATION_FAILED`, `REFUND_EXCEEDS_SPEND`", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no refundable spend with that id", body = ErrorBody),
-        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn refund(
     State(state): State<AppState>,

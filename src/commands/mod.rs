@@ -16,6 +16,7 @@ pub mod credit_account;
 pub mod email_claim;
 pub mod keyring;
 pub mod login_attempts;
+pub mod operator_key;
 pub mod security_notice;
 pub mod session;
 mod unit_of_work;
