@@ -212,7 +212,8 @@ async fn use_credits(
     Ok(response)
 }
 
-/// The caller's transactions, newest first.
+/// The caller's transactions, newest first in the order the account applied them: each
+/// row's `balanceBefore` is the next row's `balanceAfter`.
 #[utoipa::path(get, path = "/api/v1/credits/transactions", tag = "credits", security(("bearer" = [])),
     params(
         ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
@@ -250,6 +251,7 @@ pub struct GrantBody {
     amount: Option<Value>,
     pool: Option<Pool>,
     reason: Option<String>,
+    /// Required; scoped to the calling operator, whichever account the request targets.
     idempotency_key: Option<String>,
 }
 
@@ -262,6 +264,7 @@ pub struct RefundBody {
     #[schema(value_type = Option<i64>)]
     amount: Option<Value>,
     reason: Option<String>,
+    /// Required; scoped to the calling operator, whichever account the request targets.
     idempotency_key: Option<String>,
 }
 
@@ -353,7 +356,7 @@ async fn grant_or_adjust(
         (status = 400, description = "`VALIDATION_FAILED`", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`: not an admin or service token", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no such user", body = ErrorBody),
-        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn grant(
     State(state): State<AppState>,
@@ -372,7 +375,7 @@ async fn grant(
         (status = 400, description = "`VALIDATION_FAILED`, `INSUFFICIENT_CREDITS` (the pool would go below zero)", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn adjust(
     State(state): State<AppState>,
@@ -391,7 +394,7 @@ async fn adjust(
         (status = 400, description = "`VALIDATION_FAILED`, `REFUND_EXCEEDS_SPEND`", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no refundable spend with that id", body = ErrorBody),
-        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn refund(
     State(state): State<AppState>,

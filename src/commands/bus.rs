@@ -8,17 +8,23 @@
 //! batch is re-run on a reloaded state. A batch that writes nothing (every command
 //! refused, or a replay) is confirmed against the store before its answers count, so a
 //! refusal is never based on a stale cache.
+//!
+//! A command is decided at its caller's clock reading or at the time of the stream's
+//! last event, whichever is later ([`CommandContext::decided_after`]), so the recorded
+//! times of an aggregate's events never go backwards; [`CommandBus::execute_at`] lets a
+//! command carry that time in its events too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateError};
 use moka::sync::Cache;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{CommandContext, replay, store_error, to_new_event};
+use super::{CommandContext, StreamHead, replay, store_error, to_new_event};
 use crate::events::{AppendError, EventStore, LogCursor, NewEvent};
 
 /// How often one batch is re-run after optimistic conflicts before the caller sees one.
@@ -63,12 +69,13 @@ struct Slot<A: Aggregate> {
 
 struct Loaded<A> {
     aggregate: A,
-    sequence: usize,
+    head: StreamHead,
 }
 
 /// A queued command, with its reply channel; type-erased over the caller's reply type.
 trait Job<A: Aggregate>: Send {
-    fn command(&self) -> A::Command;
+    /// The command, as decided at `at`.
+    fn command(&self, at: DateTime<Utc>) -> A::Command;
     fn context(&self) -> &CommandContext;
     /// Records the outcome of running the command (may happen more than once on retry).
     fn record(&mut self, outcome: Result<Vec<A::Event>, A::Error>, aggregate: &A);
@@ -81,24 +88,24 @@ type Outcome<A, R> = Result<(Vec<<A as Aggregate>::Event>, R), <A as Aggregate>:
 /// The channel a caller waits on.
 type Reply<A, R> = oneshot::Sender<Result<Committed<A, R>, AggregateError<<A as Aggregate>::Error>>>;
 
-struct TypedJob<A: Aggregate, R, F> {
-    command: A::Command,
+struct TypedJob<A: Aggregate, R, F, M> {
+    make: M,
     ctx: CommandContext,
     view: F,
     outcome: Option<Outcome<A, R>>,
     reply: Reply<A, R>,
 }
 
-impl<A, R, F> Job<A> for TypedJob<A, R, F>
+impl<A, R, F, M> Job<A> for TypedJob<A, R, F, M>
 where
     A: Aggregate,
-    A::Command: Clone + Send,
     A::Error: Send,
     R: Send,
     F: Fn(&A) -> R + Send,
+    M: Fn(DateTime<Utc>) -> A::Command + Send,
 {
-    fn command(&self) -> A::Command {
-        self.command.clone()
+    fn command(&self, at: DateTime<Utc>) -> A::Command {
+        (self.make)(at)
     }
 
     fn context(&self) -> &CommandContext {
@@ -186,8 +193,27 @@ where
         R: Send + 'static,
         F: Fn(&A) -> R + Send + 'static,
     {
+        self.execute_at(aggregate_id, move |_| command.clone(), ctx, view).await
+    }
+
+    /// Like [`Self::execute_with`], for a command that carries its own time: `make`
+    /// builds it from the time it is decided at (`ctx.now`, or the stream's last
+    /// recorded time if later; again on each retry), so the times in the aggregate's
+    /// events never go backwards either.
+    pub async fn execute_at<R, F, M>(
+        &self,
+        aggregate_id: &str,
+        make: M,
+        ctx: &CommandContext,
+        view: F,
+    ) -> Result<Committed<A, R>, AggregateError<A::Error>>
+    where
+        R: Send + 'static,
+        F: Fn(&A) -> R + Send + 'static,
+        M: Fn(DateTime<Utc>) -> A::Command + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job = TypedJob { command, ctx: ctx.clone(), view, outcome: None, reply };
+        let job = TypedJob { make, ctx: ctx.clone(), view, outcome: None, reply };
         let slot = self.inner.slots.get_with_by_ref(aggregate_id, || {
             Arc::new(Slot { queue: Mutex::new(Vec::new()), state: tokio::sync::Mutex::new(None) })
         });
@@ -219,8 +245,8 @@ where
         });
         let mut state = slot.state.lock().await;
         if state.is_none() {
-            let (aggregate, sequence) = self.load(aggregate_id).await?;
-            *state = Some(Loaded { aggregate, sequence });
+            let (aggregate, head) = self.load_head(aggregate_id).await?;
+            *state = Some(Loaded { aggregate, head });
         }
         match state.as_ref() {
             Some(loaded) => Ok(view(&loaded.aggregate)),
@@ -228,12 +254,21 @@ where
         }
     }
 
-    /// Reads an aggregate straight from the store (no cache).
+    /// Reads an aggregate straight from the store (no cache), with its sequence.
     pub async fn load(&self, aggregate_id: &str) -> Result<(A, usize), AggregateError<A::Error>> {
+        let (aggregate, head) = self.load_head(aggregate_id).await?;
+        Ok((aggregate, head.sequence))
+    }
+
+    /// Reads an aggregate straight from the store, with where its stream ends.
+    pub(crate) async fn load_head(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<(A, StreamHead), AggregateError<A::Error>> {
         let events = self.store().load::<A>(aggregate_id, 0).await.map_err(store_error)?;
         let mut aggregate = A::default();
-        let sequence = replay(&mut aggregate, events)?;
-        Ok((aggregate, sequence))
+        let head = replay(&mut aggregate, StreamHead::default(), events)?;
+        Ok((aggregate, head))
     }
 
     /// Drops the cached state of an aggregate (after another path wrote to it).
@@ -260,8 +295,8 @@ where
             attempt += 1;
             let fresh = state.is_none();
             if fresh {
-                match self.load(aggregate_id).await {
-                    Ok((aggregate, sequence)) => *state = Some(Loaded { aggregate, sequence }),
+                match self.load_head(aggregate_id).await {
+                    Ok((aggregate, head)) => *state = Some(Loaded { aggregate, head }),
                     Err(error) => break Err(error),
                 }
             }
@@ -292,7 +327,9 @@ where
             }
             match self.store().append(&events).await {
                 Ok(cursor) => {
-                    loaded.sequence += events.len();
+                    loaded.head.sequence += events.len();
+                    loaded.head.recorded_at =
+                        loaded.head.recorded_at.max(events.last().map(|e| e.recorded_at));
                     break Ok(Some(cursor));
                 }
                 Err(AppendError::Conflict) => {
@@ -322,17 +359,19 @@ where
         loaded: &mut Loaded<A>,
         jobs: &mut [Box<dyn Job<A>>],
     ) -> Result<Vec<NewEvent>, AggregateError<A::Error>> {
-        let mut staged = Vec::new();
-        let mut sequence = loaded.sequence;
+        let mut staged: Vec<NewEvent> = Vec::new();
+        let mut sequence = loaded.head.sequence;
         for job in jobs.iter_mut() {
+            let last = staged.last().map(|e| e.recorded_at).max(loaded.head.recorded_at);
+            let ctx = job.context().decided_after(last);
             let sink = EventSink::default();
-            let result = loaded.aggregate.handle(job.command(), self.services(), &sink).await;
+            let result = loaded.aggregate.handle(job.command(ctx.now), self.services(), &sink).await;
             let events = sink.collect().await;
             match result {
                 Ok(()) => {
                     for event in &events {
                         sequence += 1;
-                        staged.push(to_new_event::<A>(aggregate_id, sequence, event, job.context())?);
+                        staged.push(to_new_event::<A>(aggregate_id, sequence, event, &ctx)?);
                     }
                     job.record(Ok(events), &loaded.aggregate);
                 }
@@ -354,11 +393,11 @@ where
         aggregate_id: &str,
         loaded: &mut Loaded<A>,
     ) -> Result<bool, AggregateError<A::Error>> {
-        let newer = self.store().load::<A>(aggregate_id, loaded.sequence).await.map_err(store_error)?;
+        let newer = self.store().load::<A>(aggregate_id, loaded.head.sequence).await.map_err(store_error)?;
         if newer.is_empty() {
             return Ok(false);
         }
-        loaded.sequence = replay(&mut loaded.aggregate, newer)?;
+        loaded.head = replay(&mut loaded.aggregate, loaded.head, newer)?;
         Ok(true)
     }
 }

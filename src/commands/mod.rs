@@ -16,6 +16,7 @@ pub mod credit_account;
 pub mod email_claim;
 pub mod keyring;
 pub mod login_attempts;
+pub mod operator_key;
 pub mod security_notice;
 pub mod session;
 mod unit_of_work;
@@ -51,6 +52,18 @@ impl CommandContext {
         self
     }
 
+    /// The same context at the time its command is decided: `now`, or the time of the
+    /// stream's last event if that is later. Requests read the clock before they queue
+    /// and other processes' clocks differ, so without this an aggregate's recorded times
+    /// could go backwards along its own sequence.
+    pub fn decided_after(&self, last: Option<DateTime<Utc>>) -> Self {
+        let mut ctx = self.clone();
+        if let Some(last) = last {
+            ctx.now = ctx.now.max(last);
+        }
+        ctx
+    }
+
     /// The metadata stamped on every event of this command.
     pub fn metadata(&self) -> EventMetadata {
         EventMetadata {
@@ -81,19 +94,30 @@ pub(crate) fn to_new_event<A: Aggregate>(
     })
 }
 
-/// Rebuilds an aggregate from stored events.
+/// Where replaying a stream left off: its last sequence and the latest time recorded
+/// on its events (`None` for an empty stream, or events without the time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StreamHead {
+    pub sequence: usize,
+    pub recorded_at: Option<DateTime<Utc>>,
+}
+
+/// Rebuilds an aggregate from stored events, continuing from `head`.
 pub(crate) fn replay<A: Aggregate>(
     aggregate: &mut A,
+    head: StreamHead,
     events: Vec<cqrs_es::persist::SerializedEvent>,
-) -> Result<usize, AggregateError<A::Error>> {
-    let mut sequence = 0;
+) -> Result<StreamHead, AggregateError<A::Error>> {
+    let mut head = head;
     for stored in events {
+        let recorded_at = stored.metadata.get("recorded_at").and_then(|t| t.as_str()?.parse().ok());
+        head.recorded_at = head.recorded_at.max(recorded_at);
         let event: A::Event = serde_json::from_value(stored.payload)
             .map_err(|e| AggregateError::DeserializationError(Box::new(e)))?;
         aggregate.apply(event);
-        sequence = stored.sequence;
+        head.sequence = stored.sequence;
     }
-    Ok(sequence)
+    Ok(head)
 }
 
 /// Turns a store failure into the framework's error type.

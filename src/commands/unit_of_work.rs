@@ -6,11 +6,14 @@
 //! and all events are appended in one statement (PostgreSQL) or one transaction
 //! (SQLite). A crash before the append leaves nothing; after it, everything. If any
 //! aggregate moved meanwhile, the append conflicts as a whole and [`with_retries`] runs
-//! the whole unit again on fresh state.
+//! the whole unit again on fresh state. Each aggregate's command is decided at the
+//! unit's time or at the time of that aggregate's last event, whichever is later
+//! ([`CommandContext::decided_after`]).
 
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateError};
 
@@ -58,25 +61,46 @@ impl UnitOfWork {
         A::Error: Send + 'static,
         A::Services: 'static,
     {
+        Ok(self.execute_at(bus, aggregate_id, |_| command, |_| ()).await?.0)
+    }
+
+    /// Like [`Self::execute`], for a command that carries its own time: `make` builds it
+    /// from the time it is decided at. Answers the events and `view` read from the
+    /// aggregate right after the command.
+    pub async fn execute_at<A, R>(
+        &mut self,
+        bus: &CommandBus<A>,
+        aggregate_id: &str,
+        make: impl FnOnce(DateTime<Utc>) -> A::Command,
+        view: impl FnOnce(&A) -> R,
+    ) -> Result<(Vec<A::Event>, R), AggregateError<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone + Send + 'static,
+        A::Error: Send + 'static,
+        A::Services: 'static,
+    {
         let key = (A::TYPE, aggregate_id.to_owned());
         if self.touched.contains(&key) {
             return Err(AggregateError::UnexpectedError(
                 format!("{} {aggregate_id} used twice in one unit of work", A::TYPE).into(),
             ));
         }
-        let (mut aggregate, mut sequence) = bus.load(aggregate_id).await?;
+        let (mut aggregate, head) = bus.load_head(aggregate_id).await?;
+        let ctx = self.ctx.decided_after(head.recorded_at);
         let sink = EventSink::default();
-        aggregate.handle(command, bus.services(), &sink).await.map_err(AggregateError::UserError)?;
+        aggregate.handle(make(ctx.now), bus.services(), &sink).await.map_err(AggregateError::UserError)?;
         let events = sink.collect().await;
+        let mut sequence = head.sequence;
         for event in &events {
             sequence += 1;
-            self.staged.push(to_new_event::<A>(aggregate_id, sequence, event, &self.ctx)?);
+            self.staged.push(to_new_event::<A>(aggregate_id, sequence, event, &ctx)?);
         }
         self.touched.push(key);
         let bus = bus.clone();
         let id = aggregate_id.to_owned();
         self.invalidations.push(Box::new(move || bus.invalidate(&id)));
-        Ok(events)
+        Ok((events, view(&aggregate)))
     }
 
     /// Queues a message to send once (and only if) the unit commits.

@@ -1,7 +1,10 @@
 //! Credit use cases: balance (with the day's grant), idempotent spends, history, and the
 //! admin grant, adjust and refund. Decisions are the credit account aggregate's; this
 //! layer computes what the aggregate needs from outside (the day, ids, key fingerprints)
-//! and turns its events into answers.
+//! and turns its events into answers. Commands are built from the time they are decided
+//! at (see `CommandBus::execute_at`), so an account's events never go back in time.
+//! An admin operation appends its operator's key (`commands::operator_key`) in the same
+//! unit of work as the account's event, so admin keys are scoped to the operator.
 
 pub mod input;
 pub mod ledger;
@@ -14,8 +17,9 @@ use cqrs_es::AggregateError;
 
 use crate::auth::{ClientInfo, uuid_at};
 use crate::clock::SharedClock;
-use crate::commands::CommandBus;
 use crate::commands::credit_account::{CreditAccount, CreditCommand, CreditError, DailyGrant};
+use crate::commands::operator_key::{OperatorKey, OperatorKeyCommand, OperatorKeyError, operator_key_id};
+use crate::commands::{CommandBus, Retryable, UnitOfWork, commit_error, with_retries};
 use crate::events::credits::{CreditEvent, KeyUse, Pool};
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
@@ -62,6 +66,20 @@ fn failure(error: AggregateError<CreditError>, requested: i64) -> CreditFailure 
     }
 }
 
+fn key_failure(error: AggregateError<OperatorKeyError>) -> CreditFailure {
+    match error {
+        AggregateError::UserError(OperatorKeyError::Reused) => CreditFailure::KeyReused,
+        AggregateError::AggregateConflict => CreditFailure::Conflict,
+        other => CreditFailure::Internal(anyhow::anyhow!("{other}")),
+    }
+}
+
+impl Retryable for CreditFailure {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict)
+    }
+}
+
 /// `GET /credits/balance`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
@@ -100,16 +118,49 @@ pub enum AdminOperation {
     Refund { transaction_id: String, amount: Option<i64> },
 }
 
+impl AdminOperation {
+    /// The operation's name, part of its key's fingerprint (a grant and an adjustment
+    /// with the same body are different requests).
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Grant { .. } => "grant",
+            Self::Adjust { .. } => "adjust",
+            Self::Refund { .. } => "refund",
+        }
+    }
+
+    /// How many credits it asks to move, for error messages.
+    fn requested(&self) -> i64 {
+        match self {
+            Self::Grant { amount, .. } => *amount,
+            Self::Adjust { amount, .. } => amount.abs(),
+            Self::Refund { amount, .. } => amount.unwrap_or(0),
+        }
+    }
+}
+
+/// The day's free credits for a command decided at `at`.
+fn daily_grant(settings: &CreditSettings, at: DateTime<Utc>, transaction_id: &str) -> DailyGrant {
+    DailyGrant {
+        day: at.with_timezone(&settings.timezone).date_naive(),
+        amount: settings.daily_free,
+        cap: settings.free_cap,
+        transaction_id: transaction_id.to_owned(),
+    }
+}
+
 /// The credit service of one process.
 pub struct CreditService {
     store: EventStore,
     projector: Arc<Projector>,
     clock: SharedClock,
     accounts: CommandBus<CreditAccount>,
+    operator_keys: CommandBus<OperatorKey>,
     settings: CreditSettings,
 }
 
 impl CreditService {
+    /// The credit service over the store, deciding on `accounts`.
     pub fn new(
         store: EventStore,
         projector: Arc<Projector>,
@@ -117,16 +168,8 @@ impl CreditService {
         accounts: CommandBus<CreditAccount>,
         settings: CreditSettings,
     ) -> Self {
-        Self { store, projector, clock, accounts, settings }
-    }
-
-    fn daily(&self, now: DateTime<Utc>) -> DailyGrant {
-        DailyGrant {
-            day: now.with_timezone(&self.settings.timezone).date_naive(),
-            amount: self.settings.daily_free,
-            cap: self.settings.free_cap,
-            transaction_id: uuid_at(now).to_string(),
-        }
+        let operator_keys = CommandBus::new(store.clone(), ());
+        Self { store, projector, clock, accounts, operator_keys, settings }
     }
 
     async fn settle(&self, cursor: Option<LogCursor>) {
@@ -146,10 +189,11 @@ impl CreditService {
             total_spent: account.total_spent,
             daily_free_credits: daily_free,
         };
-        let command = CreditCommand::Touch { daily: self.daily(now), at: now };
+        let (settings, daily_id) = (self.settings, uuid_at(now).to_string());
+        let command = move |at| CreditCommand::Touch { daily: daily_grant(&settings, at, &daily_id), at };
         let committed = self
             .accounts
-            .execute_with(user_id, command, &client.context(user_id, now), view)
+            .execute_at(user_id, command, &client.context(user_id, now), view)
             .await
             .map_err(|e| failure(e, 0))?;
         self.settle(committed.cursor).await;
@@ -167,20 +211,22 @@ impl CreditService {
         let key = request.idempotency_key.as_deref().map(ledger::user_key);
         let key_use = key.clone().map(|key| KeyUse { key, fingerprint: request.fingerprint() });
         let amount = request.amount;
-        let command = CreditCommand::Spend {
-            transaction_id: uuid_at(now).to_string(),
+        let (settings, transaction_id, daily_id) =
+            (self.settings, uuid_at(now).to_string(), uuid_at(now).to_string());
+        let command = move |at| CreditCommand::Spend {
+            transaction_id: transaction_id.clone(),
             amount,
-            app_id: request.app_id,
-            description: request.description,
-            metadata: request.metadata,
-            key: key_use,
-            daily: self.daily(now),
-            at: now,
+            app_id: request.app_id.clone(),
+            description: request.description.clone(),
+            metadata: request.metadata.clone(),
+            key: key_use.clone(),
+            daily: daily_grant(&settings, at, &daily_id),
+            at,
         };
         let view = move |account: &CreditAccount| key.as_deref().and_then(|k| account.keyed(k)).cloned();
         let committed = self
             .accounts
-            .execute_with(user_id, command, &client.context(user_id, now), view)
+            .execute_at(user_id, command, &client.context(user_id, now), view)
             .await
             .map_err(|e| failure(e, amount))?;
         let replayed = committed.events.is_empty();
@@ -208,7 +254,11 @@ impl CreditService {
         Ok(credit_transactions::for_user(self.store.db(), user_id, limit, offset).await?)
     }
 
-    /// An admin or service operation, idempotent under `key` for that actor.
+    /// An admin or service operation, idempotent under `key` for that actor: the key is
+    /// recorded on the operator's key aggregate in the same append as the account's
+    /// event, so it holds whichever account a later request targets, under concurrent
+    /// retries, across processes and restarts. `key` is (key, fingerprint of the body
+    /// including the target). Answers the transaction and whether it is a replay.
     pub async fn admin(
         &self,
         actor: &str,
@@ -218,68 +268,97 @@ impl CreditService {
         client: &ClientInfo,
     ) -> Result<(Transaction, bool), CreditFailure> {
         let now = self.clock.now();
+        let requested = operation.requested();
+        let user_id = match &operation {
+            AdminOperation::Grant { user_id, .. } | AdminOperation::Adjust { user_id, .. } => user_id.clone(),
+            AdminOperation::Refund { transaction_id, .. } => self.owner_of(transaction_id).await?,
+        };
+        // The operator's key: its aggregate id, the key and the request's fingerprint.
+        let operator_key = key.as_ref().map(|(key, fingerprint)| {
+            let request = serde_json::json!({"operation": operation.name(), "request": fingerprint});
+            (operator_key_id(actor, key), key.clone(), input::fingerprint(&request))
+        });
         let key_use =
             key.map(|(key, fingerprint)| KeyUse { key: ledger::admin_key(actor, &key), fingerprint });
         let lookup = key_use.as_ref().map(|k| k.key.clone());
         let transaction_id = uuid_at(now).to_string();
-        let (user_id, command, requested) = match operation {
-            AdminOperation::Grant { user_id, pool, amount } => {
-                let command = CreditCommand::Grant {
-                    transaction_id,
-                    pool,
-                    amount,
-                    actor: actor.to_owned(),
-                    reason,
-                    key: key_use,
-                    at: now,
+        let command = |at| admin_command(&operation, actor, &reason, &transaction_id, key_use.clone(), at);
+        let ctx = client.context(actor, now);
+        let (events, earlier, cursor) = with_retries(self.store.metrics(), "admin-credit", || async {
+            let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
+            let mut key_replayed = false;
+            if let Some((id, key, fingerprint)) = &operator_key {
+                let use_key = |at| OperatorKeyCommand::Use {
+                    operator: actor.to_owned(),
+                    key: key.clone(),
+                    fingerprint: fingerprint.clone(),
+                    user_id: user_id.clone(),
+                    at,
                 };
-                (user_id, command, amount)
+                let (events, ()) =
+                    unit.execute_at(&self.operator_keys, id, use_key, |_| ()).await.map_err(key_failure)?;
+                key_replayed = events.is_empty();
             }
-            AdminOperation::Adjust { user_id, pool, amount } => {
-                let command = CreditCommand::Adjust {
-                    transaction_id,
-                    pool,
-                    amount,
-                    actor: actor.to_owned(),
-                    reason,
-                    key: key_use,
-                    at: now,
-                };
-                (user_id, command, amount.abs())
+            let view = |account: &CreditAccount| lookup.as_deref().and_then(|k| account.keyed(k)).cloned();
+            let (events, earlier) = unit
+                .execute_at(&self.accounts, &user_id, command, view)
+                .await
+                .map_err(|e| failure(e, requested))?;
+            if key_replayed && !events.is_empty() {
+                // The operator's key holds this request but the account no longer
+                // remembers it (its retention ran out in the account's own time): refuse
+                // rather than move credits a second time.
+                return Err(CreditFailure::KeyReused);
             }
-            AdminOperation::Refund { transaction_id: spend_id, amount } => {
-                // Route to the account that holds the spend; the account decides.
-                let head = self.store.committed_head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                self.projector.wait_for(head, self.settings.read_your_writes).await;
-                let owner = credit_transactions::owner(self.store.db(), &spend_id)
-                    .await?
-                    .ok_or(CreditFailure::NotFound)?;
-                let command = CreditCommand::Refund {
-                    transaction_id,
-                    spend_id,
-                    amount,
-                    actor: actor.to_owned(),
-                    reason,
-                    key: key_use,
-                    at: now,
-                };
-                (owner, command, amount.unwrap_or(0))
-            }
-        };
-        let view = move |account: &CreditAccount| lookup.as_deref().and_then(|k| account.keyed(k)).cloned();
-        let committed = self
-            .accounts
-            .execute_with(&user_id, command, &client.context(actor, now), view)
-            .await
-            .map_err(|e| failure(e, requested))?;
-        let replayed = committed.events.is_empty();
-        let event = match committed.events.last() {
+            let cursor = unit.commit().await.map_err(|e| failure(commit_error(e), requested))?;
+            Ok((events, earlier, cursor))
+        })
+        .await?;
+        let replayed = events.is_empty();
+        let event = match events.last() {
             Some(event) => event.clone(),
-            None => committed.reply.ok_or_else(|| anyhow::anyhow!("a replay without its first answer"))?,
+            None => earlier.ok_or_else(|| anyhow::anyhow!("a replay without its first answer"))?,
         };
         let transaction =
             ledger::transaction_of(&user_id, &event).ok_or_else(|| anyhow::anyhow!("no ledger line"))?;
-        self.settle(committed.cursor).await;
+        self.settle(cursor).await;
         Ok((transaction, replayed))
+    }
+
+    /// The account that holds a spend, from the ledger once it has caught up with
+    /// everything committed; the account itself then decides on the refund.
+    async fn owner_of(&self, spend_id: &str) -> Result<String, CreditFailure> {
+        let head = self.store.committed_head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.projector.wait_for(head, self.settings.read_your_writes).await;
+        credit_transactions::owner(self.store.db(), spend_id).await?.ok_or(CreditFailure::NotFound)
+    }
+}
+
+/// The account command of an admin operation, decided at `at`.
+fn admin_command(
+    operation: &AdminOperation,
+    actor: &str,
+    reason: &str,
+    transaction_id: &str,
+    key: Option<KeyUse>,
+    at: DateTime<Utc>,
+) -> CreditCommand {
+    let (transaction_id, actor, reason) = (transaction_id.to_owned(), actor.to_owned(), reason.to_owned());
+    match operation {
+        AdminOperation::Grant { pool, amount, .. } => {
+            CreditCommand::Grant { transaction_id, pool: *pool, amount: *amount, actor, reason, key, at }
+        }
+        AdminOperation::Adjust { pool, amount, .. } => {
+            CreditCommand::Adjust { transaction_id, pool: *pool, amount: *amount, actor, reason, key, at }
+        }
+        AdminOperation::Refund { transaction_id: spend_id, amount } => CreditCommand::Refund {
+            transaction_id,
+            spend_id: spend_id.clone(),
+            amount: *amount,
+            actor,
+            reason,
+            key,
+            at,
+        },
     }
 }

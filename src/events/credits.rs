@@ -143,3 +143,31 @@ impl DomainEvent for CreditEvent {
         "1".to_owned()
     }
 }
+
+/// Events of an operator's idempotency key: one stream per operator and key
+/// (`commands::operator_key`), so that an admin key is scoped to the operator who sent
+/// it, whichever account the request targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OperatorKeyEvent {
+    /// The operator used the key for a request: the request's fingerprint (which covers
+    /// the operation, the target and the body) and the account it went to.
+    OperatorKeyUsed {
+        operator: String,
+        key: String,
+        fingerprint: String,
+        user_id: String,
+        used_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for OperatorKeyEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::OperatorKeyUsed { .. } => "OperatorKeyUsed",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

@@ -1,5 +1,8 @@
 //! Projection `credit_transactions` (table `credit_transactions`): the ledger, one row
-//! per credit-moving event, in the original's transaction shape.
+//! per credit-moving event, in the original's transaction shape. Each row keeps its
+//! event's sequence in the account's stream, the order in which the account applied it,
+//! so that a history listed by it chains: each row's balance before is the balance after
+//! of the row below.
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -13,7 +16,7 @@ use crate::events::RecordedEvent;
 use crate::events::credits::CreditEvent;
 use crate::insert_rows;
 
-/// See the module documentation.
+/// The `credit_transactions` projection: fills the ledger table from credit account events.
 pub struct CreditTransactions;
 
 #[async_trait]
@@ -34,12 +37,13 @@ impl Projection for CreditTransactions {
         let mut rows = Vec::new();
         for event in events.iter().filter(|e| e.aggregate_type == "credit_account") {
             if let Some(t) = transaction_of(&event.aggregate_id, &event.decode::<CreditEvent>()?) {
-                rows.push((event.cursor.position, t));
+                rows.push(((event.cursor.position, event.sequence), t));
             }
         }
         insert_rows!(tx, "credit_transactions", &rows, |r| {
             "id": "text" = r.1.id.clone(),
-            "position": "bigint" = r.0,
+            "position": "bigint" = r.0.0,
+            "sequence": "bigint" = r.0.1,
             "user_id": "text" = r.1.user_id.clone(),
             "type": "text" = r.1.kind.as_str(),
             "status": "text" = "completed",
@@ -66,12 +70,13 @@ fn kind(text: &str) -> Kind {
     }
 }
 
-/// A user's transactions, newest first.
+/// A user's transactions, newest first: in the reverse of the order the account applied
+/// them (its event sequence), whatever the clocks of the requests said.
 pub async fn for_user(db: &Db, user_id: &str, limit: i64, offset: i64) -> anyhow::Result<Vec<Transaction>> {
     let sql = "SELECT id, user_id, type, amount, balance_before, balance_after, app_id, description, metadata, \
                       idempotency_key, created_at \
                FROM credit_transactions WHERE user_id = $1 \
-               ORDER BY created_at DESC, position DESC LIMIT $2 OFFSET $3";
+               ORDER BY sequence DESC LIMIT $2 OFFSET $3";
     macro_rules! fetch {
         ($pool:expr) => {
             sqlx::query(sql)
