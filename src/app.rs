@@ -7,17 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use tokio_cron_scheduler::JobScheduler;
 
+pub use crate::api::AppState;
+
 use crate::auth::links::{LinkBase, RedirectOrigins};
 use crate::auth::{AuthAggregates, AuthService, AuthSettings};
 use crate::clock::{SharedClock, SystemClock};
-use crate::commands::CommandBus;
+use crate::commands::Aggregates;
 use crate::commands::login_attempts::LockoutPolicy;
 use crate::config::{Config, Secret};
 use crate::credits::{CreditService, CreditSettings};
@@ -32,74 +33,6 @@ use crate::security::secrets::ServerSecret;
 use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, TokenService};
 use crate::server::ServerLimits;
 use crate::telemetry::Metrics;
-
-/// Shared state of one server process; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<Shared>,
-}
-
-struct Shared {
-    config: Config,
-    clock: SharedClock,
-    store: EventStore,
-    projector: Arc<Projector>,
-    auth: Arc<AuthService>,
-    credits: Arc<CreditService>,
-    limiter: Arc<RateLimiter>,
-}
-
-impl AppState {
-    /// The configuration the process started with.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// The clock service.
-    pub fn clock(&self) -> &SharedClock {
-        &self.inner.clock
-    }
-
-    /// The current time from the clock service.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
-    }
-
-    /// The database.
-    pub fn db(&self) -> &Db {
-        self.inner.store.db()
-    }
-
-    /// The event log.
-    pub fn store(&self) -> &EventStore {
-        &self.inner.store
-    }
-
-    /// The projector (read-your-writes waits, lag).
-    pub fn projector(&self) -> &Arc<Projector> {
-        &self.inner.projector
-    }
-
-    /// The authentication service.
-    pub fn auth(&self) -> &Arc<AuthService> {
-        &self.inner.auth
-    }
-
-    /// The credit service.
-    pub fn credits(&self) -> &Arc<CreditService> {
-        &self.inner.credits
-    }
-
-    /// The rate limiter.
-    pub fn limiter(&self) -> &Arc<RateLimiter> {
-        &self.inner.limiter
-    }
-
-    /// The metrics registry of this process.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        self.inner.store.metrics()
-    }
-}
 
 /// A built server, bound to its address, not yet serving.
 pub struct Application {
@@ -132,7 +65,8 @@ impl Application {
 
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let auth = build_auth(&config, &store, &projector, &clock).await?;
+        let aggregates = Aggregates::new(&store);
+        let auth = build_auth(&config, &store, &aggregates, &projector, &clock).await?;
         let limiter = Arc::new(RateLimiter::new(
             config.rate_limits.clone(),
             config.redis_url.as_ref().map(Secret::expose),
@@ -145,7 +79,8 @@ impl Application {
             store.clone(),
             Arc::clone(&projector),
             clock.clone(),
-            auth.aggregates().credits.clone(),
+            aggregates.credits.clone(),
+            aggregates.operator_keys.clone(),
             CreditSettings {
                 daily_free: config.credits_daily_free,
                 free_cap: config.credits_free_cap,
@@ -176,8 +111,7 @@ impl Application {
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let state =
-            AppState { inner: Arc::new(Shared { config, clock, store, projector, auth, credits, limiter }) };
+        let state = AppState::new(config, clock, store, projector, auth, credits, limiter);
         Ok(Self { state, listener, tasks, background, scheduler })
     }
 
@@ -221,6 +155,7 @@ impl Application {
 async fn build_auth(
     config: &Config,
     store: &EventStore,
+    aggregates: &Aggregates,
     projector: &Arc<Projector>,
     clock: &SharedClock,
 ) -> anyhow::Result<Arc<AuthService>> {
@@ -233,8 +168,7 @@ async fn build_auth(
         publish_ahead: chrono::Duration::seconds(2 * JWKS_MAX_AGE_SECS + 60),
         retired_lifetime: token_lifetime + chrono::Duration::seconds(60),
     };
-    let keyring = CommandBus::new(store.clone(), ());
-    let keys = KeyService::start(keyring, secret.sealer(), clock.clone(), settings)
+    let keys = KeyService::start(aggregates.keyring.clone(), secret.sealer(), clock.clone(), settings)
         .await
         .context("cannot load the signing keys")?;
     let tokens = TokenService::new(
@@ -267,7 +201,7 @@ async fn build_auth(
         store.clone(),
         Arc::clone(projector),
         clock.clone(),
-        AuthAggregates::new(store),
+        AuthAggregates::of(aggregates),
         passwords,
         tokens,
         revocations,

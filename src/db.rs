@@ -74,6 +74,9 @@ macro_rules! exec {
     };
 }
 
+/// The most values SQLite binds in one statement (`SQLITE_MAX_VARIABLE_NUMBER`).
+pub const SQLITE_MAX_BINDS: usize = 32_766;
+
 /// Inserts many rows in one statement on either engine; evaluates to
 /// `Result<u64, sqlx::Error>` (rows affected). Each column is named with its PostgreSQL
 /// type and the row's value for it:
@@ -92,9 +95,6 @@ macro_rules! exec {
 /// its bind limit ([`SQLITE_MAX_BINDS`]) needs. The optional tail follows the rows (e.g.
 /// `ON CONFLICT`); rows that conflict across a split resolve as they would in one
 /// statement, since SQLite applies a multi-row insert row by row.
-/// The most values SQLite binds in one statement (`SQLITE_MAX_VARIABLE_NUMBER`).
-pub const SQLITE_MAX_BINDS: usize = 32_766;
-
 #[macro_export]
 macro_rules! insert_rows {
     ($tx:expr, $table:literal, $rows:expr,
@@ -261,6 +261,16 @@ impl Db {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DbTime(pub chrono::DateTime<chrono::Utc>);
 
+/// The fixed text form of a time in SQLite columns: sortable as text, microseconds, UTC.
+pub(crate) fn sqlite_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Parses a time written by [`sqlite_time`] (or any RFC 3339 text).
+pub(crate) fn parse_sqlite_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, chrono::ParseError> {
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&chrono::Utc))
+}
+
 mod db_time {
     use chrono::{DateTime, Utc};
     use sqlx::encode::IsNull;
@@ -270,7 +280,7 @@ mod db_time {
     use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
 
     use super::DbTime;
-    use crate::events::{parse_sqlite_time, sqlite_time};
+    use super::{parse_sqlite_time, sqlite_time};
 
     impl Type<Postgres> for DbTime {
         fn type_info() -> PgTypeInfo {

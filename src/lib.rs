@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod credits;
 pub mod db;
+pub mod domain;
 pub mod events;
 pub mod jobs;
 pub mod mail;

@@ -32,14 +32,16 @@ impl Projection for RowPerEvent {
     fn tables(&self) -> &'static [&'static str] {
         &["test_rows"]
     }
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        exec!(
-            tx,
-            "INSERT INTO test_rows (position, aggregate_id) VALUES ($1, $2)",
-            event.cursor.position,
-            &event.aggregate_id
-        )?;
-        anyhow::ensure!(event.cursor.position != self.fail_at.load(Ordering::SeqCst), "planned failure");
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        for event in events {
+            exec!(
+                tx,
+                "INSERT INTO test_rows (position, aggregate_id) VALUES ($1, $2)",
+                event.cursor.position,
+                &event.aggregate_id
+            )?;
+            anyhow::ensure!(event.cursor.position != self.fail_at.load(Ordering::SeqCst), "planned failure");
+        }
         Ok(())
     }
 }

@@ -90,7 +90,7 @@ pub struct CatchupArgs {
     /// Events per projector transaction.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
-    /// Apply with one INSERT per event (the trait's default path) instead of one per batch.
+    /// Apply with one INSERT per event instead of one multi-row statement per batch.
     #[arg(long)]
     pub per_event: bool,
     /// Fill the log with a realistic mix (registrations, sessions, refreshes, failed

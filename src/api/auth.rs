@@ -9,17 +9,17 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, Authenticated, Client};
 use super::limits::enforce;
-use crate::app::AppState;
 use crate::auth::{AuthError, LoginInput, Registered, Registration, SignedIn};
 use crate::events::auth::Role;
 use crate::security::keys::JWKS_MAX_AGE_SECS;
 use crate::security::rate_limit::Rule;
 use crate::security::tokens::{AccessClaims, TokenError};
 
-/// The routes of this module.
+/// The authentication routes: register, login, refresh, logout, validate and the JWKS.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))

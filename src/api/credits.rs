@@ -14,16 +14,16 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, Authenticated, Client, page};
-use crate::app::AppState;
 use crate::credits::input::{SpendRequest, fingerprint, parse_amount, parse_key, parse_signed_amount};
-use crate::credits::ledger::Transaction;
 use crate::credits::{AdminOperation, CreditFailure};
 use crate::events::auth::Role;
 use crate::events::credits::Pool;
+use crate::projections::ledger::Transaction;
 
-/// The routes of this module.
+/// The credit routes of users: balance, spends and transaction history.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(balance))

@@ -74,12 +74,12 @@ mod tests {
 #[derive(Clone, Debug, Default)]
 pub struct Client(pub crate::auth::ClientInfo);
 
-impl axum::extract::FromRequestParts<crate::app::AppState> for Client {
+impl axum::extract::FromRequestParts<super::AppState> for Client {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        state: &crate::app::AppState,
+        state: &super::AppState,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
@@ -133,7 +133,7 @@ pub struct PreAuthenticated(
 
 impl PreAuthenticated {
     /// Checks the request's bearer token, if any.
-    pub async fn from_headers(headers: &axum::http::HeaderMap, state: &crate::app::AppState) -> Self {
+    pub async fn from_headers(headers: &axum::http::HeaderMap, state: &super::AppState) -> Self {
         match bearer_token(headers) {
             Some(token) => Self(Some(state.auth().authenticate(token).await)),
             None => Self(None),
@@ -155,12 +155,12 @@ impl PreAuthenticated {
 #[derive(Clone, Debug)]
 pub struct Authenticated(pub crate::security::tokens::AccessClaims);
 
-impl axum::extract::FromRequestParts<crate::app::AppState> for Authenticated {
+impl axum::extract::FromRequestParts<super::AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        state: &crate::app::AppState,
+        state: &super::AppState,
     ) -> Result<Self, Self::Rejection> {
         let checked = match parts.extensions.get::<PreAuthenticated>() {
             Some(checked) => checked.clone(),

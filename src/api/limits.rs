@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use super::error::{ApiError, ErrorCode};
 use super::extract::{Client, PreAuthenticated};
-use crate::app::AppState;
 use crate::auth::ClientInfo;
 use crate::security::rate_limit::{Decision, Rule};
 
@@ -26,7 +26,8 @@ const EXEMPT: &[&str] = &[
     "/metrics",
 ];
 
-/// The middleware.
+/// The rate-limit middleware: the IP-keyed rules and the default per-user rule, before the
+/// body is read (rules keyed by the body run in their handlers).
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if !state.limiter().enabled() || request.method() == Method::OPTIONS {
         return next.run(request).await;

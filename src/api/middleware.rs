@@ -10,8 +10,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use super::AppState;
 use super::error::{ErrorBody, ErrorCode, ErrorPayload, Message};
-use crate::app::AppState;
 
 /// The request id of the current request (accepted from `X-Request-Id` or generated).
 #[derive(Clone, Debug)]

@@ -12,6 +12,7 @@ pub mod middleware;
 mod openapi;
 mod passwords;
 mod sessions;
+mod state;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,8 +22,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use error::{ApiError, ErrorCode};
+
+pub use state::AppState;
 
 pub use openapi::ApiDoc;
 

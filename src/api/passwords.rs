@@ -7,15 +7,15 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::auth::SuccessBody;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, Authenticated, Client};
 use super::limits::enforce;
-use crate::app::AppState;
 use crate::auth::input::{Email, Password};
 use crate::security::rate_limit::Rule;
 
-/// The routes of this module.
+/// The password routes: change, forgot, reset, e-mail verification.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(change_password))

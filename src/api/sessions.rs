@@ -12,12 +12,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::auth::UserBody;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Authenticated, Client};
-use crate::app::AppState;
 
-/// The routes of this module.
+/// The session routes: the current session, the session list, revocation, security events.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(current_session))

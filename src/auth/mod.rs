@@ -16,17 +16,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
-use uuid::Uuid;
 
 use crate::clock::SharedClock;
+pub use crate::commands::ClientInfo;
 use crate::commands::credit_account::CreditAccount;
 use crate::commands::email_claim::EmailClaim;
 use crate::commands::login_attempts::{LockoutPolicy, LoginAttempts};
 use crate::commands::security_notice::{SecurityNotice, SecurityNoticeCommand};
 use crate::commands::session::Session;
 use crate::commands::user::User;
-use crate::commands::{CommandBus, CommandContext, Retryable};
-use crate::events::auth::{Role, SessionPersonal};
+use crate::commands::{Aggregates, CommandBus, Retryable};
+use crate::domain::uuid_at;
+use crate::events::auth::Role;
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
 use crate::security::passwords::{PasswordPool, PoolError};
@@ -95,34 +96,6 @@ pub(crate) fn infra<E: std::error::Error>(error: AggregateError<E>) -> AuthError
     }
 }
 
-/// Who is asking: the request's id and the client's address and agent.
-#[derive(Clone, Debug, Default)]
-pub struct ClientInfo {
-    pub request_id: Option<String>,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-impl ClientInfo {
-    /// The command context for this client, acting as `actor`, at `now`.
-    pub fn context(&self, actor: &str, now: DateTime<Utc>) -> CommandContext {
-        CommandContext {
-            now,
-            request_id: self.request_id.clone(),
-            actor: actor.to_owned(),
-            client_ip: self.ip.clone(),
-        }
-    }
-
-    fn personal(&self) -> SessionPersonal {
-        SessionPersonal {
-            ip_address: self.ip.clone(),
-            user_agent: self.user_agent.clone(),
-            ..Default::default()
-        }
-    }
-}
-
 /// The user part of sign-in answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserView {
@@ -185,15 +158,15 @@ pub struct AuthAggregates {
 }
 
 impl AuthAggregates {
-    /// A bus per aggregate over one store.
-    pub fn new(store: &EventStore) -> Self {
+    /// The buses authentication uses, from the process's set.
+    pub fn of(all: &Aggregates) -> Self {
         Self {
-            users: CommandBus::new(store.clone(), ()),
-            claims: CommandBus::new(store.clone(), ()),
-            sessions: CommandBus::new(store.clone(), ()),
-            attempts: CommandBus::new(store.clone(), ()),
-            credits: CommandBus::new(store.clone(), ()),
-            notices: CommandBus::new(store.clone(), ()),
+            users: all.users.clone(),
+            claims: all.claims.clone(),
+            sessions: all.sessions.clone(),
+            attempts: all.attempts.clone(),
+            credits: all.credits.clone(),
+            notices: all.notices.clone(),
         }
     }
 }
@@ -256,11 +229,6 @@ impl AuthService {
         &self.revocations
     }
 
-    /// The aggregates (credits use the same buses).
-    pub fn aggregates(&self) -> &AuthAggregates {
-        &self.aggregates
-    }
-
     /// Checks an access token completely: signature, claims, and that its session and
     /// user still admit it. Never calls the service's own HTTP endpoints.
     pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, TokenError> {
@@ -304,14 +272,6 @@ impl AuthService {
             tracing::warn!(%error, "could not record a rate_limited security event");
         }
     }
-}
-
-/// A UUIDv7 stamped with the clock service's time: a session id carries its start.
-/// (No monotonic context: it would move a timestamp forward after a clock step back,
-/// and a session's start must be exact for user-wide revocation.)
-pub fn uuid_at(at: DateTime<Utc>) -> Uuid {
-    let secs = u64::try_from(at.timestamp()).unwrap_or(0);
-    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, at.timestamp_subsec_nanos()))
 }
 
 #[cfg(test)]

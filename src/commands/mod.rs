@@ -12,6 +12,7 @@
 //! error enum, which the HTTP layer maps to a status and a machine code.
 
 mod bus;
+mod client;
 pub mod credit_account;
 pub mod email_claim;
 pub mod keyring;
@@ -26,9 +27,40 @@ use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent};
 
 pub use bus::{CommandBus, Committed};
+pub use client::ClientInfo;
 pub use unit_of_work::{Retryable, UnitOfWork, commit_error, with_retries};
 
-use crate::events::{EventMetadata, NewEvent, SYSTEM_ACTOR};
+use crate::events::{EventMetadata, EventStore, NewEvent, SYSTEM_ACTOR};
+
+/// Every command bus of a process, one per aggregate type, built once (in `app.rs`) and
+/// handed to each use-case service by the buses it needs.
+#[derive(Clone)]
+pub struct Aggregates {
+    pub users: CommandBus<user::User>,
+    pub claims: CommandBus<email_claim::EmailClaim>,
+    pub sessions: CommandBus<session::Session>,
+    pub attempts: CommandBus<login_attempts::LoginAttempts>,
+    pub credits: CommandBus<credit_account::CreditAccount>,
+    pub operator_keys: CommandBus<operator_key::OperatorKey>,
+    pub notices: CommandBus<security_notice::SecurityNotice>,
+    pub keyring: CommandBus<keyring::Keyring>,
+}
+
+impl Aggregates {
+    /// A bus per aggregate type over one store.
+    pub fn new(store: &EventStore) -> Self {
+        Self {
+            users: CommandBus::new(store.clone(), ()),
+            claims: CommandBus::new(store.clone(), ()),
+            sessions: CommandBus::new(store.clone(), ()),
+            attempts: CommandBus::new(store.clone(), ()),
+            credits: CommandBus::new(store.clone(), ()),
+            operator_keys: CommandBus::new(store.clone(), ()),
+            notices: CommandBus::new(store.clone(), ()),
+            keyring: CommandBus::new(store.clone(), ()),
+        }
+    }
+}
 
 /// Everything a command needs from outside the aggregate: the time (from the clock
 /// service) and who asked, recorded in every event's metadata.

@@ -11,8 +11,8 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::TokenHash;
 use crate::events::auth::{RevokeReason, SessionEvent, SessionOrigin, SessionPersonal};
-use crate::security::refresh::TokenHash;
 
 /// How long a refresh token lives (sliding: each refresh restarts it).
 pub const REFRESH_TTL: Duration = Duration::days(7);

@@ -6,8 +6,8 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::TokenHash;
 use crate::events::auth::{Role, UserEvent, UserPersonal};
-use crate::security::refresh::TokenHash;
 
 /// A single-use token's hash and expiry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,6 @@
 //! unit of work as the account's event, so admin keys are scoped to the operator.
 
 pub mod input;
-pub mod ledger;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +14,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cqrs_es::AggregateError;
 
-use crate::auth::{ClientInfo, uuid_at};
 use crate::clock::SharedClock;
+use crate::commands::ClientInfo;
 use crate::commands::credit_account::{CreditAccount, CreditCommand, CreditError, DailyGrant};
 use crate::commands::operator_key::{OperatorKey, OperatorKeyCommand, OperatorKeyError, operator_key_id};
 use crate::commands::{CommandBus, Retryable, UnitOfWork, commit_error, with_retries};
+use crate::domain::uuid_at;
 use crate::events::credits::{CreditEvent, KeyUse, Pool};
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
 use crate::projections::credit_transactions;
+use crate::projections::ledger::{self, Transaction};
 use input::SpendRequest;
-use ledger::Transaction;
 
 /// Why a credit use case failed.
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +166,9 @@ impl CreditService {
         projector: Arc<Projector>,
         clock: SharedClock,
         accounts: CommandBus<CreditAccount>,
+        operator_keys: CommandBus<OperatorKey>,
         settings: CreditSettings,
     ) -> Self {
-        let operator_keys = CommandBus::new(store.clone(), ());
         Self { store, projector, clock, accounts, operator_keys, settings }
     }
 

@@ -7,13 +7,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::domain::TokenHash;
 use crate::events::auth::{
     EmailClaimEvent, LoginAttemptEvent, LoginFailure, Role, SessionEvent, SessionOrigin, SessionPersonal,
     UserEvent, UserPersonal,
 };
 use crate::events::credits::{Balances, CreditEvent, GrantSource, Pool};
 use crate::events::{EventMetadata, NewEvent};
-use crate::security::refresh::TokenHash;
 
 /// Spends per user in the mix.
 pub const SPENDS_PER_USER: i64 = 15;

@@ -14,7 +14,7 @@ pub mod signal;
 mod sqlite;
 mod store;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -142,12 +142,4 @@ impl RecordedEvent {
     }
 }
 
-/// The fixed text form of a time in SQLite columns: sortable as text, microseconds, UTC.
-pub(crate) fn sqlite_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// Parses a time written by [`sqlite_time`] (or any RFC 3339 text).
-pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
-}
+pub(crate) use crate::db::{parse_sqlite_time, sqlite_time};

@@ -12,7 +12,7 @@ use crate::events::RecordedEvent;
 use crate::events::credits::{Balances, CreditEvent, GrantSource};
 use crate::insert_rows;
 
-/// See the module documentation.
+/// The `balances` read model: one row per credit account with its pools and totals.
 pub struct BalancesProjection;
 
 /// A row as the batch leaves it (totals are deltas until written).
@@ -41,10 +41,6 @@ impl Projection for BalancesProjection {
 
     fn tables(&self) -> &'static [&'static str] {
         &["balances"]
-    }
-
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {

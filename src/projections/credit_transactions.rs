@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::Projection;
-use crate::credits::ledger::{Kind, Transaction, transaction_of};
+use super::ledger::{Kind, Transaction, transaction_of};
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::events::credits::CreditEvent;
@@ -27,10 +27,6 @@ impl Projection for CreditTransactions {
 
     fn tables(&self) -> &'static [&'static str] {
         &["credit_transactions"]
-    }
-
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {

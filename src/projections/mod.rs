@@ -10,6 +10,7 @@
 pub mod balances;
 pub mod credit_transactions;
 mod group;
+pub mod ledger;
 mod projector;
 pub mod security_events;
 pub mod sessions;
@@ -34,22 +35,23 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns, emptied when it is rebuilt.
     fn tables(&self) -> &'static [&'static str];
 
-    /// Applies one event inside the batch transaction. Events the projection does not
-    /// care about are ignored. An error rolls the whole batch back (rows and checkpoint).
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()>;
+    /// Applies a batch of events in order inside the batch transaction. Events the
+    /// projection does not care about are ignored. An error rolls the whole batch back
+    /// (rows and checkpoint). Projections that write a row per event do it with one
+    /// multi-row statement (a round trip per event is the projector's bottleneck on
+    /// PostgreSQL); others apply the events one by one (see [`on_event`]).
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()>;
 
-    /// Applies a batch of events in order inside the batch transaction. The default calls
-    /// [`apply`](Self::apply) for each; projections that write a row per event override
-    /// it with one multi-row statement (a round trip per event is the projector's
-    /// bottleneck on PostgreSQL).
-    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        for event in events {
-            self.apply(tx, event)
-                .await
-                .map_err(|e| e.context(format!("on event {} ({})", event.cursor, event.event_type)))?;
-        }
-        Ok(())
+    /// Applies one event: a batch of one.
+    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
+}
+
+/// Names the event an error came from (for projections that apply a batch event by
+/// event).
+pub fn on_event(error: anyhow::Error, event: &RecordedEvent) -> anyhow::Error {
+    error.context(format!("on event {} ({})", event.cursor, event.event_type))
 }
 
 /// Every projection the service runs, in the order they are fed.

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::Projection;
 use super::group::GroupError;
 use crate::clock::SharedClock;
+use crate::db::parse_sqlite_time;
 use crate::db::{Db, DbTime, DbTx};
-use crate::events::{EventStore, LogCursor, parse_sqlite_time};
+use crate::events::{EventStore, LogCursor};
 use crate::exec;
 
 /// How the projector batches and polls.

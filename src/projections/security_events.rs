@@ -40,7 +40,8 @@ pub mod kinds {
     pub const LOGIN_THROTTLED: &str = "login_throttled";
 }
 
-/// See the module documentation.
+/// The `security_events` read model: one row per security-relevant event, for
+/// `GET /auth/security-events`.
 pub struct SecurityEvents;
 
 /// One row to write.
@@ -63,10 +64,6 @@ impl Projection for SecurityEvents {
 
     fn tables(&self) -> &'static [&'static str] {
         &["security_events"]
-    }
-
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {

@@ -13,7 +13,8 @@ use crate::events::RecordedEvent;
 use crate::events::auth::{RevokeReason, SessionEvent, UserEvent};
 use crate::{exec, insert_rows};
 
-/// See the module documentation.
+/// The `sessions` read model: one row per session, for `GET /auth/sessions` and the
+/// revocation index's start-up.
 pub struct Sessions;
 
 #[async_trait]
@@ -24,10 +25,6 @@ impl Projection for Sessions {
 
     fn tables(&self) -> &'static [&'static str] {
         &["sessions", "session_cutoffs"]
-    }
-
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     /// New sessions are inserted together and refreshes folded into one update per
@@ -341,6 +338,26 @@ pub async fn live_sessions(db: &Db, user_id: &str, now: DateTime<Utc>) -> anyhow
                         last_active_at: r.try_get::<DbTime, _>(6)?.0,
                     })
                 })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        };
+    }
+    Ok(match db {
+        Db::Postgres(pool) => fetch!(pool),
+        Db::Sqlite { reader, .. } => fetch!(reader),
+    })
+}
+
+/// The sessions revoked after `since`, with when (the revocation index's start-up read).
+pub async fn revoked_since(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    let sql = "SELECT id, revoked_at FROM sessions WHERE revoked_at > $1";
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query(sql)
+                .bind(DbTime(since))
+                .fetch_all($pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get::<DbTime, _>(1)?.0)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         };
     }

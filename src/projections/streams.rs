@@ -9,7 +9,7 @@ use crate::db::{DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::insert_rows;
 
-/// See the module documentation.
+/// The `event_streams` read model: one row per aggregate stream, for auditors.
 pub struct Streams;
 
 const UPSERT: &str = " ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
@@ -25,10 +25,6 @@ impl Projection for Streams {
 
     fn tables(&self) -> &'static [&'static str] {
         &["event_streams"]
-    }
-
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use crate::events::RecordedEvent;
 use crate::events::credits::CreditEvent;
 use crate::insert_rows;
 
-/// See the module documentation.
+/// The `usage_stats` read model: credits spent per user, app and UTC day.
 pub struct UsageStats;
 
 #[async_trait]
@@ -23,10 +23,6 @@ impl Projection for UsageStats {
 
     fn tables(&self) -> &'static [&'static str] {
         &["usage_stats"]
-    }
-
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {

@@ -2,14 +2,16 @@
 //! Analytics jobs may read it; docs/PROJECTIONS.md documents the columns.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::Projection;
-use crate::db::{DbTime, DbTx};
+use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::events::auth::UserEvent;
 use crate::exec;
 
-/// See the module documentation.
+/// The `users` read model: one row per account with its role, status and cutoffs.
 pub struct Users;
 
 #[async_trait]
@@ -22,73 +24,118 @@ impl Projection for Users {
         &["users"]
     }
 
-    async fn apply(&self, tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
-        if event.aggregate_type != "user" {
-            return Ok(());
-        }
-        let id = &event.aggregate_id;
-        let at = DbTime(event.recorded_at);
-        match event.decode::<UserEvent>()? {
-            UserEvent::UserRegistered { personal, role, registered_at, .. } => {
-                exec!(
-                    tx,
-                    "INSERT INTO users (id, email, name, role, email_verified, disabled, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, false, false, $5, $5)",
-                    id,
-                    personal.email,
-                    personal.name,
-                    role.as_str(),
-                    DbTime(registered_at)
-                )?;
-            }
-            UserEvent::UserRoleChanged { role, sessions_revoked_before, .. } => {
-                exec!(
-                    tx,
-                    "UPDATE users SET role = $2, sessions_revoked_before = $3, kept_session = NULL, updated_at = $4 \
-                     WHERE id = $1",
-                    id,
-                    role.as_str(),
-                    DbTime(sessions_revoked_before),
-                    at
-                )?;
-            }
-            UserEvent::UserDisabled { sessions_revoked_before } => {
-                exec!(
-                    tx,
-                    "UPDATE users SET disabled = true, sessions_revoked_before = $2, kept_session = NULL, \
-                     updated_at = $3 WHERE id = $1",
-                    id,
-                    DbTime(sessions_revoked_before),
-                    at
-                )?;
-            }
-            UserEvent::UserEnabled { .. } => {
-                exec!(tx, "UPDATE users SET disabled = false, updated_at = $2 WHERE id = $1", id, at)?;
-            }
-            UserEvent::PasswordChanged { sessions_revoked_before, kept_session, .. } => {
-                exec!(
-                    tx,
-                    "UPDATE users SET sessions_revoked_before = $2, kept_session = $3, updated_at = $4 WHERE id = $1",
-                    id,
-                    DbTime(sessions_revoked_before),
-                    kept_session,
-                    at
-                )?;
-            }
-            UserEvent::PasswordResetCompleted { sessions_revoked_before, .. } => {
-                exec!(
-                    tx,
-                    "UPDATE users SET sessions_revoked_before = $2, kept_session = NULL, updated_at = $3 WHERE id = $1",
-                    id,
-                    DbTime(sessions_revoked_before),
-                    at
-                )?;
-            }
-            UserEvent::EmailVerified { .. } => {
-                exec!(tx, "UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1", id, at)?;
-            }
-            UserEvent::PasswordResetRequested { .. } | UserEvent::EmailVerificationRequested { .. } => {}
+    async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        for event in events.iter().filter(|e| e.aggregate_type == "user") {
+            apply_event(tx, event).await.map_err(|e| super::on_event(e, event))?;
         }
         Ok(())
     }
+}
+
+/// Applies one user event: each changes one row.
+async fn apply_event(tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+    let id = &event.aggregate_id;
+    let at = DbTime(event.recorded_at);
+    match event.decode::<UserEvent>()? {
+        UserEvent::UserRegistered { personal, role, registered_at, .. } => {
+            exec!(
+                tx,
+                "INSERT INTO users (id, email, name, role, email_verified, disabled, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, false, false, $5, $5)",
+                id,
+                personal.email,
+                personal.name,
+                role.as_str(),
+                DbTime(registered_at)
+            )?;
+        }
+        UserEvent::UserRoleChanged { role, sessions_revoked_before, .. } => {
+            exec!(
+                tx,
+                "UPDATE users SET role = $2, sessions_revoked_before = $3, kept_session = NULL, updated_at = $4 \
+                 WHERE id = $1",
+                id,
+                role.as_str(),
+                DbTime(sessions_revoked_before),
+                at
+            )?;
+        }
+        UserEvent::UserDisabled { sessions_revoked_before } => {
+            exec!(
+                tx,
+                "UPDATE users SET disabled = true, sessions_revoked_before = $2, kept_session = NULL, \
+                 updated_at = $3 WHERE id = $1",
+                id,
+                DbTime(sessions_revoked_before),
+                at
+            )?;
+        }
+        UserEvent::UserEnabled { .. } => {
+            exec!(tx, "UPDATE users SET disabled = false, updated_at = $2 WHERE id = $1", id, at)?;
+        }
+        UserEvent::PasswordChanged { sessions_revoked_before, kept_session, .. } => {
+            exec!(
+                tx,
+                "UPDATE users SET sessions_revoked_before = $2, kept_session = $3, updated_at = $4 WHERE id = $1",
+                id,
+                DbTime(sessions_revoked_before),
+                kept_session,
+                at
+            )?;
+        }
+        UserEvent::PasswordResetCompleted { sessions_revoked_before, .. } => {
+            exec!(
+                tx,
+                "UPDATE users SET sessions_revoked_before = $2, kept_session = NULL, updated_at = $3 WHERE id = $1",
+                id,
+                DbTime(sessions_revoked_before),
+                at
+            )?;
+        }
+        UserEvent::EmailVerified { .. } => {
+            exec!(tx, "UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1", id, at)?;
+        }
+        UserEvent::PasswordResetRequested { .. } | UserEvent::EmailVerificationRequested { .. } => {}
+    }
+    Ok(())
+}
+
+/// A user whose sessions may be refused: disabled, or with a user-wide cutoff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedUser {
+    pub id: String,
+    pub disabled: bool,
+    /// Sessions started at or before this are revoked ...
+    pub sessions_revoked_before: Option<DateTime<Utc>>,
+    /// ... except this one.
+    pub kept_session: Option<String>,
+}
+
+/// The users that are disabled or whose cutoff is after `since` (the revocation index's
+/// start-up read).
+pub async fn revoked_since(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<RevokedUser>> {
+    let sql = "SELECT id, disabled, sessions_revoked_before, kept_session FROM users \
+               WHERE disabled OR sessions_revoked_before > $1";
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query(sql)
+                .bind(DbTime(since))
+                .fetch_all($pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(RevokedUser {
+                        id: row.try_get(0)?,
+                        disabled: row.try_get(1)?,
+                        sessions_revoked_before: row.try_get::<Option<DbTime>, _>(2)?.map(|t| t.0),
+                        kept_session: row.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        };
+    }
+    Ok(match db {
+        Db::Postgres(pool) => fetch!(pool),
+        Db::Sqlite { reader, .. } => fetch!(reader),
+    })
 }

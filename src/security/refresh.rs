@@ -12,8 +12,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
+
+pub use crate::domain::TokenHash;
 
 /// An opaque token as presented or issued.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,18 +77,6 @@ impl OpaqueToken {
         mac.update(self.session_id.as_bytes());
         mac.update(&self.secret);
         Self { session_id: self.session_id, secret: mac.finalize().into_bytes().into() }
-    }
-}
-
-/// The stored form of a refresh token.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct TokenHash(pub String);
-
-impl TokenHash {
-    /// Constant-time equality.
-    pub fn matches(&self, other: &TokenHash) -> bool {
-        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
     }
 }
 

@@ -15,16 +15,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
-use sqlx::Row;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::tokens::{AccessClaims, TokenError};
 use crate::clock::SharedClock;
-use crate::db::{Db, DbTime};
 use crate::events::auth::{SessionEvent, UserEvent};
 use crate::events::{EventStore, LogCursor, RecordedEvent};
-use crate::projections::Projector;
+use crate::projections::{self, Projector};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Cutoff {
@@ -78,32 +76,18 @@ impl Revocations {
     ) -> anyhow::Result<Arc<Self>> {
         // Checkpoints first: the tables can only be newer, and replaying is idempotent.
         let cursor = projector.checkpoint("users").await?.min(projector.checkpoint("sessions").await?);
-        let since = DbTime(clock.now() - window);
+        let since = clock.now() - window;
         let mut state = State { cursor, ..State::default() };
-        let users = "SELECT id, disabled, sessions_revoked_before, kept_session FROM users \
-                     WHERE disabled OR sessions_revoked_before > $1";
-        let sessions = "SELECT id, revoked_at FROM sessions WHERE revoked_at > $1";
-        macro_rules! load {
-            ($pool:expr) => {{
-                for row in sqlx::query(users).bind(since).fetch_all($pool).await? {
-                    let id: String = row.try_get(0)?;
-                    if row.try_get::<bool, _>(1)? {
-                        state.disabled.insert(id.clone());
-                    }
-                    if let Some(DbTime(cutoff)) = row.try_get::<Option<DbTime>, _>(2)? {
-                        let kept: Option<String> = row.try_get(3)?;
-                        state.cut(id, cutoff, kept);
-                    }
-                }
-                for row in sqlx::query(sessions).bind(since).fetch_all($pool).await? {
-                    let DbTime(at) = row.try_get(1)?;
-                    state.sessions.insert(row.try_get(0)?, at);
-                }
-            }};
+        for user in projections::users::revoked_since(store.db(), since).await? {
+            if user.disabled {
+                state.disabled.insert(user.id.clone());
+            }
+            if let Some(cutoff) = user.sessions_revoked_before {
+                state.cut(user.id, cutoff, user.kept_session);
+            }
         }
-        match store.db() {
-            Db::Postgres(pool) => load!(pool),
-            Db::Sqlite { reader, .. } => load!(reader),
+        for (session, at) in projections::sessions::revoked_since(store.db(), since).await? {
+            state.sessions.insert(session, at);
         }
         Ok(Arc::new(Self { state: RwLock::new(state), store, clock, window }))
     }

@@ -5,6 +5,8 @@
 //! `.env.example` where they overlap (`PORT`, `DATABASE_URL`, `REDIS_HOST`, `JWT_ISSUER`,
 //! `CORS_ORIGINS`, ...). `.env.example` documents every variable.
 
+pub mod rate_limits;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -97,7 +99,7 @@ pub struct Config {
     pub credits_free_cap: Option<i64>,
     pub credits_daily_timezone: chrono_tz::Tz,
     /// Rate limits (`RATE_LIMITS=off` disables them all).
-    pub rate_limits: crate::security::rate_limit::Limits,
+    pub rate_limits: rate_limits::Limits,
     pub redis_key_prefix: String,
     pub redis_timeout: Duration,
     /// Consecutive failed logins after which an address is locked.
@@ -350,8 +352,8 @@ fn parse_redis(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
     Ok(Some(Secret::new(format!("redis://{auth}{host}:{port}"))))
 }
 
-fn parse_rate_limits(env: &Env<'_>) -> Result<crate::security::rate_limit::Limits, ConfigError> {
-    use crate::security::rate_limit::{Limit, Limits, Rule};
+fn parse_rate_limits(env: &Env<'_>) -> Result<rate_limits::Limits, ConfigError> {
+    use rate_limits::{Limit, Limits, Rule};
     let mut limits = Limits::defaults();
     limits.enabled = match env.get("RATE_LIMITS").map(str::to_ascii_lowercase).as_deref() {
         None | Some("on" | "true" | "1") => true,
@@ -492,7 +494,7 @@ mod tests {
 
     #[test]
     fn refresh_is_limited_per_address_by_default_and_the_limit_can_be_set() {
-        use crate::security::rate_limit::{Limit, Rule};
+        use rate_limits::{Limit, Rule};
         let limit = |config: &Config| config.rate_limits.rules.get(&Rule::RefreshIp).copied();
         let default = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!(limit(&default), Some(Limit { max: 300, window: Duration::from_secs(60) }));

@@ -1,0 +1,97 @@
+//! [`AppState`]: what every handler receives, the services of one server process. The
+//! wiring (`app.rs`) builds it; the API only reads it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::AuthService;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::credits::CreditService;
+use crate::db::Db;
+use crate::events::EventStore;
+use crate::projections::Projector;
+use crate::security::rate_limit::RateLimiter;
+use crate::telemetry::Metrics;
+
+/// Shared state of one server process; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    clock: SharedClock,
+    store: EventStore,
+    projector: Arc<Projector>,
+    auth: Arc<AuthService>,
+    credits: Arc<CreditService>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl AppState {
+    /// The state over a process's services.
+    pub fn new(
+        config: Config,
+        clock: SharedClock,
+        store: EventStore,
+        projector: Arc<Projector>,
+        auth: Arc<AuthService>,
+        credits: Arc<CreditService>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        Self { inner: Arc::new(Shared { config, clock, store, projector, auth, credits, limiter }) }
+    }
+
+    /// The configuration the process started with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The clock service.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// The current time from the clock service.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The database (the event store's pools).
+    pub fn db(&self) -> &Db {
+        self.inner.store.db()
+    }
+
+    /// The event log.
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    /// The projector (read-your-writes waits, lag).
+    pub fn projector(&self) -> &Arc<Projector> {
+        &self.inner.projector
+    }
+
+    /// The authentication service.
+    pub fn auth(&self) -> &Arc<AuthService> {
+        &self.inner.auth
+    }
+
+    /// The credit service.
+    pub fn credits(&self) -> &Arc<CreditService> {
+        &self.inner.credits
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.inner.limiter
+    }
+
+    /// The metrics registry of this process.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.inner.store.metrics()
+    }
+}
