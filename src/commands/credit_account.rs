@@ -48,6 +48,8 @@ pub struct SpendRecord {
     pub from_paid: i64,
     pub refunded_free: i64,
     pub refunded_paid: i64,
+    /// When the spend happened: it may be refunded until [`REFUND_WINDOW`] after.
+    pub spent_at: DateTime<Utc>,
 }
 
 impl SpendRecord {
@@ -257,6 +259,7 @@ impl Aggregate for CreditAccount {
                     from_paid: *from_paid,
                     refunded_free: 0,
                     refunded_paid: 0,
+                    spent_at: *spent_at,
                 };
                 self.spends.insert(transaction_id.clone(), record);
                 self.spend_order.push_back((*spent_at, transaction_id.clone()));

@@ -5,7 +5,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
-use super::{CreditAccount, CreditError, DailyGrant, key_of};
+use super::{CreditAccount, CreditError, DailyGrant, REFUND_WINDOW, key_of};
 use crate::events::credits::{Balances, CreditEvent, GrantSource, KeyUse, Pool};
 
 /// What every keyed credit movement carries besides its own fields: the transaction it
@@ -185,8 +185,8 @@ impl CreditAccount {
         }])
     }
 
-    /// Gives back (part of) a remembered spend, to the paid pool first; without an amount,
-    /// all that is left of it.
+    /// Gives back (part of) a spend at most [`REFUND_WINDOW`] old, to the paid pool first;
+    /// without an amount, all that is left of it.
     pub(super) fn refund(
         &self,
         movement: Movement,
@@ -198,7 +198,13 @@ impl CreditAccount {
         if self.replay(movement.key.as_ref())? {
             return Ok(Vec::new());
         }
-        let spend = self.spends.get(&spend_id).ok_or(CreditError::UnknownTransaction)?;
+        // Spends leave `spends` only when a later event passes their window, so a quiet
+        // account still holds old ones: their age is checked against this refund's time.
+        let spend = self
+            .spends
+            .get(&spend_id)
+            .filter(|spend| spend.spent_at >= movement.at - REFUND_WINDOW)
+            .ok_or(CreditError::UnknownTransaction)?;
         let refundable = spend.refundable();
         let amount = amount.unwrap_or(refundable);
         if amount > refundable || amount < 1 {

@@ -292,6 +292,22 @@ fn a_spend_past_the_refund_window_in_the_accounts_own_time_cannot_be_refunded() 
         .then_expect_error(CreditError::UnknownTransaction);
 }
 
+#[test]
+fn a_spend_past_the_refund_window_cannot_be_refunded_even_when_the_account_was_quiet_since() {
+    Account::with(())
+        .given(vec![opened(), signup_bonus(100), spent("s1", (10, 0), b(100, 0), 10, 0)])
+        .when(refund("r1", "s1", None, 91))
+        .then_expect_error(CreditError::UnknownTransaction);
+}
+
+#[test]
+fn a_spend_exactly_at_the_end_of_the_refund_window_can_still_be_refunded() {
+    Account::with(())
+        .given(vec![opened(), signup_bonus(100), spent("s1", (10, 0), b(100, 0), 10, 0)])
+        .when(refund("r1", "s1", None, 90))
+        .then_expect_events(vec![refunded("r1", "s1", (10, 0), b(90, 0), 90)]);
+}
+
 // Idempotency keys of operator commands.
 
 /// For each operator command: the history with its keyed first request, and that request
