@@ -380,6 +380,39 @@ async fn admin_operations_need_an_operator_and_refunds_never_exceed_the_spend() 
 }
 
 #[tokio::test]
+async fn a_spend_older_than_ninety_days_cannot_be_refunded_even_when_its_account_was_quiet() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let clock = ManualClock::new(noon());
+        let (app, api) = app_at(&db, &clock).await;
+        let email = unique_email("quiet");
+        let token = api.register(&email).await.text("accessToken");
+        let render = json!({"amount": 10, "appId": "pic", "description": "render"});
+        let old = spend(&api, &token, render.clone()).await.body["transaction"]["id"].clone();
+        clock.advance(Duration::days(2));
+        let token = api.login(&email, PASSWORD).await.text("accessToken");
+        let recent = spend(&api, &token, render).await.body["transaction"]["id"].clone();
+        assert!(old.is_string() && recent.is_string(), "{engine:?}: two spends: {old} {recent}");
+        // Nothing happens on the account from now on: the old spend ages out on the clock alone.
+        clock.advance(Duration::days(89));
+        let admin = operator(&app, &api, &clock, Role::Admin).await;
+        let refund =
+            |id: &Value, key: &str| json!({"transactionId": id, "reason": "late", "idempotencyKey": key});
+        let late = api.post_auth("/api/v1/admin/credits/refund", &admin, refund(&old, "r1")).await;
+        assert_eq!(late.status, StatusCode::NOT_FOUND, "{engine:?}: 91 days old: {}", late.body);
+        let in_time = api.post_auth("/api/v1/admin/credits/refund", &admin, refund(&recent, "r2")).await;
+        assert_eq!(in_time.status, StatusCode::CREATED, "{engine:?}: 89 days old: {}", in_time.body);
+        let token = api.login(&email, PASSWORD).await.text("accessToken");
+        assert_eq!(
+            balance(&api, &token).await["totalSpent"],
+            10,
+            "{engine:?}: only the recent spend came back"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn rebuilding_the_credit_projections_yields_the_same_tables() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;

@@ -6,6 +6,9 @@
 //! the daily-grant time zone), before the spend is decided; idempotency keys are kept
 //! with what their operation answered, so a retry answers the same and moves nothing and
 //! a different request under a used key is refused.
+//!
+//! This file holds the account's state, its commands and how events evolve the state;
+//! `decisions` holds one method per command, to which `handle` dispatches.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -14,6 +17,10 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod decisions;
+
+use decisions::Movement;
 
 use crate::events::credits::{Balances, CreditEvent, GrantSource, KeyUse, Pool};
 
@@ -41,6 +48,8 @@ pub struct SpendRecord {
     pub from_paid: i64,
     pub refunded_free: i64,
     pub refunded_paid: i64,
+    /// When the spend happened: it may be refunded until [`REFUND_WINDOW`] after.
+    pub spent_at: DateTime<Utc>,
 }
 
 impl SpendRecord {
@@ -77,6 +86,7 @@ pub enum CreditCommand {
     },
     /// A balance read: grants the day's free credits if due.
     Touch { daily: DailyGrant, at: DateTime<Utc> },
+    /// A user's spend, free credits first; grants the day's free credits first if due.
     Spend {
         transaction_id: String,
         amount: i64,
@@ -87,6 +97,7 @@ pub enum CreditCommand {
         daily: DailyGrant,
         at: DateTime<Utc>,
     },
+    /// An operator's grant to one pool.
     Grant {
         transaction_id: String,
         pool: Pool,
@@ -96,6 +107,7 @@ pub enum CreditCommand {
         key: Option<KeyUse>,
         at: DateTime<Utc>,
     },
+    /// An operator's signed correction of one pool.
     Adjust {
         transaction_id: String,
         pool: Pool,
@@ -105,6 +117,7 @@ pub enum CreditCommand {
         key: Option<KeyUse>,
         at: DateTime<Utc>,
     },
+    /// Gives back (part of) a spend; `amount: None` refunds all that is left of it.
     Refund {
         transaction_id: String,
         spend_id: String,
@@ -139,173 +152,8 @@ impl CreditAccount {
         self.keys.get(key)
     }
 
-    /// The events of the day's grant, if one is due at `daily.day`.
-    fn daily_grant(&self, daily: &DailyGrant, at: DateTime<Utc>) -> Option<CreditEvent> {
-        if self.last_grant_day.is_some_and(|day| day >= daily.day) {
-            return None;
-        }
-        let room = daily.cap.map_or(daily.amount, |cap| (cap - self.balances.free).clamp(0, daily.amount));
-        if room <= 0 {
-            // Nothing to grant (cap reached or no daily credits): no zero-amount rows.
-            return None;
-        }
-        Some(CreditEvent::CreditsGranted {
-            transaction_id: daily.transaction_id.clone(),
-            source: GrantSource::Daily { day: daily.day },
-            pool: Pool::Free,
-            amount: room,
-            before: self.balances,
-            after: self.balances.plus(Pool::Free, room),
-            description: "Daily free credits".to_owned(),
-            key: None,
-            granted_at: at,
-        })
-    }
-
-    /// Refuses a key already used for another request; true when it is a retry.
-    fn replay(&self, key: Option<&KeyUse>) -> Result<bool, CreditError> {
-        let Some(key) = key else { return Ok(false) };
-        let Some(earlier) = self.keys.get(&key.key) else { return Ok(false) };
-        let same = key_of(earlier).is_some_and(|k| k.fingerprint == key.fingerprint);
-        if same { Ok(true) } else { Err(CreditError::KeyReused) }
-    }
-
-    fn decide(&self, command: CreditCommand) -> Result<Vec<CreditEvent>, CreditError> {
-        if !matches!(command, CreditCommand::Open { .. }) && self.user_id.is_none() {
-            return Err(CreditError::NotOpen);
-        }
-        match command {
-            CreditCommand::Open { .. } if self.user_id.is_some() => Err(CreditError::AlreadyOpen),
-            CreditCommand::Open { user_id, signup_bonus, bonus_transaction_id, day, at } => {
-                let mut events =
-                    vec![CreditEvent::CreditAccountOpened { user_id, granted_day: day, opened_at: at }];
-                if signup_bonus > 0 {
-                    events.push(CreditEvent::CreditsGranted {
-                        transaction_id: bonus_transaction_id,
-                        source: GrantSource::SignupBonus,
-                        pool: Pool::Free,
-                        amount: signup_bonus,
-                        before: self.balances,
-                        after: self.balances.plus(Pool::Free, signup_bonus),
-                        description: "Signup bonus".to_owned(),
-                        key: None,
-                        granted_at: at,
-                    });
-                }
-                Ok(events)
-            }
-            CreditCommand::Touch { daily, at } => Ok(self.daily_grant(&daily, at).into_iter().collect()),
-            CreditCommand::Spend {
-                transaction_id,
-                amount,
-                app_id,
-                description,
-                metadata,
-                key,
-                daily,
-                at,
-            } => {
-                if self.replay(key.as_ref())? {
-                    return Ok(Vec::new());
-                }
-                let grant = self.daily_grant(&daily, at);
-                let before = match &grant {
-                    Some(CreditEvent::CreditsGranted { after, .. }) => *after,
-                    _ => self.balances,
-                };
-                if before.total() < amount {
-                    return Err(CreditError::InsufficientCredits { available: before.total() });
-                }
-                let from_free = amount.min(before.free);
-                let from_paid = amount - from_free;
-                let after = Balances { free: before.free - from_free, paid: before.paid - from_paid };
-                let spent = CreditEvent::CreditsSpent {
-                    transaction_id,
-                    amount,
-                    from_free,
-                    from_paid,
-                    before,
-                    after,
-                    total_spent_after: self.total_spent + amount,
-                    app_id,
-                    description,
-                    metadata,
-                    key,
-                    spent_at: at,
-                };
-                Ok(grant.into_iter().chain([spent]).collect())
-            }
-            CreditCommand::Grant { transaction_id, pool, amount, actor, reason, key, at } => {
-                if self.replay(key.as_ref())? {
-                    return Ok(Vec::new());
-                }
-                Ok(vec![CreditEvent::CreditsGranted {
-                    transaction_id,
-                    source: GrantSource::Admin { actor, reason: reason.clone() },
-                    pool,
-                    amount,
-                    before: self.balances,
-                    after: self.balances.plus(pool, amount),
-                    description: reason,
-                    key,
-                    granted_at: at,
-                }])
-            }
-            CreditCommand::Adjust { transaction_id, pool, amount, actor, reason, key, at } => {
-                if self.replay(key.as_ref())? {
-                    return Ok(Vec::new());
-                }
-                let after = self.balances.plus(pool, amount);
-                if after.free < 0 || after.paid < 0 {
-                    let available = match pool {
-                        Pool::Free => self.balances.free,
-                        Pool::Paid => self.balances.paid,
-                    };
-                    return Err(CreditError::InsufficientCredits { available });
-                }
-                Ok(vec![CreditEvent::CreditsAdjusted {
-                    transaction_id,
-                    pool,
-                    amount,
-                    before: self.balances,
-                    after,
-                    actor,
-                    reason,
-                    key,
-                    adjusted_at: at,
-                }])
-            }
-            CreditCommand::Refund { transaction_id, spend_id, amount, actor, reason, key, at } => {
-                if self.replay(key.as_ref())? {
-                    return Ok(Vec::new());
-                }
-                let spend = self.spends.get(&spend_id).ok_or(CreditError::UnknownTransaction)?;
-                let refundable = spend.refundable();
-                let amount = amount.unwrap_or(refundable);
-                if amount > refundable || amount < 1 {
-                    return Err(CreditError::RefundTooLarge { refundable });
-                }
-                let to_paid = amount.min(spend.from_paid - spend.refunded_paid);
-                let to_free = amount - to_paid;
-                let after =
-                    Balances { free: self.balances.free + to_free, paid: self.balances.paid + to_paid };
-                Ok(vec![CreditEvent::CreditsRefunded {
-                    transaction_id,
-                    refunded_transaction_id: spend_id,
-                    amount,
-                    to_free,
-                    to_paid,
-                    before: self.balances,
-                    after,
-                    actor,
-                    reason,
-                    key,
-                    refunded_at: at,
-                }])
-            }
-        }
-    }
-
+    /// Records the key `event` was made under, and forgets keys and spends past their
+    /// retention, counted in the account's own event time (`at`).
     fn remember(&mut self, event: &CreditEvent, at: DateTime<Utc>) {
         if let Some(key) = key_of(event) {
             self.keys.insert(key.key.clone(), event.clone());
@@ -348,7 +196,32 @@ impl Aggregate for CreditAccount {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), CreditError> {
-        for event in self.decide(command)? {
+        use CreditCommand as C;
+        let events = match command {
+            C::Open { user_id, signup_bonus, bonus_transaction_id, day, at } => {
+                self.open(user_id, signup_bonus, bonus_transaction_id, day, at)
+            }
+            _ if self.user_id.is_none() => Err(CreditError::NotOpen),
+            C::Touch { daily, at } => self.touch(&daily, at),
+            C::Spend { transaction_id, amount, app_id, description, metadata, key, daily, at } => self.spend(
+                Movement { transaction_id, key, at },
+                amount,
+                app_id,
+                description,
+                metadata,
+                &daily,
+            ),
+            C::Grant { transaction_id, pool, amount, actor, reason, key, at } => {
+                self.grant(Movement { transaction_id, key, at }, pool, amount, actor, reason)
+            }
+            C::Adjust { transaction_id, pool, amount, actor, reason, key, at } => {
+                self.adjust(Movement { transaction_id, key, at }, pool, amount, actor, reason)
+            }
+            C::Refund { transaction_id, spend_id, amount, actor, reason, key, at } => {
+                self.refund(Movement { transaction_id, key, at }, spend_id, amount, actor, reason)
+            }
+        }?;
+        for event in events {
             sink.write(event, self).await;
         }
         Ok(())
@@ -386,6 +259,7 @@ impl Aggregate for CreditAccount {
                     from_paid: *from_paid,
                     refunded_free: 0,
                     refunded_paid: 0,
+                    spent_at: *spent_at,
                 };
                 self.spends.insert(transaction_id.clone(), record);
                 self.spend_order.push_back((*spent_at, transaction_id.clone()));
@@ -421,193 +295,4 @@ impl Aggregate for CreditAccount {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn day(d: u32) -> NaiveDate {
-        NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
-    }
-
-    fn at(d: u32) -> DateTime<Utc> {
-        day(d).and_hms_opt(12, 0, 0).unwrap().and_utc()
-    }
-
-    fn daily(d: u32) -> DailyGrant {
-        DailyGrant { day: day(d), amount: 5, cap: None, transaction_id: format!("daily-{d}") }
-    }
-
-    fn opened(bonus: i64) -> CreditAccount {
-        let mut account = CreditAccount::default();
-        let command = CreditCommand::Open {
-            user_id: "u".into(),
-            signup_bonus: bonus,
-            bonus_transaction_id: "b".into(),
-            day: day(1),
-            at: at(1),
-        };
-        for event in account.decide(command).unwrap() {
-            account.apply(event);
-        }
-        account
-    }
-
-    fn run(account: &mut CreditAccount, command: CreditCommand) -> Result<Vec<CreditEvent>, CreditError> {
-        let events = account.decide(command)?;
-        for event in events.clone() {
-            account.apply(event);
-        }
-        Ok(events)
-    }
-
-    fn spend(id: &str, amount: i64, key: Option<(&str, &str)>, d: u32) -> CreditCommand {
-        CreditCommand::Spend {
-            transaction_id: id.into(),
-            amount,
-            app_id: "chat".into(),
-            description: "x".into(),
-            metadata: None,
-            key: key.map(|(k, f)| KeyUse { key: k.into(), fingerprint: f.into() }),
-            daily: daily(d),
-            at: at(d),
-        }
-    }
-
-    /// An operator's grant of `amount` paid credits on day 1.
-    fn paid_grant(amount: i64) -> CreditCommand {
-        CreditCommand::Grant {
-            transaction_id: "g".into(),
-            pool: Pool::Paid,
-            amount,
-            actor: "admin".into(),
-            reason: "r".into(),
-            key: None,
-            at: at(1),
-        }
-    }
-
-    #[test]
-    fn the_signup_bonus_is_a_counted_free_grant_and_covers_its_day() {
-        let mut account = opened(150);
-        assert_eq!((account.balances, account.total_earned), (Balances { free: 150, paid: 0 }, 150));
-        assert!(run(&mut account, CreditCommand::Touch { daily: daily(1), at: at(1) }).unwrap().is_empty());
-        assert_eq!(run(&mut account, CreditCommand::Touch { daily: daily(2), at: at(2) }).unwrap().len(), 1);
-        assert!(
-            run(&mut account, CreditCommand::Touch { daily: daily(2), at: at(2) }).unwrap().is_empty(),
-            "once a day"
-        );
-        assert_eq!(account.balances.free, 155);
-        assert_eq!(
-            run(&mut account, CreditCommand::Touch { daily: daily(9), at: at(9) }).unwrap().len(),
-            1,
-            "no catch-up"
-        );
-        assert_eq!(account.balances.free, 160);
-    }
-
-    #[test]
-    fn free_credits_are_spent_before_paid_ones() {
-        let mut account = opened(10);
-        run(&mut account, paid_grant(20)).unwrap();
-        let events = run(&mut account, spend("s", 15, None, 1)).unwrap();
-        let CreditEvent::CreditsSpent { from_free, from_paid, before, after, .. } = &events[0] else {
-            panic!()
-        };
-        assert_eq!((*from_free, *from_paid, before.total(), after.total()), (10, 5, 30, 15));
-        assert_eq!(
-            run(&mut account, spend("t", 16, None, 1)),
-            Err(CreditError::InsufficientCredits { available: 15 })
-        );
-    }
-
-    #[test]
-    fn a_user_at_zero_can_spend_the_days_grant_and_a_refusal_grants_nothing() {
-        let mut account = opened(0);
-        assert_eq!(
-            run(&mut account, spend("s", 6, None, 2)),
-            Err(CreditError::InsufficientCredits { available: 5 })
-        );
-        assert_eq!(account.balances.free, 0, "a refused spend writes nothing");
-        let events = run(&mut account, spend("s", 5, None, 2)).unwrap();
-        assert_eq!(events.len(), 2, "grant, then spend");
-        assert_eq!(account.balances.total(), 0);
-    }
-
-    #[test]
-    fn a_key_replays_its_request_and_refuses_another() {
-        let mut account = opened(100);
-        run(&mut account, spend("s1", 10, Some(("k", "f1")), 1)).unwrap();
-        assert!(run(&mut account, spend("s2", 10, Some(("k", "f1")), 1)).unwrap().is_empty(), "replay");
-        assert_eq!(account.balances.free, 90);
-        assert_eq!(run(&mut account, spend("s3", 11, Some(("k", "f2")), 1)), Err(CreditError::KeyReused));
-        assert!(
-            matches!(account.keyed("k"), Some(CreditEvent::CreditsSpent { transaction_id, .. }) if transaction_id == "s1")
-        );
-        // Keys are forgotten after their retention.
-        run(
-            &mut account,
-            CreditCommand::Touch { daily: daily(30), at: at(1) + KEY_RETENTION + Duration::days(1) },
-        )
-        .unwrap();
-        assert!(account.keyed("k").is_none());
-    }
-
-    #[test]
-    fn refunds_return_to_the_pools_paid_first_and_never_exceed_the_spend() {
-        let mut account = opened(10);
-        run(&mut account, paid_grant(10)).unwrap();
-        run(&mut account, spend("s", 15, None, 1)).unwrap();
-        let refund = |id: &str, amount| CreditCommand::Refund {
-            transaction_id: id.into(),
-            spend_id: "s".into(),
-            amount,
-            actor: "svc".into(),
-            reason: "failed".into(),
-            key: None,
-            at: at(1),
-        };
-        let events = run(&mut account, refund("r1", Some(7))).unwrap();
-        let CreditEvent::CreditsRefunded { to_paid, to_free, .. } = &events[0] else { panic!() };
-        assert_eq!((*to_paid, *to_free), (5, 2));
-        assert_eq!(
-            run(&mut account, refund("r2", Some(9))),
-            Err(CreditError::RefundTooLarge { refundable: 8 })
-        );
-        run(&mut account, refund("r3", None)).unwrap();
-        assert_eq!(account.balances.total(), 20);
-        assert_eq!(account.total_spent, 0);
-        assert_eq!(run(&mut account, refund("r4", None)), Err(CreditError::RefundTooLarge { refundable: 0 }));
-    }
-
-    #[test]
-    fn an_adjustment_cannot_take_a_pool_below_zero() {
-        let mut account = opened(10);
-        let adjust = |amount| CreditCommand::Adjust {
-            transaction_id: "a".into(),
-            pool: Pool::Free,
-            amount,
-            actor: "admin".into(),
-            reason: "r".into(),
-            key: None,
-            at: at(1),
-        };
-        assert_eq!(run(&mut account, adjust(-11)), Err(CreditError::InsufficientCredits { available: 10 }));
-        run(&mut account, adjust(-10)).unwrap();
-        assert_eq!(account.balances.free, 0);
-    }
-
-    #[test]
-    fn a_cap_limits_daily_grants_but_not_the_signup_bonus() {
-        let mut account = opened(150);
-        let capped = DailyGrant { cap: Some(100), ..daily(2) };
-        let events = run(&mut account, CreditCommand::Touch { daily: capped.clone(), at: at(2) }).unwrap();
-        assert!(events.is_empty(), "{events:?}");
-        assert_eq!(account.balances.free, 150);
-        // A spend on day 1 (already granted by the registration) brings the pool below the cap.
-        run(&mut account, spend("s", 60, None, 1)).unwrap();
-        let events = run(&mut account, CreditCommand::Touch { daily: capped, at: at(2) }).unwrap();
-        assert!(
-            matches!(&events[0], CreditEvent::CreditsGranted { amount: 5, .. }),
-            "below the cap again: {events:?}"
-        );
-    }
-}
+mod tests;
