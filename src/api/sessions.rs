@@ -1,10 +1,8 @@
 //! `/api/v1/auth/session(s)` and `/api/v1/auth/security-events`: the caller's own
 //! sessions and security events.
 
-use std::collections::HashMap;
-
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -14,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::auth::UserBody;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Authenticated, Client};
+use super::extract::{Authenticated, Client, Page};
 use crate::app::AppState;
 
 /// The routes of this module.
@@ -181,10 +179,9 @@ pub struct SecurityEventBody {
 async fn security_events(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
-    Query(query): Query<HashMap<String, String>>,
+    page: Page,
 ) -> Result<Json<Vec<SecurityEventBody>>, ApiError> {
-    let (limit, offset) = super::extract::page(&query)?;
-    let rows = state.auth().security_events(&claims, limit, offset).await?;
+    let rows = state.auth().security_events(&claims, page.limit, page.offset).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| SecurityEventBody {
