@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use crate::app::AppState;
 
-/// The routes of this module.
+/// The health routes: liveness, readiness and metrics.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
 }
