@@ -530,3 +530,44 @@ async fn a_full_hashing_queue_answers_503_with_retry_after() {
     assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn password_and_token_requests_name_their_missing_fields_first() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let (app, api) = app(&db).await;
+        let token = api.register(&unique_email("fields")).await.text("accessToken");
+        let change = |body: Value| {
+            let api = api.clone();
+            let token = token.clone();
+            async move { api.post_auth("/api/v1/auth/change-password", &token, body).await }
+        };
+        let cases = [
+            (change(json!({})).await, json!(["currentPassword is required", "newPassword is required"])),
+            (
+                change(json!({"currentPassword": PASSWORD, "newPassword": "short"})).await,
+                json!(["newPassword must be 12 to 128 characters long"]),
+            ),
+            (
+                api.post("/api/v1/auth/reset-password", json!({})).await,
+                json!(["token is required", "newPassword is required"]),
+            ),
+            (
+                api.post("/api/v1/auth/forgot-password", json!({"email": "nope"})).await,
+                json!(["email must be a valid e-mail address"]),
+            ),
+            (api.post("/api/v1/auth/verify-email", json!({})).await, json!(["token is required"])),
+            (api.post("/api/v1/auth/refresh", json!({})).await, json!(["refreshToken is required"])),
+        ];
+        for (answer, messages) in cases {
+            assert_eq!(
+                (answer.status, answer.body["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("VALIDATION_FAILED")),
+                "{engine:?}: {}",
+                answer.body
+            );
+            assert_eq!(answer.body["message"], messages, "{engine:?}");
+        }
+        app.stop().await;
+    }
+}

@@ -460,3 +460,70 @@ async fn rebuilding_the_credit_projections_yields_the_same_tables() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn admin_requests_name_every_bad_field_in_order_and_write_nothing() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let clock = ManualClock::new(noon());
+        let (app, api) = app_at(&db, &clock).await;
+        let admin = operator(&app, &api, &clock, Role::Admin).await;
+        let user = api.register(&unique_email("target")).await;
+        let user_id = user.body["user"]["id"].clone();
+        let before = count(app.state.db(), "SELECT count(*) FROM events").await;
+        let cases = [
+            (
+                "grant",
+                json!({}),
+                json!([
+                    "amount is required",
+                    "userId is required",
+                    "pool is required (free or paid)",
+                    "reason is required (at most 500 characters)",
+                    "idempotencyKey is required"
+                ]),
+            ),
+            (
+                "adjust",
+                json!({"userId": user_id, "amount": 0, "pool": "paid", "reason": " ", "idempotencyKey": "k"}),
+                json!([
+                    "amount must be a non-zero integer from -1000000 to 1000000",
+                    "reason is required (at most 500 characters)"
+                ]),
+            ),
+            (
+                "refund",
+                json!({"amount": -1, "transactionId": "", "reason": "r", "idempotencyKey": " "}),
+                json!([
+                    "amount must be an integer from 1 to 1000000",
+                    "transactionId is required",
+                    "idempotencyKey must be 1 to 255 printable ASCII characters"
+                ]),
+            ),
+        ];
+        for (operation, body, messages) in cases {
+            let answer = api.post_auth(&format!("/api/v1/admin/credits/{operation}"), &admin, body).await;
+            assert_eq!(
+                (answer.status, answer.body["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("VALIDATION_FAILED")),
+                "{engine:?} {operation}: {}",
+                answer.body
+            );
+            assert_eq!(answer.body["message"], messages, "{engine:?} {operation}");
+        }
+        let good =
+            json!({"userId": user_id, "amount": 5, "pool": "free", "reason": "r", "idempotencyKey": "k"});
+        let refused = api.post_auth("/api/v1/admin/credits/grant", &user.text("accessToken"), good).await;
+        assert_eq!(
+            (refused.status, refused.body["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("FORBIDDEN")),
+            "{engine:?}: a user token is no operator"
+        );
+        assert_eq!(
+            count(app.state.db(), "SELECT count(*) FROM events").await,
+            before,
+            "{engine:?}: nothing written"
+        );
+        app.stop().await;
+    }
+}

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,13 +13,14 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, Authenticated, Client};
 use super::limits::enforce;
+use crate::auth::input::{LoginBody, RefreshBody, RefreshRequest, RegisterBody, ValidateBody};
 use crate::auth::{AuthError, LoginInput, Registered, Registration, SignedIn};
 use crate::events::auth::Role;
 use crate::security::keys::JWKS_MAX_AGE_SECS;
 use crate::security::rate_limit::Rule;
 use crate::security::tokens::{AccessClaims, TokenError};
 
-/// The authentication routes: register, login, refresh, logout, validate and the JWKS.
+/// The sign-in routes: register, login, refresh, logout, validate and the JWKS.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
@@ -77,52 +78,6 @@ impl axum::response::IntoResponseParts for NoStore {
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         Ok(parts)
     }
-}
-
-/// `POST /auth/register` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterBody {
-    /// Trimmed and lower-cased; at most 254 characters.
-    email: Option<String>,
-    /// 12 to 128 characters (after NFC normalisation).
-    password: Option<String>,
-    /// Optional display name, at most 255 characters.
-    name: Option<String>,
-}
-
-/// `POST /auth/login` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LoginBody {
-    email: Option<String>,
-    password: Option<String>,
-    device_id: Option<String>,
-    device_name: Option<String>,
-    /// The refresh token lasts 30 days instead of 7.
-    remember_me: Option<bool>,
-    /// Accepted for compatibility and ignored (the server sees the client's address).
-    #[schema(value_type = Option<String>)]
-    #[expect(dead_code, reason = "accepted for compatibility, never used")]
-    ip_address: Option<serde::de::IgnoredAny>,
-    /// Accepted for compatibility and ignored (the server reads the header).
-    #[schema(value_type = Option<String>)]
-    #[expect(dead_code, reason = "accepted for compatibility, never used")]
-    user_agent: Option<serde::de::IgnoredAny>,
-}
-
-/// `POST /auth/refresh` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RefreshBody {
-    refresh_token: Option<String>,
-}
-
-/// `POST /auth/validate` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ValidateBody {
-    token: Option<String>,
 }
 
 /// The user in sign-in answers.
@@ -200,6 +155,22 @@ impl TokensBody {
     }
 }
 
+impl From<Registered> for RegisterAnswer {
+    fn from(registered: Registered) -> Self {
+        match registered {
+            Registered::SignedIn(signed) => Self::SignedIn(TokensBody::of(signed, true)),
+            Registered::VerificationRequired(user) => {
+                let created_at =
+                    user.created_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                Self::VerificationRequired(UnverifiedBody {
+                    user: UserBody::of(user, created_at),
+                    email_verification_required: true,
+                })
+            }
+        }
+    }
+}
+
 /// `{"success":true,"message":...}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SuccessBody {
@@ -228,18 +199,9 @@ async fn register(
     Client(client): Client,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<(StatusCode, NoStore, Json<RegisterAnswer>), ApiError> {
-    let input = Registration::parse(body.email.as_deref(), body.password.as_deref(), body.name.as_deref())?;
-    let answer = match state.auth().register(input, &client).await? {
-        Registered::SignedIn(signed) => RegisterAnswer::SignedIn(TokensBody::of(signed, true)),
-        Registered::VerificationRequired(user) => {
-            let created_at = user.created_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-            RegisterAnswer::VerificationRequired(UnverifiedBody {
-                user: UserBody::of(user, created_at),
-                email_verification_required: true,
-            })
-        }
-    };
-    Ok((StatusCode::CREATED, NoStore, Json(answer)))
+    let input = Registration::try_from(body).map_err(ApiError::validation)?;
+    let registered = state.auth().register(input, &client).await?;
+    Ok((StatusCode::CREATED, NoStore, Json(registered.into())))
 }
 
 /// Sign in with e-mail and password.
@@ -257,13 +219,7 @@ async fn login(
     Client(client): Client,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<(NoStore, Json<TokensBody>), ApiError> {
-    let input = LoginInput::parse(
-        body.email.as_deref(),
-        body.password.as_deref(),
-        body.device_id.as_deref(),
-        body.device_name.as_deref(),
-        body.remember_me,
-    )?;
+    let input = LoginInput::try_from(body).map_err(ApiError::validation)?;
     let subject = format!("{}|{}", client.ip.as_deref().unwrap_or_default(), input.email.as_str());
     enforce(&state, Rule::LoginIpEmail, &subject, None, &client).await?;
     let signed = state.auth().login(input, &client).await?;
@@ -283,12 +239,11 @@ async fn refresh(
     Client(client): Client,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<(NoStore, Json<TokensBody>), ApiError> {
-    let token =
-        body.refresh_token.ok_or_else(|| ApiError::validation(vec!["refreshToken is required".into()]))?;
-    if let Some(parsed) = crate::security::refresh::RefreshToken::parse(&token) {
-        enforce(&state, Rule::Refresh, &parsed.session_id().to_string(), None, &client).await?;
+    let request = RefreshRequest::try_from(body).map_err(ApiError::validation)?;
+    if let Some(session_id) = request.session_id() {
+        enforce(&state, Rule::Refresh, &session_id, None, &client).await?;
     }
-    let signed = state.auth().refresh(&token, &client).await?;
+    let signed = state.auth().refresh(&request.token, &client).await?;
     Ok((NoStore, Json(TokensBody::of(signed, false))))
 }
 
@@ -315,7 +270,7 @@ async fn validate(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ValidateBody>,
 ) -> Json<ValidateAnswer> {
-    let Some(token) = body.token.filter(|t| !t.is_empty()) else {
+    let Some(token) = body.into_token() else {
         return Json(ValidateAnswer::Invalid { valid: false, error: "token missing".into() });
     };
     Json(match state.auth().authenticate(&token).await {

@@ -203,8 +203,33 @@ mod client_ip_tests {
     }
 }
 
-/// `limit` (1 to 100, default 50) and `offset` (0 or more, default 0) from a query string.
-pub fn page(query: &std::collections::HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+/// The page of a listing, from the query string: `limit` (1 to 100, default 50) and
+/// `offset` (0 or more, default 0). A bad value answers 400 `VALIDATION_FAILED` naming it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Page {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        let axum::extract::Query(query) =
+            axum::extract::Query::<std::collections::HashMap<String, String>>::from_request_parts(
+                parts, state,
+            )
+            .await
+            .map_err(IntoResponse::into_response)?;
+        page(&query).map_err(IntoResponse::into_response)
+    }
+}
+
+fn page(query: &std::collections::HashMap<String, String>) -> Result<Page, ApiError> {
     let mut problems = Vec::new();
     let mut number = |name: &str, default: i64, min: i64, max: i64| match query.get(name) {
         None => default,
@@ -218,5 +243,23 @@ pub fn page(query: &std::collections::HashMap<String, String>) -> Result<(i64, i
     };
     let limit = number("limit", 50, 1, 100);
     let offset = number("offset", 0, 0, i64::from(i32::MAX));
-    if problems.is_empty() { Ok((limit, offset)) } else { Err(ApiError::validation(problems)) }
+    if problems.is_empty() { Ok(Page { limit, offset }) } else { Err(ApiError::validation(problems)) }
+}
+
+/// The `Idempotency-Key` header, if the request has one. A value that is not visible
+/// ASCII becomes a NUL character, which no key validation accepts: such a key is
+/// refused as malformed rather than ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdempotencyKeyHeader(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts.headers.get("idempotency-key");
+        Ok(Self(value.map(|v| v.to_str().unwrap_or("\u{0}").to_owned())))
+    }
 }

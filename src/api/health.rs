@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 
-/// The operations routes: health, readiness and metrics.
+/// The health routes: liveness, readiness and metrics.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
 }

@@ -2,6 +2,7 @@
 //! one module per resource. Handlers only translate: extract, build a command, run it,
 //! map the result.
 
+mod admin;
 mod auth;
 mod credits;
 pub mod error;
@@ -64,6 +65,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(passwords::router())
         .merge(credits::router())
+        .merge(admin::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

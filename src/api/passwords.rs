@@ -2,8 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -12,10 +10,13 @@ use super::auth::SuccessBody;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, Authenticated, Client};
 use super::limits::enforce;
-use crate::auth::input::{Email, Password};
+use crate::auth::input::{
+    ChangePasswordBody, EmailVerification, ForgotPasswordBody, PasswordChange, PasswordReset,
+    PasswordResetRequest, ResetPasswordBody, VerifyEmailBody,
+};
 use crate::security::rate_limit::Rule;
 
-/// The password routes: change, forgot, reset, e-mail verification.
+/// The password and e-mail verification routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(change_password))
@@ -23,54 +24,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(reset_password))
         .routes(routes!(verify_email))
         .routes(routes!(resend_verification))
-}
-
-/// `POST /auth/change-password` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ChangePasswordBody {
-    current_password: Option<String>,
-    /// 12 to 128 characters.
-    new_password: Option<String>,
-}
-
-/// `POST /auth/forgot-password` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ForgotPasswordBody {
-    email: Option<String>,
-    /// Where the link in the message points: an absolute URL on an allowed origin
-    /// (`CORS_ORIGINS`, `FRONTEND_URL`), URL characters only, no credentials or fragment.
-    redirect_to: Option<String>,
-}
-
-/// `POST /auth/reset-password` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ResetPasswordBody {
-    token: Option<String>,
-    new_password: Option<String>,
-}
-
-/// `POST /auth/verify-email` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyEmailBody {
-    token: Option<String>,
-}
-
-/// The values of every required field, or a validation error naming each problem.
-fn fields<const N: usize>(values: [(&str, Option<&str>); N]) -> Result<[String; N], ApiError> {
-    let problems: Vec<String> =
-        values.iter().filter(|(_, v)| v.is_none()).map(|(name, _)| format!("{name} is required")).collect();
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems));
-    }
-    Ok(values.map(|(_, v)| v.unwrap_or_default().to_owned()))
-}
-
-fn new_password(raw: &str) -> Result<Password, ApiError> {
-    Password::parse(raw, "newPassword").map_err(|m| ApiError::validation(vec![m]))
 }
 
 /// Change the caller's password; every other session is revoked.
@@ -87,12 +40,8 @@ async fn change_password(
     Authenticated(claims): Authenticated,
     ApiJson(body): ApiJson<ChangePasswordBody>,
 ) -> Result<Json<SuccessBody>, ApiError> {
-    let [current, new] = fields([
-        ("currentPassword", body.current_password.as_deref()),
-        ("newPassword", body.new_password.as_deref()),
-    ])?;
-    let current = Password::presented(&current).map_err(|m| ApiError::validation(vec![m]))?;
-    state.auth().change_password(&claims, current, new_password(&new)?, &client).await?;
+    let PasswordChange { current, new } = body.try_into().map_err(ApiError::validation)?;
+    state.auth().change_password(&claims, current, new, &client).await?;
     Ok(Json(SuccessBody { success: true, message: "Password changed successfully" }))
 }
 
@@ -109,10 +58,9 @@ async fn forgot_password(
     Client(client): Client,
     ApiJson(body): ApiJson<ForgotPasswordBody>,
 ) -> Result<Json<SuccessBody>, ApiError> {
-    let [email] = fields([("email", body.email.as_deref())])?;
-    let email = Email::parse(&email).map_err(|m| ApiError::validation(vec![m]))?;
+    let PasswordResetRequest { email, redirect_to } = body.try_into().map_err(ApiError::validation)?;
     enforce(&state, Rule::ForgotEmail, email.as_str(), None, &client).await?;
-    state.auth().forgot_password(email, body.redirect_to.as_deref(), &client).await?;
+    state.auth().forgot_password(email, redirect_to.as_deref(), &client).await?;
     Ok(Json(SuccessBody {
         success: true,
         message: "If an account with that email exists, a password reset link has been sent",
@@ -130,9 +78,8 @@ async fn reset_password(
     Client(client): Client,
     ApiJson(body): ApiJson<ResetPasswordBody>,
 ) -> Result<Json<SuccessBody>, ApiError> {
-    let [token, new] =
-        fields([("token", body.token.as_deref()), ("newPassword", body.new_password.as_deref())])?;
-    state.auth().reset_password(&token, new_password(&new)?, &client).await?;
+    let PasswordReset { token, new_password } = body.try_into().map_err(ApiError::validation)?;
+    state.auth().reset_password(&token, new_password, &client).await?;
     Ok(Json(SuccessBody { success: true, message: "Password has been reset successfully" }))
 }
 
@@ -147,7 +94,7 @@ async fn verify_email(
     Client(client): Client,
     ApiJson(body): ApiJson<VerifyEmailBody>,
 ) -> Result<Json<SuccessBody>, ApiError> {
-    let [token] = fields([("token", body.token.as_deref())])?;
+    let EmailVerification { token } = body.try_into().map_err(ApiError::validation)?;
     state.auth().verify_email(&token, &client).await?;
     Ok(Json(SuccessBody { success: true, message: "Email verified successfully" }))
 }

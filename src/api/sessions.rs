@@ -1,10 +1,8 @@
 //! `/api/v1/auth/session(s)` and `/api/v1/auth/security-events`: the caller's own
 //! sessions and security events.
 
-use std::collections::HashMap;
-
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -15,9 +13,11 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::UserBody;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Authenticated, Client};
+use super::extract::{Authenticated, Client, Page};
+use crate::auth::{CurrentSession, SessionSummary};
+use crate::projections::security_events::SecurityEventRow;
 
-/// The session routes: the current session, the session list, revocation, security events.
+/// The caller's session routes: current session, list, revoke, security events.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(current_session))
@@ -66,21 +66,7 @@ async fn current_session(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
 ) -> Result<Json<CurrentSessionBody>, ApiError> {
-    let current = state.auth().current_session(&claims).await?;
-    let created_at = current.user.created_at.map(time);
-    let user = UserBody::of(current.user, created_at);
-    let session = SessionBody {
-        id: current.session_id,
-        device_id: current.personal.device_id,
-        device_name: current.personal.device_name,
-        ip_address: current.personal.ip_address,
-        user_agent: current.personal.user_agent,
-        created_at: current.created_at.map(time),
-        last_active_at: current.last_active_at.map(time),
-        current: true,
-        expires_at: current.expires_at.map(time),
-    };
-    Ok(Json(CurrentSessionBody { user, session }))
+    Ok(Json(state.auth().current_session(&claims).await?.into()))
 }
 
 /// The caller's live sessions, newest first.
@@ -94,22 +80,7 @@ async fn list_sessions(
     Authenticated(claims): Authenticated,
 ) -> Result<Json<Vec<SessionBody>>, ApiError> {
     let sessions = state.auth().list_sessions(&claims).await?;
-    Ok(Json(
-        sessions
-            .into_iter()
-            .map(|s| SessionBody {
-                id: s.row.id,
-                device_id: s.row.device_id,
-                device_name: s.row.device_name,
-                ip_address: s.row.ip_address,
-                user_agent: s.row.user_agent,
-                created_at: Some(time(s.row.created_at)),
-                last_active_at: Some(time(s.row.last_active_at)),
-                current: s.current,
-                expires_at: None,
-            })
-            .collect(),
-    ))
+    Ok(Json(sessions.into_iter().map(SessionBody::from).collect()))
 }
 
 /// `{"success":true,...}` answers of this module.
@@ -181,21 +152,56 @@ pub struct SecurityEventBody {
 async fn security_events(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
-    Query(query): Query<HashMap<String, String>>,
+    page: Page,
 ) -> Result<Json<Vec<SecurityEventBody>>, ApiError> {
-    let (limit, offset) = super::extract::page(&query)?;
-    let rows = state.auth().security_events(&claims, limit, offset).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| SecurityEventBody {
-                id: r.id,
-                event_type: r.event_type,
-                session_id: r.session_id,
-                ip_address: r.ip_address,
-                user_agent: r.user_agent,
-                metadata: r.metadata,
-                created_at: time(r.created_at),
-            })
-            .collect(),
-    ))
+    let rows = state.auth().security_events(&claims, page.limit, page.offset).await?;
+    Ok(Json(rows.into_iter().map(SecurityEventBody::from).collect()))
+}
+
+impl From<CurrentSession> for CurrentSessionBody {
+    fn from(current: CurrentSession) -> Self {
+        let created_at = current.user.created_at.map(time);
+        let session = SessionBody {
+            id: current.session_id,
+            device_id: current.personal.device_id,
+            device_name: current.personal.device_name,
+            ip_address: current.personal.ip_address,
+            user_agent: current.personal.user_agent,
+            created_at: current.created_at.map(time),
+            last_active_at: current.last_active_at.map(time),
+            current: true,
+            expires_at: current.expires_at.map(time),
+        };
+        Self { user: UserBody::of(current.user, created_at), session }
+    }
+}
+
+impl From<SessionSummary> for SessionBody {
+    fn from(s: SessionSummary) -> Self {
+        Self {
+            id: s.row.id,
+            device_id: s.row.device_id,
+            device_name: s.row.device_name,
+            ip_address: s.row.ip_address,
+            user_agent: s.row.user_agent,
+            created_at: Some(time(s.row.created_at)),
+            last_active_at: Some(time(s.row.last_active_at)),
+            current: s.current,
+            expires_at: None,
+        }
+    }
+}
+
+impl From<SecurityEventRow> for SecurityEventBody {
+    fn from(r: SecurityEventRow) -> Self {
+        Self {
+            id: r.id,
+            event_type: r.event_type,
+            session_id: r.session_id,
+            ip_address: r.ip_address,
+            user_agent: r.user_agent,
+            metadata: r.metadata,
+            created_at: time(r.created_at),
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use cqrs_es::AggregateError;
 
 use super::guard::Guarded;
-use super::input::{Email, Password, parse_name, parse_short};
+use super::input::{LoginInput, Registration};
 use super::{AuthError, AuthService, ClientInfo, SignedIn, UserView, infra, uuid_at};
 use crate::commands::credit_account::CreditCommand;
 use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError, claim_id};
@@ -14,30 +14,6 @@ use crate::commands::{UnitOfWork, commit_error, with_retries};
 use crate::events::auth::{RevokeReason, SessionEvent, SessionOrigin, SessionPersonal, UserPersonal};
 use crate::security::refresh::{OpaqueToken, RefreshToken};
 use crate::security::tokens::{ACCESS_TOKEN_TTL_SECS, AccessClaims};
-
-/// A registration request, validated.
-#[derive(Debug)]
-pub struct Registration {
-    pub email: Email,
-    pub password: Password,
-    pub name: Option<String>,
-}
-
-impl Registration {
-    /// Validates every field; the error lists each bad one.
-    pub fn parse(email: Option<&str>, password: Option<&str>, name: Option<&str>) -> Result<Self, AuthError> {
-        let mut problems = Vec::new();
-        let email = required(email, "email", &mut problems)
-            .and_then(|e| Email::parse(e).map_err(|m| problems.push(m)).ok());
-        let password = required(password, "password", &mut problems)
-            .and_then(|p| Password::parse(p, "password").map_err(|m| problems.push(m)).ok());
-        let name = parse_name(name).map_err(|m| problems.push(m)).ok().flatten();
-        match (email, password) {
-            (Some(email), Some(password)) if problems.is_empty() => Ok(Self { email, password, name }),
-            _ => Err(AuthError::Validation(problems)),
-        }
-    }
-}
 
 /// What a registration produced.
 #[derive(Debug)]
@@ -50,53 +26,6 @@ pub enum Registered {
 
 /// How long an e-mail verification link works.
 pub const VERIFICATION_TTL: chrono::Duration = chrono::Duration::hours(48);
-
-/// A login request, validated.
-#[derive(Debug)]
-pub struct LoginInput {
-    pub email: Email,
-    pub password: Password,
-    pub device_id: Option<String>,
-    pub device_name: Option<String>,
-    pub remember_me: bool,
-}
-
-impl LoginInput {
-    /// Validates every field; the error lists each bad one.
-    pub fn parse(
-        email: Option<&str>,
-        password: Option<&str>,
-        device_id: Option<&str>,
-        device_name: Option<&str>,
-        remember_me: Option<bool>,
-    ) -> Result<Self, AuthError> {
-        let mut problems = Vec::new();
-        let email = required(email, "email", &mut problems)
-            .and_then(|e| Email::parse(e).map_err(|m| problems.push(m)).ok());
-        let password = required(password, "password", &mut problems)
-            .and_then(|p| Password::presented(p).map_err(|m| problems.push(m)).ok());
-        let device_id = parse_short(device_id, "deviceId", 255).map_err(|m| problems.push(m)).ok().flatten();
-        let device_name =
-            parse_short(device_name, "deviceName", 255).map_err(|m| problems.push(m)).ok().flatten();
-        match (email, password) {
-            (Some(email), Some(password)) if problems.is_empty() => Ok(Self {
-                email,
-                password,
-                device_id,
-                device_name,
-                remember_me: remember_me.unwrap_or(false),
-            }),
-            _ => Err(AuthError::Validation(problems)),
-        }
-    }
-}
-
-fn required<'a>(value: Option<&'a str>, field: &str, problems: &mut Vec<String>) -> Option<&'a str> {
-    if value.is_none() {
-        problems.push(format!("{field} is required"));
-    }
-    value
-}
 
 impl AuthService {
     /// Registers a user and signs them in: claims the e-mail, creates the user, its

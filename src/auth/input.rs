@@ -1,7 +1,20 @@
-//! Validated inputs: an e-mail address, a password, a display name. Each parser returns
-//! a message naming the field, so a request can report every bad field at once.
+//! Validated inputs. The value types (an e-mail address, a password, a display name)
+//! each return a message naming the field, so a request can report every bad field at
+//! once. The request bodies as clients send them (with their OpenAPI schemas) turn into
+//! the typed inputs of the use cases by `TryFrom`, whose error lists those messages.
+
+mod passwords;
+mod sign_in;
 
 use unicode_normalization::UnicodeNormalization;
+
+pub use passwords::{
+    ChangePasswordBody, EmailVerification, ForgotPasswordBody, PasswordChange, PasswordReset,
+    PasswordResetRequest, ResetPasswordBody, VerifyEmailBody,
+};
+pub use sign_in::{
+    LoginBody, LoginInput, RefreshBody, RefreshRequest, RegisterBody, Registration, ValidateBody,
+};
 
 /// A normalised e-mail address: trimmed, lower-cased, syntactically valid, ≤ 254 chars.
 #[derive(Clone, Debug, PartialEq, Eq)]

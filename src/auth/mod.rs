@@ -35,7 +35,8 @@ use crate::security::revocations::Revocations;
 use crate::security::tokens::{AccessClaims, TokenError, TokenService};
 
 pub use admin::UserChange;
-pub use flows::{LoginInput, Registered, Registration};
+pub use flows::Registered;
+pub use input::{LoginInput, Registration};
 pub use sessions::{CurrentSession, SessionSummary};
 
 /// Why an authentication use case failed. The API maps each to one status and code.

@@ -1,12 +1,39 @@
-//! Validated credit requests and request fingerprints for idempotency.
+//! Credit requests as clients send them (the bodies, with their OpenAPI schemas), their
+//! validation into typed inputs by `TryFrom` (the error lists every problem, each naming
+//! its field), and the fingerprints that identify a request under its idempotency key:
+//! every fingerprint of a spend or an admin operation is computed by [`fingerprint`].
 
+mod admin;
+
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+pub use admin::{AdminAdjust, AdminGrant, AdminOperation, AdminRefund, AdminRequest, GrantBody, RefundBody};
 
 /// The largest amount one request may move.
 pub const MAX_AMOUNT: i64 = 1_000_000;
 /// The largest serialized `metadata` object.
 pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// `POST /credits/use` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UseBody {
+    /// Integer from 1 to 1,000,000.
+    #[schema(value_type = i64)]
+    amount: Option<Value>,
+    /// 1 to 64 characters of `[A-Za-z0-9._-]`.
+    app_id: Option<String>,
+    /// At most 500 characters.
+    description: Option<String>,
+    /// A JSON object of at most 4 KiB.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    /// Also accepted as the `Idempotency-Key` header.
+    idempotency_key: Option<String>,
+}
 
 /// A validated `POST /credits/use`.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,47 +45,42 @@ pub struct SpendRequest {
     pub idempotency_key: Option<String>,
 }
 
-impl SpendRequest {
-    /// Validates every field; the error lists each problem. `header_key` is the
-    /// `Idempotency-Key` header, which must agree with a key in the body.
-    pub fn parse(
-        amount: Option<&Value>,
-        app_id: Option<&str>,
-        description: Option<&str>,
-        metadata: Option<&Value>,
-        body_key: Option<&str>,
-        header_key: Option<&str>,
-    ) -> Result<Self, Vec<String>> {
+/// A spend is its body and its `Idempotency-Key` header, which must agree with a key in
+/// the body. The error lists each problem.
+impl TryFrom<(UseBody, Option<&str>)> for SpendRequest {
+    type Error = Vec<String>;
+
+    fn try_from((body, header_key): (UseBody, Option<&str>)) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        let amount = parse_amount(amount, "amount", &mut problems);
-        let app_id = match app_id {
+        let amount = parse_amount(body.amount.as_ref(), "amount", &mut problems);
+        let app_id = match body.app_id {
             None => {
                 problems.push("appId is required".into());
                 None
             }
-            Some(id) if valid_app_id(id) => Some(id.to_owned()),
+            Some(id) if valid_app_id(&id) => Some(id),
             Some(_) => {
                 problems.push("appId must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into());
                 None
             }
         };
-        let description = match description {
+        let description = match body.description {
             None => {
                 problems.push("description is required".into());
                 None
             }
-            Some(text) if text.chars().count() <= 500 => Some(text.to_owned()),
+            Some(text) if text.chars().count() <= 500 => Some(text),
             Some(_) => {
                 problems.push("description must be at most 500 characters".into());
                 None
             }
         };
-        let metadata = match metadata {
+        let metadata = match body.metadata {
             None | Some(Value::Null) => None,
             Some(Value::Object(map))
-                if serde_json::to_vec(map).is_ok_and(|b| b.len() <= MAX_METADATA_BYTES) =>
+                if serde_json::to_vec(&map).is_ok_and(|b| b.len() <= MAX_METADATA_BYTES) =>
             {
-                Some(Value::Object(map.clone()))
+                Some(Value::Object(map))
             }
             Some(Value::Object(_)) => {
                 problems.push(format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"));
@@ -69,7 +91,7 @@ impl SpendRequest {
                 None
             }
         };
-        let idempotency_key = match (body_key, header_key) {
+        let idempotency_key = match (body.idempotency_key.as_deref(), header_key) {
             (Some(a), Some(b)) if a != b => {
                 problems.push("idempotencyKey and the Idempotency-Key header differ".into());
                 None
@@ -89,23 +111,24 @@ impl SpendRequest {
             _ => Err(problems),
         }
     }
+}
 
+impl SpendRequest {
     /// What identifies the request for idempotency: `amount`, `appId`, `description` and
     /// `metadata` compared as JSON values (object keys in any order).
     pub fn fingerprint(&self) -> String {
-        let value = serde_json::json!({
+        fingerprint(&serde_json::json!({
             "amount": self.amount,
             "appId": self.app_id,
             "description": self.description,
             "metadata": self.metadata,
-        });
-        fingerprint(&value)
+        }))
     }
 }
 
 /// An integer amount from 1 to [`MAX_AMOUNT`]; strings, floats, zero and negatives are
 /// refused (no coercion of `"3"`).
-pub fn parse_amount(value: Option<&Value>, field: &str, problems: &mut Vec<String>) -> Option<i64> {
+fn parse_amount(value: Option<&Value>, field: &str, problems: &mut Vec<String>) -> Option<i64> {
     match value.and_then(Value::as_i64) {
         Some(n) if (1..=MAX_AMOUNT).contains(&n) && value.is_some_and(Value::is_i64) => Some(n),
         _ if value.is_none() => {
@@ -120,7 +143,7 @@ pub fn parse_amount(value: Option<&Value>, field: &str, problems: &mut Vec<Strin
 }
 
 /// A signed, non-zero integer amount within ±[`MAX_AMOUNT`] (adjustments).
-pub fn parse_signed_amount(value: Option<&Value>, problems: &mut Vec<String>) -> Option<i64> {
+fn parse_signed_amount(value: Option<&Value>, problems: &mut Vec<String>) -> Option<i64> {
     match value.filter(|v| v.is_i64()).and_then(Value::as_i64) {
         Some(n) if n != 0 && n.abs() <= MAX_AMOUNT => Some(n),
         _ if value.is_none() => {
@@ -135,7 +158,7 @@ pub fn parse_signed_amount(value: Option<&Value>, problems: &mut Vec<String>) ->
 }
 
 /// An idempotency key: 1 to 255 printable ASCII characters.
-pub fn parse_key(raw: &str) -> Result<String, String> {
+fn parse_key(raw: &str) -> Result<String, String> {
     let ok = (1..=255).contains(&raw.len()) && raw.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if ok {
         Ok(raw.to_owned())
@@ -148,8 +171,11 @@ fn valid_app_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// The SHA-256 of a JSON value's canonical form (object keys sorted, recursively).
-pub fn fingerprint(value: &Value) -> String {
+/// The fingerprint of a request: the SHA-256 of the canonical form (object keys sorted,
+/// recursively) of the JSON value of what identifies it. The same request with its
+/// fields in another order has the same fingerprint. Fingerprints are stored in the log
+/// with their keys: what goes into each must never change.
+fn fingerprint(value: &Value) -> String {
     let digest = Sha256::digest(canonical(value).to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -177,14 +203,8 @@ mod tests {
     use super::*;
 
     fn parse(body: Value, header: Option<&str>) -> Result<SpendRequest, Vec<String>> {
-        SpendRequest::parse(
-            body.get("amount"),
-            body.get("appId").and_then(Value::as_str),
-            body.get("description").and_then(Value::as_str),
-            body.get("metadata"),
-            body.get("idempotencyKey").and_then(Value::as_str),
-            header,
-        )
+        let body: UseBody = serde_json::from_value(body).expect("a spend body");
+        SpendRequest::try_from((body, header))
     }
 
     #[test]
@@ -235,5 +255,17 @@ mod tests {
         let c = parse(json!({"amount": 2, "appId": "a", "description": ""}), None).unwrap();
         let d = parse(json!({"amount": 1, "appId": "a", "description": ""}), None).unwrap();
         assert_ne!(c.fingerprint(), d.fingerprint());
+    }
+
+    #[test]
+    fn spend_fingerprints_stay_what_the_log_already_holds() {
+        // Computed before spends were parsed from their body type: a retry after an
+        // upgrade must still match the fingerprint stored with its key.
+        let body = json!({"amount": 5, "appId": "chat", "description": "d",
+            "metadata": {"b": 1, "a": [1, {"y": 2, "x": 1}]}, "idempotencyKey": "k"});
+        assert_eq!(
+            parse(body, None).unwrap().fingerprint(),
+            "d9401c4d313931033ed78b215c65b858f73977372415799e417c02a6bc4506bf"
+        );
     }
 }

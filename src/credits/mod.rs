@@ -1,8 +1,9 @@
 //! Credit use cases: balance (with the day's grant), idempotent spends, history, and the
 //! admin grant, adjust and refund. Decisions are the credit account aggregate's; this
-//! layer computes what the aggregate needs from outside (the day, ids, key fingerprints)
-//! and turns its events into answers. Commands are built from the time they are decided
-//! at (see `CommandBus::execute_at`), so an account's events never go back in time.
+//! layer computes what the aggregate needs from outside (the day, ids; requests and their
+//! key fingerprints come from [`input`]) and turns its events into answers. Commands are
+//! built from the time they are decided at (see `CommandBus::execute_at`), so an
+//! account's events never go back in time.
 //! An admin operation appends its operator's key (`commands::operator_key`) in the same
 //! unit of work as the account's event, so admin keys are scoped to the operator.
 
@@ -20,12 +21,13 @@ use crate::commands::credit_account::{CreditAccount, CreditCommand, CreditError,
 use crate::commands::operator_key::{OperatorKey, OperatorKeyCommand, OperatorKeyError, operator_key_id};
 use crate::commands::{CommandBus, Retryable, UnitOfWork, commit_error, with_retries};
 use crate::domain::uuid_at;
-use crate::events::credits::{CreditEvent, KeyUse, Pool};
+use crate::events::credits::{CreditEvent, KeyUse};
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
 use crate::projections::credit_transactions;
 use crate::projections::ledger::{self, Transaction};
-use input::SpendRequest;
+pub use input::AdminOperation;
+use input::{AdminRequest, SpendRequest};
 
 /// Why a credit use case failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,35 +110,6 @@ pub struct CreditSettings {
     pub free_cap: Option<i64>,
     pub timezone: chrono_tz::Tz,
     pub read_your_writes: Duration,
-}
-
-/// An admin operation on an account.
-#[derive(Clone, Debug)]
-pub enum AdminOperation {
-    Grant { user_id: String, pool: Pool, amount: i64 },
-    Adjust { user_id: String, pool: Pool, amount: i64 },
-    Refund { transaction_id: String, amount: Option<i64> },
-}
-
-impl AdminOperation {
-    /// The operation's name, part of its key's fingerprint (a grant and an adjustment
-    /// with the same body are different requests).
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Grant { .. } => "grant",
-            Self::Adjust { .. } => "adjust",
-            Self::Refund { .. } => "refund",
-        }
-    }
-
-    /// How many credits it asks to move, for error messages.
-    fn requested(&self) -> i64 {
-        match self {
-            Self::Grant { amount, .. } => *amount,
-            Self::Adjust { amount, .. } => amount.abs(),
-            Self::Refund { amount, .. } => amount.unwrap_or(0),
-        }
-    }
 }
 
 /// The day's free credits for a command decided at `at`.
@@ -254,52 +227,48 @@ impl CreditService {
         Ok(credit_transactions::for_user(self.store.db(), user_id, limit, offset).await?)
     }
 
-    /// An admin or service operation, idempotent under `key` for that actor: the key is
+    /// An admin or service operation, idempotent under its key for that actor: the key is
     /// recorded on the operator's key aggregate in the same append as the account's
     /// event, so it holds whichever account a later request targets, under concurrent
-    /// retries, across processes and restarts. `key` is (key, fingerprint of the body
-    /// including the target). Answers the transaction and whether it is a replay.
+    /// retries, across processes and restarts. Answers the transaction and whether it is
+    /// a replay.
     pub async fn admin(
         &self,
         actor: &str,
-        operation: AdminOperation,
-        reason: String,
-        key: Option<(String, String)>,
+        request: impl Into<AdminRequest>,
         client: &ClientInfo,
     ) -> Result<(Transaction, bool), CreditFailure> {
+        let request = request.into();
         let now = self.clock.now();
-        let requested = operation.requested();
-        let user_id = match &operation {
+        let requested = request.operation.requested();
+        let user_id = match &request.operation {
             AdminOperation::Grant { user_id, .. } | AdminOperation::Adjust { user_id, .. } => user_id.clone(),
             AdminOperation::Refund { transaction_id, .. } => self.owner_of(transaction_id).await?,
         };
-        // The operator's key: its aggregate id, the key and the request's fingerprint.
-        let operator_key = key.as_ref().map(|(key, fingerprint)| {
-            let request = serde_json::json!({"operation": operation.name(), "request": fingerprint});
-            (operator_key_id(actor, key), key.clone(), input::fingerprint(&request))
-        });
+        let (key_id, operator_fingerprint) =
+            (operator_key_id(actor, &request.key), request.operator_fingerprint());
         let key_use =
-            key.map(|(key, fingerprint)| KeyUse { key: ledger::admin_key(actor, &key), fingerprint });
-        let lookup = key_use.as_ref().map(|k| k.key.clone());
+            KeyUse { key: ledger::admin_key(actor, &request.key), fingerprint: request.fingerprint() };
+        let lookup = key_use.key.clone();
         let transaction_id = uuid_at(now).to_string();
-        let command = |at| admin_command(&operation, actor, &reason, &transaction_id, key_use.clone(), at);
+        let command = |at| {
+            let (operation, reason) = (&request.operation, &request.reason);
+            admin_command(operation, actor, reason, &transaction_id, Some(key_use.clone()), at)
+        };
         let ctx = client.context(actor, now);
         let (events, earlier, cursor) = with_retries(self.store.metrics(), "admin-credit", || async {
             let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
-            let mut key_replayed = false;
-            if let Some((id, key, fingerprint)) = &operator_key {
-                let use_key = |at| OperatorKeyCommand::Use {
-                    operator: actor.to_owned(),
-                    key: key.clone(),
-                    fingerprint: fingerprint.clone(),
-                    user_id: user_id.clone(),
-                    at,
-                };
-                let (events, ()) =
-                    unit.execute_at(&self.operator_keys, id, use_key, |_| ()).await.map_err(key_failure)?;
-                key_replayed = events.is_empty();
-            }
-            let view = |account: &CreditAccount| lookup.as_deref().and_then(|k| account.keyed(k)).cloned();
+            let use_key = |at| OperatorKeyCommand::Use {
+                operator: actor.to_owned(),
+                key: request.key.clone(),
+                fingerprint: operator_fingerprint.clone(),
+                user_id: user_id.clone(),
+                at,
+            };
+            let (events, ()) =
+                unit.execute_at(&self.operator_keys, &key_id, use_key, |_| ()).await.map_err(key_failure)?;
+            let key_replayed = events.is_empty();
+            let view = |account: &CreditAccount| account.keyed(&lookup).cloned();
             let (events, earlier) = unit
                 .execute_at(&self.accounts, &user_id, command, view)
                 .await
