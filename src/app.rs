@@ -23,6 +23,7 @@ use crate::commands::login_attempts::LockoutPolicy;
 use crate::config::{Config, Secret};
 use crate::credits::{CreditService, CreditSettings};
 use crate::db::Db;
+use crate::domain::Credits;
 use crate::events::{EventStore, LogSignal, signal};
 use crate::projections::{self, Projector, ProjectorSettings};
 use crate::security::keys::{JWKS_MAX_AGE_SECS, KeyService, KeySettings};
@@ -82,8 +83,8 @@ impl Application {
             aggregates.credits.clone(),
             aggregates.operator_keys.clone(),
             CreditSettings {
-                daily_free: config.credits_daily_free,
-                free_cap: config.credits_free_cap,
+                daily_free: Credits::new(config.credits_daily_free),
+                free_cap: config.credits_free_cap.map(Credits::new),
                 timezone: config.credits_daily_timezone,
                 read_your_writes: config.read_your_writes_timeout,
             },
@@ -183,7 +184,7 @@ async fn build_auth(
     let passwords = PasswordPool::new(config.password_hash_threads, config.password_hash_queue);
     let settings = AuthSettings {
         refresh_grace: chrono::Duration::from_std(config.refresh_grace)?,
-        signup_bonus: config.credits_signup_bonus,
+        signup_bonus: Credits::new(config.credits_signup_bonus),
         daily_timezone: config.credits_daily_timezone,
         read_your_writes: config.read_your_writes_timeout,
         lockout: LockoutPolicy {

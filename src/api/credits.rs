@@ -16,6 +16,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, Authenticated, Client, IdempotencyKeyHeader, Page};
 use crate::credits::input::{SpendRequest, UseBody};
 use crate::credits::{Balance, CreditFailure, Spent};
+use crate::domain::Credits;
 use crate::projections::ledger::Transaction;
 
 /// The caller's credit routes: balance, spends and history.
@@ -48,11 +49,16 @@ impl From<CreditFailure> for ApiError {
 #[serde(rename_all = "camelCase")]
 pub struct BalanceBody {
     /// Paid credits.
-    pub balance: i64,
-    pub free_credits_remaining: i64,
-    pub total_earned: i64,
-    pub total_spent: i64,
-    pub daily_free_credits: i64,
+    #[schema(value_type = i64)]
+    pub balance: Credits,
+    #[schema(value_type = i64)]
+    pub free_credits_remaining: Credits,
+    #[schema(value_type = i64)]
+    pub total_earned: Credits,
+    #[schema(value_type = i64)]
+    pub total_spent: Credits,
+    #[schema(value_type = i64)]
+    pub daily_free_credits: Credits,
 }
 
 /// A ledger line, as the original answered it.
@@ -67,9 +73,12 @@ pub struct TransactionBody {
     /// Always `completed`.
     pub status: &'static str,
     /// Signed: negative for usage.
-    pub amount: i64,
-    pub balance_before: i64,
-    pub balance_after: i64,
+    #[schema(value_type = i64)]
+    pub amount: Credits,
+    #[schema(value_type = i64)]
+    pub balance_before: Credits,
+    #[schema(value_type = i64)]
+    pub balance_after: Credits,
     pub app_id: String,
     pub description: String,
     #[schema(value_type = Option<Object>)]
@@ -104,9 +113,12 @@ impl From<Transaction> for TransactionBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewBalanceBody {
-    pub balance: i64,
-    pub free_credits_remaining: i64,
-    pub total_spent: i64,
+    #[schema(value_type = i64)]
+    pub balance: Credits,
+    #[schema(value_type = i64)]
+    pub free_credits_remaining: Credits,
+    #[schema(value_type = i64)]
+    pub total_spent: Credits,
 }
 
 /// `POST /credits/use` answer.

@@ -26,7 +26,7 @@ use crate::commands::security_notice::{SecurityNotice, SecurityNoticeCommand};
 use crate::commands::session::Session;
 use crate::commands::user::User;
 use crate::commands::{Aggregates, CommandBus, Retryable};
-use crate::domain::uuid_at;
+use crate::domain::{Credits, uuid_at};
 use crate::events::auth::Role;
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
@@ -134,7 +134,7 @@ pub struct SignedIn {
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
     pub refresh_grace: chrono::Duration,
-    pub signup_bonus: i64,
+    pub signup_bonus: Credits,
     pub daily_timezone: chrono_tz::Tz,
     pub read_your_writes: Duration,
     pub lockout: LockoutPolicy,

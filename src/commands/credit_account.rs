@@ -22,6 +22,7 @@ mod decisions;
 
 use decisions::Movement;
 
+use crate::domain::Credits;
 use crate::events::credits::{Balances, CreditEvent, GrantSource, KeyUse, Pool};
 
 /// How long an idempotency key is remembered.
@@ -33,9 +34,9 @@ pub const REFUND_WINDOW: Duration = Duration::days(90);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DailyGrant {
     pub day: NaiveDate,
-    pub amount: i64,
+    pub amount: Credits,
     /// The free pool is not raised above this by daily grants.
-    pub cap: Option<i64>,
+    pub cap: Option<Credits>,
     /// The id the grant's transaction gets if it happens.
     pub transaction_id: String,
 }
@@ -43,17 +44,17 @@ pub struct DailyGrant {
 /// A spend that may still be refunded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendRecord {
-    pub amount: i64,
-    pub from_free: i64,
-    pub from_paid: i64,
-    pub refunded_free: i64,
-    pub refunded_paid: i64,
+    pub amount: Credits,
+    pub from_free: Credits,
+    pub from_paid: Credits,
+    pub refunded_free: Credits,
+    pub refunded_paid: Credits,
     /// When the spend happened: it may be refunded until [`REFUND_WINDOW`] after.
     pub spent_at: DateTime<Utc>,
 }
 
 impl SpendRecord {
-    fn refundable(&self) -> i64 {
+    fn refundable(&self) -> Credits {
         self.amount - self.refunded_free - self.refunded_paid
     }
 }
@@ -63,8 +64,8 @@ impl SpendRecord {
 pub struct CreditAccount {
     pub user_id: Option<String>,
     pub balances: Balances,
-    pub total_earned: i64,
-    pub total_spent: i64,
+    pub total_earned: Credits,
+    pub total_spent: Credits,
     pub last_grant_day: Option<NaiveDate>,
     /// The event each idempotency key produced.
     keys: HashMap<String, CreditEvent>,
@@ -79,7 +80,7 @@ pub enum CreditCommand {
     /// Opens the account with the signup bonus (0 allowed) as a free grant.
     Open {
         user_id: String,
-        signup_bonus: i64,
+        signup_bonus: Credits,
         bonus_transaction_id: String,
         day: NaiveDate,
         at: DateTime<Utc>,
@@ -89,7 +90,7 @@ pub enum CreditCommand {
     /// A user's spend, free credits first; grants the day's free credits first if due.
     Spend {
         transaction_id: String,
-        amount: i64,
+        amount: Credits,
         app_id: String,
         description: String,
         metadata: Option<Value>,
@@ -101,7 +102,7 @@ pub enum CreditCommand {
     Grant {
         transaction_id: String,
         pool: Pool,
-        amount: i64,
+        amount: Credits,
         actor: String,
         reason: String,
         key: Option<KeyUse>,
@@ -111,7 +112,7 @@ pub enum CreditCommand {
     Adjust {
         transaction_id: String,
         pool: Pool,
-        amount: i64,
+        amount: Credits,
         actor: String,
         reason: String,
         key: Option<KeyUse>,
@@ -121,7 +122,7 @@ pub enum CreditCommand {
     Refund {
         transaction_id: String,
         spend_id: String,
-        amount: Option<i64>,
+        amount: Option<Credits>,
         actor: String,
         reason: String,
         key: Option<KeyUse>,
@@ -137,13 +138,13 @@ pub enum CreditError {
     #[error("no credit account")]
     NotOpen,
     #[error("insufficient credits: {available} available")]
-    InsufficientCredits { available: i64 },
+    InsufficientCredits { available: Credits },
     #[error("the idempotency key was used for a different request")]
     KeyReused,
     #[error("no refundable spend with that id")]
     UnknownTransaction,
     #[error("at most {refundable} credits of that spend can still be refunded")]
-    RefundTooLarge { refundable: i64 },
+    RefundTooLarge { refundable: Credits },
 }
 
 impl CreditAccount {
@@ -239,7 +240,7 @@ impl Aggregate for CreditAccount {
                     self.last_grant_day = Some(*day);
                 }
                 self.balances = *after;
-                self.total_earned += amount;
+                self.total_earned += *amount;
                 *granted_at
             }
             CreditEvent::CreditsSpent {
@@ -252,13 +253,13 @@ impl Aggregate for CreditAccount {
                 ..
             } => {
                 self.balances = *after;
-                self.total_spent += amount;
+                self.total_spent += *amount;
                 let record = SpendRecord {
                     amount: *amount,
                     from_free: *from_free,
                     from_paid: *from_paid,
-                    refunded_free: 0,
-                    refunded_paid: 0,
+                    refunded_free: Credits::ZERO,
+                    refunded_paid: Credits::ZERO,
                     spent_at: *spent_at,
                 };
                 self.spends.insert(transaction_id.clone(), record);
@@ -275,17 +276,17 @@ impl Aggregate for CreditAccount {
                 ..
             } => {
                 self.balances = *after;
-                self.total_spent -= amount;
+                self.total_spent -= *amount;
                 if let Some(spend) = self.spends.get_mut(refunded_transaction_id) {
-                    spend.refunded_free += to_free;
-                    spend.refunded_paid += to_paid;
+                    spend.refunded_free += *to_free;
+                    spend.refunded_paid += *to_paid;
                 }
                 *refunded_at
             }
             CreditEvent::CreditsAdjusted { amount, after, adjusted_at, .. } => {
                 self.balances = *after;
-                if *amount > 0 {
-                    self.total_earned += amount;
+                if *amount > Credits::ZERO {
+                    self.total_earned += *amount;
                 }
                 *adjusted_at
             }

@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::domain::Credits;
+
 pub use admin::{AdminAdjust, AdminGrant, AdminOperation, AdminRefund, AdminRequest, GrantBody, RefundBody};
 
 /// The largest amount one request may move.
@@ -38,7 +40,7 @@ pub struct UseBody {
 /// A validated `POST /credits/use`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpendRequest {
-    pub amount: i64,
+    pub amount: Credits,
     pub app_id: String,
     pub description: String,
     pub metadata: Option<Value>,
@@ -128,9 +130,9 @@ impl SpendRequest {
 
 /// An integer amount from 1 to [`MAX_AMOUNT`]; strings, floats, zero and negatives are
 /// refused (no coercion of `"3"`).
-fn parse_amount(value: Option<&Value>, field: &str, problems: &mut Vec<String>) -> Option<i64> {
+fn parse_amount(value: Option<&Value>, field: &str, problems: &mut Vec<String>) -> Option<Credits> {
     match value.and_then(Value::as_i64) {
-        Some(n) if (1..=MAX_AMOUNT).contains(&n) && value.is_some_and(Value::is_i64) => Some(n),
+        Some(n) if (1..=MAX_AMOUNT).contains(&n) && value.is_some_and(Value::is_i64) => Some(Credits::new(n)),
         _ if value.is_none() => {
             problems.push(format!("{field} is required"));
             None
@@ -143,9 +145,9 @@ fn parse_amount(value: Option<&Value>, field: &str, problems: &mut Vec<String>) 
 }
 
 /// A signed, non-zero integer amount within ±[`MAX_AMOUNT`] (adjustments).
-fn parse_signed_amount(value: Option<&Value>, problems: &mut Vec<String>) -> Option<i64> {
+fn parse_signed_amount(value: Option<&Value>, problems: &mut Vec<String>) -> Option<Credits> {
     match value.filter(|v| v.is_i64()).and_then(Value::as_i64) {
-        Some(n) if n != 0 && n.abs() <= MAX_AMOUNT => Some(n),
+        Some(n) if n != 0 && n.abs() <= MAX_AMOUNT => Some(Credits::new(n)),
         _ if value.is_none() => {
             problems.push("amount is required".into());
             None
@@ -215,7 +217,7 @@ mod tests {
         }
         assert_eq!(
             parse(json!({"amount": 1_000_000, "appId": "chat", "description": ""}), None).unwrap().amount,
-            1_000_000
+            Credits::new(1_000_000)
         );
     }
 

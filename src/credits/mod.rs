@@ -20,7 +20,7 @@ use crate::commands::ClientInfo;
 use crate::commands::credit_account::{CreditAccount, CreditCommand, CreditError, DailyGrant};
 use crate::commands::operator_key::{OperatorKey, OperatorKeyCommand, OperatorKeyError, operator_key_id};
 use crate::commands::{CommandBus, Retryable, UnitOfWork, commit_error, with_retries};
-use crate::domain::uuid_at;
+use crate::domain::{Credits, uuid_at};
 use crate::events::credits::{CreditEvent, KeyUse};
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
@@ -35,20 +35,20 @@ pub enum CreditFailure {
     #[error("validation failed")]
     Validation(Vec<String>),
     #[error("insufficient credits: {available} available, {requested} requested")]
-    Insufficient { available: i64, requested: i64 },
+    Insufficient { available: Credits, requested: Credits },
     #[error("the idempotency key was used for a different request")]
     KeyReused,
     #[error("not found")]
     NotFound,
     #[error("at most {refundable} credits can still be refunded")]
-    RefundTooLarge { refundable: i64 },
+    RefundTooLarge { refundable: Credits },
     #[error("a concurrent change could not be resolved")]
     Conflict,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
-fn failure(error: AggregateError<CreditError>, requested: i64) -> CreditFailure {
+fn failure(error: AggregateError<CreditError>, requested: Credits) -> CreditFailure {
     match error {
         AggregateError::UserError(CreditError::InsufficientCredits { available }) => {
             CreditFailure::Insufficient { available, requested }
@@ -85,20 +85,20 @@ impl Retryable for CreditFailure {
 /// `GET /credits/balance`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
-    pub paid: i64,
-    pub free: i64,
-    pub total_earned: i64,
-    pub total_spent: i64,
-    pub daily_free_credits: i64,
+    pub paid: Credits,
+    pub free: Credits,
+    pub total_earned: Credits,
+    pub total_spent: Credits,
+    pub daily_free_credits: Credits,
 }
 
 /// What a spend answered: its transaction and the balance right after it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spent {
     pub transaction: Transaction,
-    pub paid_after: i64,
-    pub free_after: i64,
-    pub total_spent_after: i64,
+    pub paid_after: Credits,
+    pub free_after: Credits,
+    pub total_spent_after: Credits,
     /// True when this is a retry answered from the key's first request.
     pub replayed: bool,
 }
@@ -106,8 +106,8 @@ pub struct Spent {
 /// Settings of the credit rules.
 #[derive(Clone, Copy, Debug)]
 pub struct CreditSettings {
-    pub daily_free: i64,
-    pub free_cap: Option<i64>,
+    pub daily_free: Credits,
+    pub free_cap: Option<Credits>,
     pub timezone: chrono_tz::Tz,
     pub read_your_writes: Duration,
 }
@@ -168,7 +168,7 @@ impl CreditService {
             .accounts
             .execute_at(user_id, command, &client.context(user_id, now), view)
             .await
-            .map_err(|e| failure(e, 0))?;
+            .map_err(|e| failure(e, Credits::ZERO))?;
         self.settle(committed.cursor).await;
         Ok(committed.reply)
     }

@@ -7,6 +7,8 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::domain::Credits;
+
 /// The two pools of credits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -36,18 +38,18 @@ pub enum GrantSource {
 /// Balances after an event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balances {
-    pub free: i64,
-    pub paid: i64,
+    pub free: Credits,
+    pub paid: Credits,
 }
 
 impl Balances {
     /// Paid plus free, as in the original's `balanceBefore`/`balanceAfter`.
-    pub fn total(self) -> i64 {
+    pub fn total(self) -> Credits {
         self.free + self.paid
     }
 
     /// The balances with `amount` added to `pool` (negative takes away).
-    pub fn plus(self, pool: Pool, amount: i64) -> Self {
+    pub fn plus(self, pool: Pool, amount: Credits) -> Self {
         match pool {
             Pool::Free => Self { free: self.free + amount, ..self },
             Pool::Paid => Self { paid: self.paid + amount, ..self },
@@ -74,7 +76,7 @@ pub enum CreditEvent {
         transaction_id: String,
         source: GrantSource,
         pool: Pool,
-        amount: i64,
+        amount: Credits,
         before: Balances,
         after: Balances,
         description: String,
@@ -84,12 +86,12 @@ pub enum CreditEvent {
     },
     CreditsSpent {
         transaction_id: String,
-        amount: i64,
-        from_free: i64,
-        from_paid: i64,
+        amount: Credits,
+        from_free: Credits,
+        from_paid: Credits,
         before: Balances,
         after: Balances,
-        total_spent_after: i64,
+        total_spent_after: Credits,
         app_id: String,
         description: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,9 +104,9 @@ pub enum CreditEvent {
     CreditsRefunded {
         transaction_id: String,
         refunded_transaction_id: String,
-        amount: i64,
-        to_free: i64,
-        to_paid: i64,
+        amount: Credits,
+        to_free: Credits,
+        to_paid: Credits,
         before: Balances,
         after: Balances,
         actor: String,
@@ -117,7 +119,7 @@ pub enum CreditEvent {
     CreditsAdjusted {
         transaction_id: String,
         pool: Pool,
-        amount: i64,
+        amount: Credits,
         before: Balances,
         after: Balances,
         actor: String,
@@ -169,5 +171,47 @@ impl DomainEvent for OperatorKeyEvent {
     }
     fn event_version(&self) -> String {
         "1".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events as the first release wrote them, with bare numbers for every amount: one
+    /// of each kind, with and without the optional fields.
+    const FIRST_RELEASE: [&str; 6] = [
+        r#"{"CreditAccountOpened":{"user_id":"u-1","granted_day":"2026-11-20","opened_at":"2026-11-20T12:00:00Z"}}"#,
+        r#"{"CreditsGranted":{"transaction_id":"t-1","source":{"kind":"signup_bonus"},"pool":"free","amount":150,"before":{"free":0,"paid":0},"after":{"free":150,"paid":0},"description":"Signup bonus","granted_at":"2026-11-20T12:00:00Z"}}"#,
+        r#"{"CreditsGranted":{"transaction_id":"t-2","source":{"kind":"admin","actor":"a-1","reason":"why"},"pool":"paid","amount":1000000,"before":{"free":150,"paid":0},"after":{"free":150,"paid":1000000},"description":"why","key":{"key":"admin:a-1:k","fingerprint":"f"},"granted_at":"2026-11-20T12:00:01Z"}}"#,
+        r#"{"CreditsSpent":{"transaction_id":"t-3","amount":160,"from_free":150,"from_paid":10,"before":{"free":150,"paid":1000000},"after":{"free":0,"paid":999990},"total_spent_after":160,"app_id":"chat","description":"a reply","metadata":{"model":"m"},"key":{"key":"use:k","fingerprint":"g"},"spent_at":"2026-11-21T00:00:00.123Z"}}"#,
+        r#"{"CreditsRefunded":{"transaction_id":"t-4","refunded_transaction_id":"t-3","amount":12,"to_free":2,"to_paid":10,"before":{"free":0,"paid":999990},"after":{"free":2,"paid":1000000},"actor":"svc","reason":"failed","refunded_at":"2026-11-21T00:00:01Z"}}"#,
+        r#"{"CreditsAdjusted":{"transaction_id":"t-5","pool":"paid","amount":-1000000,"before":{"free":2,"paid":1000000},"after":{"free":2,"paid":0},"actor":"a-1","reason":"fix","adjusted_at":"2026-11-21T00:00:02Z"}}"#,
+    ];
+
+    #[test]
+    fn credit_events_of_the_first_release_decode_and_encode_to_the_same_json() {
+        for json in FIRST_RELEASE {
+            let event: CreditEvent = serde_json::from_str(json).expect(json);
+            assert_eq!(serde_json::to_string(&event).expect("encode"), json);
+        }
+    }
+
+    #[test]
+    fn credit_amounts_decode_into_credits() {
+        let CreditEvent::CreditsSpent { amount, from_free, from_paid, after, total_spent_after, .. } =
+            serde_json::from_str(FIRST_RELEASE[3]).expect("a spend")
+        else {
+            panic!("not a spend");
+        };
+        assert_eq!((amount, from_free, from_paid), (Credits::new(160), Credits::new(150), Credits::new(10)));
+        assert_eq!(after, Balances { free: Credits::ZERO, paid: Credits::new(999_990) });
+        assert_eq!((after.total(), total_spent_after), (Credits::new(999_990), Credits::new(160)));
+        let CreditEvent::CreditsAdjusted { amount, .. } =
+            serde_json::from_str(FIRST_RELEASE[5]).expect("an adjustment")
+        else {
+            panic!("not an adjustment");
+        };
+        assert_eq!(amount, Credits::new(-1_000_000));
     }
 }

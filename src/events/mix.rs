@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::domain::TokenHash;
+use crate::domain::{Credits, TokenHash};
 use crate::events::auth::{
     EmailClaimEvent, LoginAttemptEvent, LoginFailure, Role, SessionEvent, SessionOrigin, SessionPersonal,
     UserEvent, UserPersonal,
@@ -143,12 +143,12 @@ pub fn user_events(n: usize, at: DateTime<Utc>) -> Vec<NewEvent> {
         opened_at: at,
     };
     events.push(event("credit_account", &user, 1, &opened, at));
-    let mut balances = Balances { free: 150, paid: 0 };
+    let mut balances = Balances { free: Credits::new(150), paid: Credits::ZERO };
     let bonus = CreditEvent::CreditsGranted {
         transaction_id: format!("{user}-bonus"),
         source: GrantSource::SignupBonus,
         pool: Pool::Free,
-        amount: 150,
+        amount: Credits::new(150),
         before: Balances::default(),
         after: balances,
         description: "Signup bonus".into(),
@@ -158,15 +158,15 @@ pub fn user_events(n: usize, at: DateTime<Utc>) -> Vec<NewEvent> {
     events.push(event("credit_account", &user, 2, &bonus, at));
     for i in 0..SPENDS_PER_USER {
         let before = balances;
-        balances = Balances { free: before.free - 1, ..before };
+        balances = Balances { free: before.free - Credits::new(1), ..before };
         let spent = CreditEvent::CreditsSpent {
             transaction_id: format!("{user}-spend-{i}"),
-            amount: 1,
-            from_free: 1,
-            from_paid: 0,
+            amount: Credits::new(1),
+            from_free: Credits::new(1),
+            from_paid: Credits::ZERO,
             before,
             after: balances,
-            total_spent_after: i + 1,
+            total_spent_after: Credits::new(i + 1),
             app_id: if i % 3 == 0 { "picture".into() } else { "chat".into() },
             description: "bench spend".into(),
             metadata: Some(serde_json::json!({"model": "bench"})),

@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 
 use super::Projection;
 use crate::db::{DbTime, DbTx};
+use crate::domain::Credits;
 use crate::events::RecordedEvent;
 use crate::events::credits::{Balances, CreditEvent, GrantSource};
 use crate::insert_rows;
@@ -19,8 +20,8 @@ pub struct BalancesProjection;
 #[derive(Default)]
 struct Row {
     balances: Balances,
-    earned: i64,
-    spent: i64,
+    earned: Credits,
+    spent: Credits,
     grant_day: Option<NaiveDate>,
     at: Option<DbTime>,
 }
@@ -73,7 +74,7 @@ impl Projection for BalancesProjection {
                 }
                 CreditEvent::CreditsAdjusted { amount, after, .. } => {
                     row.balances = after;
-                    row.earned += amount.max(0);
+                    row.earned += amount.max(Credits::ZERO);
                 }
             }
         }
@@ -85,10 +86,10 @@ impl Projection for BalancesProjection {
             &rows,
             |r| {
                 "user_id": "text" = r.0.clone(),
-                "balance": "bigint" = r.1.balances.paid,
-                "free_credits_remaining": "bigint" = r.1.balances.free,
-                "total_earned": "bigint" = r.1.earned,
-                "total_spent": "bigint" = r.1.spent,
+                "balance": "bigint" = r.1.balances.paid.get(),
+                "free_credits_remaining": "bigint" = r.1.balances.free.get(),
+                "total_earned": "bigint" = r.1.earned.get(),
+                "total_spent": "bigint" = r.1.spent.get(),
                 "last_daily_grant_day": "date" = r.1.grant_day,
                 "updated_at": "timestamptz" = r.1.at,
             },

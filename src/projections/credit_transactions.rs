@@ -12,6 +12,7 @@ use sqlx::types::Json;
 use super::Projection;
 use super::ledger::{Kind, Transaction, transaction_of};
 use crate::db::{Db, DbTime, DbTx};
+use crate::domain::Credits;
 use crate::events::RecordedEvent;
 use crate::events::credits::CreditEvent;
 use crate::insert_rows;
@@ -43,9 +44,9 @@ impl Projection for CreditTransactions {
             "user_id": "text" = r.1.user_id.clone(),
             "type": "text" = r.1.kind.as_str(),
             "status": "text" = "completed",
-            "amount": "bigint" = r.1.amount,
-            "balance_before": "bigint" = r.1.balance_before,
-            "balance_after": "bigint" = r.1.balance_after,
+            "amount": "bigint" = r.1.amount.get(),
+            "balance_before": "bigint" = r.1.balance_before.get(),
+            "balance_after": "bigint" = r.1.balance_after.get(),
             "app_id": "text" = r.1.app_id.clone(),
             "description": "text" = r.1.description.clone(),
             "metadata": "jsonb" = r.1.metadata.clone().map(Json),
@@ -87,9 +88,9 @@ pub async fn for_user(db: &Db, user_id: &str, limit: i64, offset: i64) -> anyhow
                         id: r.try_get(0)?,
                         user_id: r.try_get(1)?,
                         kind: kind(&r.try_get::<String, _>(2)?),
-                        amount: r.try_get(3)?,
-                        balance_before: r.try_get(4)?,
-                        balance_after: r.try_get(5)?,
+                        amount: Credits::new(r.try_get(3)?),
+                        balance_before: Credits::new(r.try_get(4)?),
+                        balance_after: Credits::new(r.try_get(5)?),
                         app_id: r.try_get(6)?,
                         description: r.try_get(7)?,
                         metadata: r.try_get::<Option<Json<Value>>, _>(8)?.map(|j| j.0),

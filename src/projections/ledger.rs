@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::domain::Credits;
 use crate::events::credits::{CreditEvent, GrantSource, Pool};
 
 /// A transaction's type, as in the original.
@@ -35,10 +36,10 @@ pub struct Transaction {
     pub user_id: String,
     pub kind: Kind,
     /// Signed: negative for usage.
-    pub amount: i64,
+    pub amount: Credits,
     /// Paid + free before and after.
-    pub balance_before: i64,
-    pub balance_after: i64,
+    pub balance_before: Credits,
+    pub balance_after: Credits,
     pub app_id: String,
     pub description: String,
     pub metadata: Option<Value>,
@@ -69,8 +70,8 @@ pub fn client_key(namespaced: &str) -> &str {
 pub fn transaction_of(user_id: &str, event: &CreditEvent) -> Option<Transaction> {
     let client_key =
         |key: &Option<crate::events::credits::KeyUse>| key.as_ref().map(|k| client_key(&k.key).to_owned());
-    let line =
-        |id: &str, kind, amount, before: i64, after: i64, app: &str, description: &str, at| Transaction {
+    let line = |id: &str, kind, amount, before: Credits, after: Credits, app: &str, description: &str, at| {
+        Transaction {
             id: id.to_owned(),
             user_id: user_id.to_owned(),
             kind,
@@ -82,7 +83,8 @@ pub fn transaction_of(user_id: &str, event: &CreditEvent) -> Option<Transaction>
             metadata: None,
             idempotency_key: None,
             at,
-        };
+        }
+    };
     Some(match event {
         CreditEvent::CreditAccountOpened { .. } => return None,
         CreditEvent::CreditsGranted {
@@ -129,7 +131,7 @@ pub fn transaction_of(user_id: &str, event: &CreditEvent) -> Option<Transaction>
             let mut t = line(
                 transaction_id,
                 Kind::Usage,
-                -amount,
+                -*amount,
                 before.total(),
                 after.total(),
                 app_id,

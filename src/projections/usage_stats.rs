@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 
 use super::Projection;
 use crate::db::DbTx;
+use crate::domain::Credits;
 use crate::events::RecordedEvent;
 use crate::events::credits::CreditEvent;
 use crate::insert_rows;
@@ -26,7 +27,7 @@ impl Projection for UsageStats {
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        let mut totals: HashMap<(String, String, NaiveDate), (i64, i64)> = HashMap::new();
+        let mut totals: HashMap<(String, String, NaiveDate), (Credits, i64)> = HashMap::new();
         let mut order = Vec::new();
         for event in
             events.iter().filter(|e| e.aggregate_type == "credit_account" && e.event_type == "CreditsSpent")
@@ -35,7 +36,7 @@ impl Projection for UsageStats {
                 let key = (event.aggregate_id.clone(), app_id, spent_at.date_naive());
                 let entry = totals.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
-                    (0, 0)
+                    (Credits::ZERO, 0)
                 });
                 entry.0 += amount;
                 entry.1 += 1;
@@ -50,7 +51,7 @@ impl Projection for UsageStats {
                 "user_id": "text" = r.0.0.clone(),
                 "app_id": "text" = r.0.1.clone(),
                 "day": "date" = r.0.2,
-                "credits_used": "bigint" = r.1.0,
+                "credits_used": "bigint" = r.1.0.get(),
                 "spends": "bigint" = r.1.1,
             },
             " ON CONFLICT (user_id, app_id, day) DO UPDATE SET \

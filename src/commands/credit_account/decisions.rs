@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
 use super::{CreditAccount, CreditError, DailyGrant, REFUND_WINDOW, key_of};
+use crate::domain::Credits;
 use crate::events::credits::{Balances, CreditEvent, GrantSource, KeyUse, Pool};
 
 /// What every keyed credit movement carries besides its own fields: the transaction it
@@ -22,8 +23,10 @@ impl CreditAccount {
         if self.last_grant_day.is_some_and(|day| day >= daily.day) {
             return None;
         }
-        let room = daily.cap.map_or(daily.amount, |cap| (cap - self.balances.free).clamp(0, daily.amount));
-        if room <= 0 {
+        let room = daily
+            .cap
+            .map_or(daily.amount, |cap| (cap - self.balances.free).clamp(Credits::ZERO, daily.amount));
+        if room <= Credits::ZERO {
             // Nothing to grant (cap reached or no daily credits): no zero-amount rows.
             return None;
         }
@@ -52,7 +55,7 @@ impl CreditAccount {
     pub(super) fn open(
         &self,
         user_id: String,
-        signup_bonus: i64,
+        signup_bonus: Credits,
         bonus_transaction_id: String,
         day: NaiveDate,
         at: DateTime<Utc>,
@@ -61,7 +64,7 @@ impl CreditAccount {
             return Err(CreditError::AlreadyOpen);
         }
         let mut events = vec![CreditEvent::CreditAccountOpened { user_id, granted_day: day, opened_at: at }];
-        if signup_bonus > 0 {
+        if signup_bonus > Credits::ZERO {
             events.push(CreditEvent::CreditsGranted {
                 transaction_id: bonus_transaction_id,
                 source: GrantSource::SignupBonus,
@@ -90,7 +93,7 @@ impl CreditAccount {
     pub(super) fn spend(
         &self,
         movement: Movement,
-        amount: i64,
+        amount: Credits,
         app_id: String,
         description: String,
         metadata: Option<Value>,
@@ -132,7 +135,7 @@ impl CreditAccount {
         &self,
         movement: Movement,
         pool: Pool,
-        amount: i64,
+        amount: Credits,
         actor: String,
         reason: String,
     ) -> Result<Vec<CreditEvent>, CreditError> {
@@ -157,7 +160,7 @@ impl CreditAccount {
         &self,
         movement: Movement,
         pool: Pool,
-        amount: i64,
+        amount: Credits,
         actor: String,
         reason: String,
     ) -> Result<Vec<CreditEvent>, CreditError> {
@@ -165,7 +168,7 @@ impl CreditAccount {
             return Ok(Vec::new());
         }
         let after = self.balances.plus(pool, amount);
-        if after.free < 0 || after.paid < 0 {
+        if after.free < Credits::ZERO || after.paid < Credits::ZERO {
             let available = match pool {
                 Pool::Free => self.balances.free,
                 Pool::Paid => self.balances.paid,
@@ -191,7 +194,7 @@ impl CreditAccount {
         &self,
         movement: Movement,
         spend_id: String,
-        amount: Option<i64>,
+        amount: Option<Credits>,
         actor: String,
         reason: String,
     ) -> Result<Vec<CreditEvent>, CreditError> {
@@ -207,7 +210,7 @@ impl CreditAccount {
             .ok_or(CreditError::UnknownTransaction)?;
         let refundable = spend.refundable();
         let amount = amount.unwrap_or(refundable);
-        if amount > refundable || amount < 1 {
+        if amount > refundable || amount < Credits::new(1) {
             return Err(CreditError::RefundTooLarge { refundable });
         }
         let to_paid = amount.min(spend.from_paid - spend.refunded_paid);

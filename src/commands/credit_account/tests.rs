@@ -78,7 +78,7 @@ fn missed_days_are_not_caught_up() {
 #[test]
 fn a_cap_limits_the_days_grant_to_the_room_below_it() {
     for (free, granted) in [(98, 2), (10, 5)] {
-        let capped = DailyGrant { cap: Some(100), ..daily(1) };
+        let capped = DailyGrant { cap: Some(c(100)), ..daily(1) };
         Account::with(())
             .given(vec![opened(), signup_bonus(free)])
             .when(CreditCommand::Touch { daily: capped, at: at(1) })
@@ -88,7 +88,7 @@ fn a_cap_limits_the_days_grant_to_the_room_below_it() {
 
 #[test]
 fn a_reached_cap_or_no_daily_credits_grant_nothing_rather_than_zero() {
-    for grant in [DailyGrant { cap: Some(100), ..daily(1) }, DailyGrant { amount: 0, ..daily(1) }] {
+    for grant in [DailyGrant { cap: Some(c(100)), ..daily(1) }, DailyGrant { amount: c(0), ..daily(1) }] {
         Account::with(())
             .given(vec![opened(), signup_bonus(150)])
             .when(CreditCommand::Touch { daily: grant, at: at(1) })
@@ -119,7 +119,7 @@ fn a_spend_above_the_balance_is_refused_with_what_is_available() {
     Account::with(())
         .given(vec![opened(), signup_bonus(10), granted(Pool::Paid, 5, b(10, 0))])
         .when(spend("s1", 16, 0))
-        .then_expect_error(CreditError::InsufficientCredits { available: 15 });
+        .then_expect_error(CreditError::InsufficientCredits { available: c(15) });
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn a_refused_spend_counts_the_days_grant_as_available_and_grants_nothing() {
     Account::with(())
         .given(vec![opened()])
         .when(spend("s1", 6, 2))
-        .then_expect_error(CreditError::InsufficientCredits { available: 5 });
+        .then_expect_error(CreditError::InsufficientCredits { available: c(5) });
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn an_adjustment_below_zero_is_refused_with_that_pools_balance() {
         Account::with(())
             .given(vec![opened(), signup_bonus(10), granted(Pool::Paid, 20, b(10, 0))])
             .when(adjust(pool, amount))
-            .then_expect_error(CreditError::InsufficientCredits { available });
+            .then_expect_error(CreditError::InsufficientCredits { available: c(available) });
     }
 }
 
@@ -247,7 +247,7 @@ fn a_refund_above_what_is_left_of_the_spend_is_refused() {
     Account::with(())
         .given(partly_refunded())
         .when(refund("r2", "s1", Some(9), 0))
-        .then_expect_error(CreditError::RefundTooLarge { refundable: 8 });
+        .then_expect_error(CreditError::RefundTooLarge { refundable: c(8) });
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn a_refund_of_zero_or_less_is_refused() {
         Account::with(())
             .given(spent_15())
             .when(refund("r1", "s1", Some(amount), 0))
-            .then_expect_error(CreditError::RefundTooLarge { refundable: 15 });
+            .then_expect_error(CreditError::RefundTooLarge { refundable: c(15) });
     }
 }
 
@@ -266,7 +266,7 @@ fn a_fully_refunded_spend_refuses_another_refund() {
         .given(partly_refunded())
         .and(vec![refunded("r2", "s1", (8, 0), b(2, 10), 0)])
         .when(refund("r3", "s1", None, 0))
-        .then_expect_error(CreditError::RefundTooLarge { refundable: 0 });
+        .then_expect_error(CreditError::RefundTooLarge { refundable: c(0) });
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn earned_counts_grants_and_positive_adjustments_and_spent_counts_spends_less_re
         spent("s1", (12, 3), b(12, 10), 15, 0),
         refunded("r1", "s1", (0, 3), b(0, 7), 0),
     ]);
-    assert_eq!((account.balances, account.total_earned, account.total_spent), (b(0, 10), 25, 12));
+    assert_eq!((account.balances, account.total_earned, account.total_spent), (b(0, 10), c(25), c(12)));
 }
 
 #[test]

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::{fingerprint, parse_amount, parse_key, parse_signed_amount};
+use crate::domain::Credits;
 use crate::events::credits::Pool;
 
 /// `POST /admin/credits/grant` and `/adjust` body.
@@ -41,7 +42,7 @@ pub struct RefundBody {
 pub struct AdminGrant {
     pub user_id: String,
     pub pool: Pool,
-    pub amount: i64,
+    pub amount: Credits,
     pub reason: String,
     pub idempotency_key: String,
 }
@@ -51,7 +52,7 @@ pub struct AdminGrant {
 pub struct AdminAdjust {
     pub user_id: String,
     pub pool: Pool,
-    pub amount: i64,
+    pub amount: Credits,
     pub reason: String,
     pub idempotency_key: String,
 }
@@ -61,13 +62,16 @@ pub struct AdminAdjust {
 pub struct AdminRefund {
     pub transaction_id: String,
     /// All that is left of the spend when absent.
-    pub amount: Option<i64>,
+    pub amount: Option<Credits>,
     pub reason: String,
     pub idempotency_key: String,
 }
 
 /// The fields a grant and an adjustment share, validated; only the amount's range differs.
-fn pool_change(body: GrantBody, signed: bool) -> Result<(String, Pool, i64, String, String), Vec<String>> {
+fn pool_change(
+    body: GrantBody,
+    signed: bool,
+) -> Result<(String, Pool, Credits, String, String), Vec<String>> {
     let mut problems = Vec::new();
     let amount = if signed {
         parse_signed_amount(body.amount.as_ref(), &mut problems)
@@ -157,9 +161,9 @@ fn key_of(key: Option<&str>, problems: &mut Vec<String>) -> Option<String> {
 /// An admin operation on an account.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AdminOperation {
-    Grant { user_id: String, pool: Pool, amount: i64 },
-    Adjust { user_id: String, pool: Pool, amount: i64 },
-    Refund { transaction_id: String, amount: Option<i64> },
+    Grant { user_id: String, pool: Pool, amount: Credits },
+    Adjust { user_id: String, pool: Pool, amount: Credits },
+    Refund { transaction_id: String, amount: Option<Credits> },
 }
 
 impl AdminOperation {
@@ -174,11 +178,11 @@ impl AdminOperation {
     }
 
     /// How many credits it asks to move, for error messages.
-    pub fn requested(&self) -> i64 {
+    pub fn requested(&self) -> Credits {
         match self {
             Self::Grant { amount, .. } => *amount,
             Self::Adjust { amount, .. } => amount.abs(),
-            Self::Refund { amount, .. } => amount.unwrap_or(0),
+            Self::Refund { amount, .. } => amount.unwrap_or(Credits::ZERO),
         }
     }
 }
@@ -275,7 +279,7 @@ mod tests {
             json!({"userId": "u", "amount": -5, "pool": "paid", "reason": " fix ", "idempotencyKey": "k"});
         assert_eq!(grant(body.clone()).unwrap_err(), ["amount must be an integer from 1 to 1000000"]);
         let adjusted = adjust(body).unwrap();
-        assert_eq!((adjusted.amount, adjusted.reason.as_str()), (-5, "fix"));
+        assert_eq!((adjusted.amount, adjusted.reason.as_str()), (Credits::new(-5), "fix"));
         let zero = json!({"userId": "u", "amount": 0, "pool": "paid", "reason": "r", "idempotencyKey": "k"});
         assert_eq!(adjust(zero).unwrap_err(), ["amount must be a non-zero integer from -1000000 to 1000000"]);
     }

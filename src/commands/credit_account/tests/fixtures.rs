@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use cqrs_es::test::TestFramework;
 
 use crate::commands::credit_account::{CreditAccount, CreditCommand, DailyGrant};
+use crate::domain::Credits;
 use crate::events::credits::{Balances, CreditEvent, GrantSource, KeyUse, Pool};
 
 pub(super) type Account = TestFramework<CreditAccount>;
@@ -20,8 +21,13 @@ pub(super) fn day(d: i64) -> NaiveDate {
     at(d).date_naive()
 }
 
+/// `n` credits.
+pub(super) fn c(n: i64) -> Credits {
+    Credits::new(n)
+}
+
 pub(super) fn b(free: i64, paid: i64) -> Balances {
-    Balances { free, paid }
+    Balances { free: c(free), paid: c(paid) }
 }
 
 // Events.
@@ -35,7 +41,7 @@ pub(super) fn signup_bonus(amount: i64) -> CreditEvent {
         transaction_id: "bonus".into(),
         source: GrantSource::SignupBonus,
         pool: Pool::Free,
-        amount,
+        amount: c(amount),
         before: b(0, 0),
         after: b(amount, 0),
         description: "Signup bonus".into(),
@@ -49,9 +55,9 @@ pub(super) fn daily_granted(d: i64, amount: i64, before: Balances) -> CreditEven
         transaction_id: format!("daily-{d}"),
         source: GrantSource::Daily { day: day(d) },
         pool: Pool::Free,
-        amount,
+        amount: c(amount),
         before,
-        after: before.plus(Pool::Free, amount),
+        after: before.plus(Pool::Free, c(amount)),
         description: "Daily free credits".into(),
         key: None,
         granted_at: at(d),
@@ -64,9 +70,9 @@ pub(super) fn granted(pool: Pool, amount: i64, before: Balances) -> CreditEvent 
         transaction_id: "g".into(),
         source: GrantSource::Admin { actor: "admin".into(), reason: "support".into() },
         pool,
-        amount,
+        amount: c(amount),
         before,
-        after: before.plus(pool, amount),
+        after: before.plus(pool, c(amount)),
         description: "support".into(),
         key: None,
         granted_at: at(0),
@@ -83,12 +89,12 @@ pub(super) fn spent(
 ) -> CreditEvent {
     CreditEvent::CreditsSpent {
         transaction_id: id.into(),
-        amount: free + paid,
-        from_free: free,
-        from_paid: paid,
+        amount: c(free + paid),
+        from_free: c(free),
+        from_paid: c(paid),
         before,
-        after: b(before.free - free, before.paid - paid),
-        total_spent_after,
+        after: b(before.free.get() - free, before.paid.get() - paid),
+        total_spent_after: c(total_spent_after),
         app_id: "chat".into(),
         description: "a reply".into(),
         metadata: None,
@@ -102,9 +108,9 @@ pub(super) fn adjusted(pool: Pool, amount: i64, before: Balances) -> CreditEvent
     CreditEvent::CreditsAdjusted {
         transaction_id: "a".into(),
         pool,
-        amount,
+        amount: c(amount),
         before,
-        after: before.plus(pool, amount),
+        after: before.plus(pool, c(amount)),
         actor: "admin".into(),
         reason: "correction".into(),
         key: None,
@@ -123,11 +129,11 @@ pub(super) fn refunded(
     CreditEvent::CreditsRefunded {
         transaction_id: id.into(),
         refunded_transaction_id: spend_id.into(),
-        amount: free + paid,
-        to_free: free,
-        to_paid: paid,
+        amount: c(free + paid),
+        to_free: c(free),
+        to_paid: c(paid),
         before,
-        after: b(before.free + free, before.paid + paid),
+        after: b(before.free.get() + free, before.paid.get() + paid),
         actor: "svc".into(),
         reason: "failed".into(),
         key: None,
@@ -156,7 +162,7 @@ pub(super) fn keyed_event(mut event: CreditEvent, key: &str, fingerprint: &str) 
 pub(super) fn open(signup_bonus: i64) -> CreditCommand {
     CreditCommand::Open {
         user_id: "u".into(),
-        signup_bonus,
+        signup_bonus: c(signup_bonus),
         bonus_transaction_id: "bonus".into(),
         day: day(0),
         at: at(0),
@@ -165,7 +171,7 @@ pub(super) fn open(signup_bonus: i64) -> CreditCommand {
 
 /// Five free credits a day, without a cap.
 pub(super) fn daily(d: i64) -> DailyGrant {
-    DailyGrant { day: day(d), amount: 5, cap: None, transaction_id: format!("daily-{d}") }
+    DailyGrant { day: day(d), amount: c(5), cap: None, transaction_id: format!("daily-{d}") }
 }
 
 pub(super) fn touch(d: i64) -> CreditCommand {
@@ -175,7 +181,7 @@ pub(super) fn touch(d: i64) -> CreditCommand {
 pub(super) fn spend(id: &str, amount: i64, d: i64) -> CreditCommand {
     CreditCommand::Spend {
         transaction_id: id.into(),
-        amount,
+        amount: c(amount),
         app_id: "chat".into(),
         description: "a reply".into(),
         metadata: None,
@@ -189,7 +195,7 @@ pub(super) fn grant(pool: Pool, amount: i64) -> CreditCommand {
     CreditCommand::Grant {
         transaction_id: "g".into(),
         pool,
-        amount,
+        amount: c(amount),
         actor: "admin".into(),
         reason: "support".into(),
         key: None,
@@ -201,7 +207,7 @@ pub(super) fn adjust(pool: Pool, amount: i64) -> CreditCommand {
     CreditCommand::Adjust {
         transaction_id: "a".into(),
         pool,
-        amount,
+        amount: c(amount),
         actor: "admin".into(),
         reason: "correction".into(),
         key: None,
@@ -213,7 +219,7 @@ pub(super) fn refund(id: &str, spend_id: &str, amount: Option<i64>, d: i64) -> C
     CreditCommand::Refund {
         transaction_id: id.into(),
         spend_id: spend_id.into(),
-        amount,
+        amount: amount.map(c),
         actor: "svc".into(),
         reason: "failed".into(),
         key: None,
