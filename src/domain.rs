@@ -18,6 +18,16 @@ impl TokenHash {
     }
 }
 
+/// Who is asking: the request's id and the client's address and agent (personal data).
+/// Commands turn it into their context (`commands::client`), events into the client
+/// they record (`events::auth`).
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
 /// A UUIDv7 stamped with the clock service's time: a session id carries its start.
 /// (No monotonic context: it would move a timestamp forward after a clock step back,
 /// and a session's start must be exact for user-wide revocation.)

@@ -5,6 +5,7 @@ use cqrs_es::AggregateError;
 use super::guard::Guarded;
 use super::input::{LoginInput, Registration};
 use super::{AuthError, AuthService, ClientInfo, SignedIn, UserView, infra, uuid_at};
+use crate::commands::CommandContext;
 use crate::commands::credit_account::CreditCommand;
 use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError, claim_id};
 use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
@@ -49,7 +50,7 @@ impl AuthService {
         let verification = OpaqueToken::generate(user_uuid);
         let verification_expires = now + VERIFICATION_TTL;
         let mail = self.verification_mail(email.as_str(), &verification, now, verification_expires);
-        let ctx = client.context(&user_id, now);
+        let ctx = CommandContext::for_client(client, &user_id, now);
         let day = now.with_timezone(&self.settings.daily_timezone).date_naive();
         let personal = UserPersonal { email: email.as_str().to_owned(), name };
         let cursor = with_retries(self.store.metrics(), "registration", || async {
@@ -75,7 +76,7 @@ impl AuthService {
                     origin: SessionOrigin::Registration,
                     refresh_hash: refresh.hash(),
                     remember_me: false,
-                    personal: client.personal(),
+                    personal: SessionPersonal::of(client),
                     at: now,
                 };
                 unit.execute(&self.aggregates.sessions, &session_id, start).await.map_err(infra)?;
@@ -83,7 +84,7 @@ impl AuthService {
                 let signed_in = LoginAttemptCommand::RecordSignIn {
                     attempt_id: session_id.clone(),
                     user_id: user_id.clone(),
-                    personal: client.personal(),
+                    personal: SessionPersonal::of(client),
                     at: now,
                 };
                 unit.execute(&self.aggregates.attempts, &claim, signed_in).await.map_err(infra)?;
@@ -119,7 +120,7 @@ impl AuthService {
         let personal = SessionPersonal {
             device_id: input.device_id,
             device_name: input.device_name,
-            ..client.personal()
+            ..SessionPersonal::of(client)
         };
         let guarded = Guarded {
             stream: &claim,
@@ -146,7 +147,7 @@ impl AuthService {
             personal,
             at: now,
         };
-        let ctx = client.context(&user_id, now);
+        let ctx = CommandContext::for_client(client, &user_id, now);
         let started = self.aggregates.sessions.execute(&session_id, start, &ctx).await.map_err(infra)?;
         self.settle(started.cursor).await;
         self.signed_in(&user, &session_id, refresh)
@@ -173,10 +174,10 @@ impl AuthService {
             successor: successor.hash(),
             grace: self.settings.refresh_grace,
             user_admits: user.admits_session(&session_id, started_at),
-            personal: client.personal(),
+            personal: SessionPersonal::of(client),
             at: now,
         };
-        let ctx = client.context(&user_id, now);
+        let ctx = CommandContext::for_client(client, &user_id, now);
         let committed = match self.aggregates.sessions.execute(&session_id, command, &ctx).await {
             Ok(committed) => committed,
             Err(AggregateError::UserError(
@@ -215,12 +216,16 @@ impl AuthService {
     ) -> Result<(), AuthError> {
         let now = self.now();
         let command = SessionCommand::Revoke { reason, at: now };
-        let committed =
-            match self.aggregates.sessions.execute(session_id, command, &client.context(actor, now)).await {
-                Ok(committed) => committed,
-                Err(AggregateError::UserError(SessionError::NotFound)) => return Err(AuthError::NotFound),
-                Err(other) => return Err(infra(other)),
-            };
+        let committed = match self
+            .aggregates
+            .sessions
+            .execute(session_id, command, &CommandContext::for_client(client, actor, now))
+            .await
+        {
+            Ok(committed) => committed,
+            Err(AggregateError::UserError(SessionError::NotFound)) => return Err(AuthError::NotFound),
+            Err(other) => return Err(infra(other)),
+        };
         self.revocations.revoke_session(session_id, now);
         self.settle(committed.cursor).await;
         Ok(())

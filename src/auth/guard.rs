@@ -108,7 +108,7 @@ impl AuthService {
                 at: now,
             };
             let (id, who) = (attempt_id.clone(), personal.clone());
-            let ctx = client.context(&actor, now);
+            let ctx = CommandContext::for_client(client, &actor, now);
             let begun = self
                 .aggregates
                 .attempts

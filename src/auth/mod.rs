@@ -19,6 +19,7 @@ use cqrs_es::AggregateError;
 
 use crate::clock::SharedClock;
 pub use crate::commands::ClientInfo;
+use crate::commands::CommandContext;
 use crate::commands::credit_account::CreditAccount;
 use crate::commands::email_claim::EmailClaim;
 use crate::commands::login_attempts::{LockoutPolicy, LoginAttempts};
@@ -28,6 +29,7 @@ use crate::commands::user::User;
 use crate::commands::{Aggregates, CommandBus, Retryable};
 use crate::domain::{Credits, uuid_at};
 use crate::events::auth::Role;
+use crate::events::auth::SessionPersonal;
 use crate::events::{EventStore, LogCursor};
 use crate::projections::Projector;
 use crate::security::passwords::{PasswordPool, PoolError};
@@ -262,10 +264,10 @@ impl AuthService {
         let event = crate::events::auth::SecurityNoticeEvent::RateLimitExceeded {
             rule: rule.to_owned(),
             user_id: user_id.map(str::to_owned),
-            personal: client.personal(),
+            personal: SessionPersonal::of(client),
             at: now,
         };
-        let ctx = client.context(user_id.unwrap_or(crate::events::SYSTEM_ACTOR), now);
+        let ctx = CommandContext::for_client(client, user_id.unwrap_or(crate::events::SYSTEM_ACTOR), now);
         let id = uuid_at(now).to_string();
         if let Err(error) =
             self.aggregates.notices.execute(&id, SecurityNoticeCommand::Record(event), &ctx).await

@@ -7,10 +7,12 @@ use super::guard::Guarded;
 use super::input::{Email, Password};
 use super::links::LinkBase;
 use super::{AuthError, AuthService, ClientInfo, infra, uuid_at};
+use crate::commands::CommandContext;
 use crate::commands::email_claim::claim_id;
 use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
 use crate::commands::user::{UserCommand, UserError};
 use crate::commands::{UnitOfWork, commit_error, with_retries};
+use crate::events::auth::SessionPersonal;
 use crate::events::{LogCursor, OutgoingMail};
 use crate::mail;
 use crate::security::refresh::OpaqueToken;
@@ -39,7 +41,7 @@ impl AuthService {
         let guarded = Guarded {
             stream: &stream,
             policy: AttemptPolicy::change_password(),
-            personal: client.personal(),
+            personal: SessionPersonal::of(client),
         };
         if self.guarded_check(guarded, Some(user), current, client).await?.is_none() {
             return Err(AuthError::InvalidCurrentPassword);
@@ -51,7 +53,7 @@ impl AuthService {
         let committed = self
             .aggregates
             .users
-            .execute(&claims.sub, command, &client.context(&claims.sub, now))
+            .execute(&claims.sub, command, &CommandContext::for_client(client, &claims.sub, now))
             .await
             .map_err(infra)?;
         self.revocations.revoke_user_sessions(&claims.sub, now, Some(&claims.sid));
@@ -74,8 +76,11 @@ impl AuthService {
         let now = self.now();
         let cursor = match holder.user_id {
             None => {
-                let record = LoginAttemptCommand::RecordUnknownReset { personal: client.personal(), at: now };
-                let ctx = client.context(crate::events::SYSTEM_ACTOR, now);
+                let record = LoginAttemptCommand::RecordUnknownReset {
+                    personal: SessionPersonal::of(client),
+                    at: now,
+                };
+                let ctx = CommandContext::for_client(client, crate::events::SYSTEM_ACTOR, now);
                 self.aggregates.attempts.execute(&claim, record, &ctx).await.map_err(infra)?.cursor
             }
             Some(user_id) => {
@@ -112,7 +117,7 @@ impl AuthService {
         }
         let password_hash = self.passwords.hash(new.into_inner()).await?;
         let claim = claim_id(user.email());
-        let ctx = client.context(&user_id, now);
+        let ctx = CommandContext::for_client(client, &user_id, now);
         // The reset and the unlock of the address (every client class) are one append.
         let cursor = with_retries(self.store.metrics(), "password-reset", || async {
             let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
@@ -143,7 +148,12 @@ impl AuthService {
         let user_id = token.owner().to_string();
         let now = self.now();
         let command = UserCommand::VerifyEmail { token: token.hash(), at: now };
-        match self.aggregates.users.execute(&user_id, command, &client.context(&user_id, now)).await {
+        match self
+            .aggregates
+            .users
+            .execute(&user_id, command, &CommandContext::for_client(client, &user_id, now))
+            .await
+        {
             Ok(committed) => {
                 self.settle(committed.cursor).await;
                 Ok(())
@@ -197,7 +207,7 @@ impl AuthService {
         message: OutgoingMail,
         client: &ClientInfo,
     ) -> Result<Option<LogCursor>, AuthError> {
-        let ctx = client.context(user_id, message.created_at);
+        let ctx = CommandContext::for_client(client, user_id, message.created_at);
         with_retries(self.store.metrics(), "user-mail", || async {
             let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
             unit.execute(&self.aggregates.users, user_id, command.clone()).await.map_err(infra)?;

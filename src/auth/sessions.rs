@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{AuthError, AuthService, ClientInfo, UserView, infra};
+use crate::commands::CommandContext;
 use crate::commands::session::SessionCommand;
 use crate::commands::{UnitOfWork, commit_error, with_retries};
 use crate::events::auth::{RevokeReason, SessionPersonal};
@@ -90,7 +91,7 @@ impl AuthService {
             return Ok(0);
         }
         let now = self.now();
-        let ctx = client.context(&claims.sub, now);
+        let ctx = CommandContext::for_client(client, &claims.sub, now);
         let cursor = with_retries(self.store.metrics(), "revoke-others", || async {
             let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
             for id in &others {

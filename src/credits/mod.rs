@@ -17,6 +17,7 @@ use cqrs_es::AggregateError;
 
 use crate::clock::SharedClock;
 use crate::commands::ClientInfo;
+use crate::commands::CommandContext;
 use crate::commands::credit_account::{CreditAccount, CreditCommand, CreditError, DailyGrant};
 use crate::commands::operator_key::{OperatorKey, OperatorKeyCommand, OperatorKeyError, operator_key_id};
 use crate::commands::{CommandBus, Retryable, UnitOfWork, commit_error, with_retries};
@@ -166,7 +167,7 @@ impl CreditService {
         let command = move |at| CreditCommand::Touch { daily: daily_grant(&settings, at, &daily_id), at };
         let committed = self
             .accounts
-            .execute_at(user_id, command, &client.context(user_id, now), view)
+            .execute_at(user_id, command, &CommandContext::for_client(client, user_id, now), view)
             .await
             .map_err(|e| failure(e, Credits::ZERO))?;
         self.settle(committed.cursor).await;
@@ -199,7 +200,7 @@ impl CreditService {
         let view = move |account: &CreditAccount| key.as_deref().and_then(|k| account.keyed(k)).cloned();
         let committed = self
             .accounts
-            .execute_at(user_id, command, &client.context(user_id, now), view)
+            .execute_at(user_id, command, &CommandContext::for_client(client, user_id, now), view)
             .await
             .map_err(|e| failure(e, amount))?;
         let replayed = committed.events.is_empty();
@@ -255,7 +256,7 @@ impl CreditService {
             let (operation, reason) = (&request.operation, &request.reason);
             admin_command(operation, actor, reason, &transaction_id, Some(key_use.clone()), at)
         };
-        let ctx = client.context(actor, now);
+        let ctx = CommandContext::for_client(client, actor, now);
         let (events, earlier, cursor) = with_retries(self.store.metrics(), "admin-credit", || async {
             let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
             let use_key = |at| OperatorKeyCommand::Use {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::TokenHash;
+use crate::domain::{ClientInfo, TokenHash};
 
 /// What a user may do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -158,6 +158,13 @@ pub struct SessionPersonal {
     pub device_name: Option<String>,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
+}
+
+impl SessionPersonal {
+    /// The client of a request as events record it (device fields come from the body).
+    pub fn of(client: &ClientInfo) -> Self {
+        Self { ip_address: client.ip.clone(), user_agent: client.user_agent.clone(), ..Default::default() }
+    }
 }
 
 /// Why a session ended.
