@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::api::{Api, PASSWORD, unique_email};
-use common::{ENGINES, ServerProcess, TestDb, api_from, count};
+use common::{ENGINES, Engine, ServerProcess, TestDb, api_from, count};
 use mana_core_auth::db::Db;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -69,7 +69,13 @@ async fn sixteen_concurrent_correct_logins_over_two_processes_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strangers_locked_out_on_one_process_are_locked_out_on_the_other_while_the_owner_signs_in() {
-    let db = TestDb::postgres().await;
+    for engine in ENGINES {
+        lockout_across_processes(engine).await;
+    }
+}
+
+async fn lockout_across_processes(engine: Engine) {
+    let db = TestDb::new(engine).await;
     let settings = [("LOGIN_LOCKOUT_THRESHOLD", "2")];
     let servers = [ServerProcess::spawn(&env(&db, &settings)), ServerProcess::spawn(&env(&db, &settings))];
     let email = unique_email("smart2");
@@ -97,9 +103,14 @@ async fn strangers_locked_out_on_one_process_are_locked_out_on_the_other_while_t
             stranger.body
         );
         let owner = from(server, 1).login(&email, PASSWORD).await;
-        assert_eq!(owner.status, StatusCode::OK, "the owner on a familiar address: {}", owner.body);
+        assert_eq!(
+            owner.status,
+            StatusCode::OK,
+            "{engine:?}: the owner on a familiar address: {}",
+            owner.body
+        );
     }
-    assert_eq!(events_of_type(&db, "LoginLocked").await, 1);
+    assert_eq!(events_of_type(&db, "LoginLocked").await, 1, "{engine:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
