@@ -38,7 +38,9 @@ async fn events_of_type(db: &TestDb, event_type: &str) -> i64 {
 async fn sixteen_concurrent_correct_logins_over_two_processes_all_succeed() {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
-        let servers = [ServerProcess::spawn(&env(&db, &[])), ServerProcess::spawn(&env(&db, &[]))];
+        // A generous queue budget: debug builds on a loaded machine check passwords slowly.
+        let wait = [("LOGIN_QUEUE_WAIT_MS", "10000")];
+        let servers = [ServerProcess::spawn(&env(&db, &wait)), ServerProcess::spawn(&env(&db, &wait))];
         let email = unique_email("queue2");
         from(&servers[0], 1).register(&email).await;
         let mut tasks = tokio::task::JoinSet::new();
