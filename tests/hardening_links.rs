@@ -82,7 +82,9 @@ async fn a_redirect_to_with_injected_text_or_a_foreign_origin_is_refused_and_que
                     "{engine:?}: {bad:?} for {email}: {}",
                     answer.body
                 );
-                let details = answer.body.to_string();
+                // Only the fields that could carry input: the request id and timestamp are
+                // random and may contain "555" by chance.
+                let details = format!("{} {}", answer.body["message"], answer.body["path"]);
                 assert!(!details.contains("evil") && !details.contains("555"), "input echoed: {details}");
             }
         }
