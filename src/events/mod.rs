@@ -5,13 +5,18 @@
 //! Every state change of the service is an event appended here. Events are never
 //! updated or deleted (both engines refuse it with a trigger).
 
+pub mod audit;
 pub mod auth;
+pub mod catalogue;
+pub mod chain;
 pub mod credits;
 pub mod mix;
+pub mod personal;
 mod postgres;
 mod repository;
 pub mod signal;
 mod sqlite;
+mod stamp;
 mod store;
 
 use chrono::{DateTime, Utc};
@@ -42,6 +47,23 @@ impl LogCursor {
 impl std::fmt::Display for LogCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.txid, self.position)
+    }
+}
+
+/// Parses the text [`LogCursor`]'s `Display` writes (`<txid>:<position>`, both
+/// non-negative), as exports and `?after=` carry it.
+impl std::str::FromStr for LogCursor {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || "a cursor is the `cursor` field of an exported event".to_owned();
+        let (txid, position) = text.split_once(':').ok_or_else(bad)?;
+        let number = |t: &str| {
+            if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            t.parse::<i64>().map_err(|_| bad())
+        };
+        Ok(Self { txid: number(txid)?, position: number(position)? })
     }
 }
 
@@ -123,6 +145,11 @@ pub struct RecordedEvent {
     pub payload: Value,
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
+    /// The event's hash in its stream's chain (`None` only for a row the audit backfill
+    /// has not reached).
+    pub hash: Option<String>,
+    /// The commitments of its personal fields ([`chain::Commitments`] as JSON).
+    pub commitments: Option<Value>,
 }
 
 impl RecordedEvent {

@@ -11,14 +11,15 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Executor, PgPool, Postgres, Row};
 
+use super::stamp::Stamp;
 use super::{AppendError, LogCursor, NewEvent, OutgoingMail, RecordedEvent, StoreError};
 
 const APPEND: &str = "
 WITH appended AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                        payload, metadata, recorded_at)
+                        payload, metadata, recorded_at, hash, commitments)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                         $6::jsonb[], $7::jsonb[], $8::timestamptz[])
+                         $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::jsonb[])
     RETURNING txid, position
 )
 SELECT max(txid) AS txid, max(position) AS position FROM appended";
@@ -28,22 +29,22 @@ SELECT max(txid) AS txid, max(position) AS position FROM appended";
 const APPEND_WITH_MAIL: &str = "
 WITH appended AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                        payload, metadata, recorded_at)
+                        payload, metadata, recorded_at, hash, commitments)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                         $6::jsonb[], $7::jsonb[], $8::timestamptz[])
+                         $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::jsonb[])
     RETURNING txid, position
 ), queued AS (
     INSERT INTO outbox (id, kind, recipient, subject, body, created_at, expires_at, next_attempt_at)
     SELECT id, kind, recipient, subject, body, created_at, expires_at, created_at
-      FROM UNNEST($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                  $14::timestamptz[], $15::timestamptz[])
+      FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                  $16::timestamptz[], $17::timestamptz[])
            AS m(id, kind, recipient, subject, body, created_at, expires_at)
 )
 SELECT max(txid) AS txid, max(position) AS position FROM appended";
 
 const READ_AFTER: &str = "
 SELECT txid, position, aggregate_type, aggregate_id, sequence, event_type, event_version,
-       payload, metadata, recorded_at
+       payload, metadata, recorded_at, hash, commitments
   FROM events
  WHERE (txid, position) > ($1, $2)
    AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
@@ -61,6 +62,7 @@ const COMMITTED_HEAD: &str = "SELECT txid, position FROM events ORDER BY txid DE
 pub(super) async fn append(
     pool: &PgPool,
     events: &[NewEvent],
+    stamps: &[Stamp],
     mail: &[OutgoingMail],
 ) -> Result<LogCursor, AppendError> {
     let column = |f: fn(&NewEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
@@ -80,7 +82,9 @@ pub(super) async fn append(
         .bind(versions)
         .bind(payloads)
         .bind(metadata)
-        .bind(times);
+        .bind(times)
+        .bind(stamps.iter().map(|s| s.hash.clone()).collect::<Vec<_>>())
+        .bind(stamps.iter().map(|s| s.commitments.clone()).collect::<Vec<Option<Value>>>());
     let query = if mail.is_empty() {
         query
     } else {
@@ -155,6 +159,8 @@ fn decode(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
         payload: row.try_get("payload")?,
         metadata: row.try_get("metadata")?,
         recorded_at: row.try_get("recorded_at")?,
+        hash: row.try_get("hash")?,
+        commitments: row.try_get("commitments")?,
     })
 }
 

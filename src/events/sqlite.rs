@@ -6,6 +6,7 @@
 use cqrs_es::persist::SerializedEvent;
 use sqlx::{Executor, Row, Sqlite, SqlitePool};
 
+use super::stamp::Stamp;
 use super::{
     AppendError, LogCursor, NewEvent, OutgoingMail, RecordedEvent, StoreError, parse_sqlite_time, sqlite_time,
 };
@@ -13,13 +14,13 @@ use crate::db::DbTime;
 
 const INSERT: &str = "
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                    payload, metadata, recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    payload, metadata, recorded_at, hash, commitments)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING position";
 
 const READ_AFTER: &str = "
 SELECT txid, position, aggregate_type, aggregate_id, sequence, event_type, event_version,
-       payload, metadata, recorded_at
+       payload, metadata, recorded_at, hash, commitments
   FROM events WHERE position > $1 ORDER BY position LIMIT $2";
 
 const AGGREGATE_EVENTS: &str = "
@@ -30,11 +31,12 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
 pub(super) async fn append(
     writer: &SqlitePool,
     events: &[NewEvent],
+    stamps: &[Stamp],
     mail: &[OutgoingMail],
 ) -> Result<LogCursor, AppendError> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
     let mut last = 0i64;
-    for event in events {
+    for (event, stamp) in events.iter().zip(stamps) {
         let row = sqlx::query(INSERT)
             .bind(&event.aggregate_type)
             .bind(&event.aggregate_id)
@@ -44,6 +46,8 @@ pub(super) async fn append(
             .bind(event.payload.to_string())
             .bind(event.metadata.to_string())
             .bind(sqlite_time(event.recorded_at))
+            .bind(&stamp.hash)
+            .bind(stamp.commitments.as_ref().map(|c| c.to_string()))
             .fetch_one(&mut *tx)
             .await
             .map_err(classify)?;
@@ -106,6 +110,8 @@ where
                 metadata: json_column(row, "metadata")?,
                 recorded_at: parse_sqlite_time(&row.try_get::<String, _>("recorded_at")?)
                     .map_err(|e| StoreError::Corrupt(format!("recorded_at: {e}")))?,
+                hash: row.try_get("hash")?,
+                commitments: optional_json_column(row, "commitments")?,
             })
         })
         .collect()
@@ -143,6 +149,15 @@ pub(super) async fn head(reader: &SqlitePool) -> Result<LogCursor, StoreError> {
     let position: Option<i64> =
         sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(reader).await?;
     Ok(LogCursor { txid: 0, position: position.unwrap_or(0) })
+}
+
+fn optional_json_column(
+    row: &sqlx::sqlite::SqliteRow,
+    name: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let text: Option<String> = row.try_get(name)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{name}: {e}"))))
+        .transpose()
 }
 
 fn json_column(row: &sqlx::sqlite::SqliteRow, name: &str) -> Result<serde_json::Value, StoreError> {

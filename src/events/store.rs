@@ -8,7 +8,9 @@ use postgres_es::PostgresEventRepository;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{LogCursor, LogSignal, NewEvent, OutgoingMail, RecordedEvent, postgres, sqlite};
+use super::personal::PersonalKeys;
+use super::stamp::Stamper;
+use super::{LogCursor, LogSignal, NewEvent, OutgoingMail, RecordedEvent, chain, postgres, sqlite};
 use crate::db::{Db, DbTx};
 use crate::telemetry::Metrics;
 
@@ -23,6 +25,8 @@ struct Inner {
     postgres_es: Option<PostgresEventRepository>,
     signal: LogSignal,
     metrics: Arc<Metrics>,
+    keys: PersonalKeys,
+    stamper: Stamper,
     combiner: tokio::sync::OnceCell<mpsc::UnboundedSender<Pending>>,
 }
 
@@ -65,7 +69,14 @@ impl EventStore {
             Db::Sqlite { .. } => None,
         };
         let combiner = tokio::sync::OnceCell::new();
-        Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, combiner }) }
+        let keys = PersonalKeys::new(db.clone());
+        let stamper = Stamper::new(keys.clone());
+        Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, keys, stamper, combiner }) }
+    }
+
+    /// The keys that commit personal data.
+    pub fn personal_keys(&self) -> &PersonalKeys {
+        &self.inner.keys
     }
 
     /// The database underneath.
@@ -104,12 +115,17 @@ impl EventStore {
             .combiner
             .get_or_init(|| async {
                 let (sender, queue) = mpsc::unbounded_channel();
-                tokio::spawn(write_combined(self.inner.db.clone(), queue));
+                tokio::spawn(write_combined(self.inner.db.clone(), self.inner.stamper.clone(), queue));
                 sender
             })
             .await;
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { events: events.to_vec(), mail: mail.to_vec(), reply };
+        // The stores keep microseconds: hash what will be read back.
+        let events_at_micros = events
+            .iter()
+            .map(|e| NewEvent { recorded_at: chain::to_micros(e.recorded_at), ..e.clone() })
+            .collect();
+        let pending = Pending { events: events_at_micros, mail: mail.to_vec(), reply };
         writer.send(pending).map_err(|_| StoreError::Repository("the writer stopped".into()))?;
         let cursor = answer.await.map_err(|_| StoreError::Repository("the writer stopped".into()))??;
         for event in events {
@@ -191,7 +207,7 @@ impl EventStore {
 /// commands share a commit. Every append is atomic on its own either way: if the combined
 /// write conflicts, each append is retried alone and gets its own outcome. Each append's
 /// cursor is that of the combined write (its events become readable at the same moment).
-async fn write_combined(db: Db, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn write_combined(db: Db, stamper: Stamper, mut queue: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_COMBINED {
@@ -202,13 +218,13 @@ async fn write_combined(db: Db, mut queue: mpsc::UnboundedReceiver<Pending>) {
         }
         if group.len() == 1 {
             let Some(one) = group.pop() else { continue };
-            let result = raw_append(&db, &one.events, &one.mail).await;
+            let result = raw_append(&db, &stamper, &one.events, &one.mail).await;
             let _ = one.reply.send(result);
             continue;
         }
         let events: Vec<NewEvent> = group.iter().flat_map(|p| p.events.iter().cloned()).collect();
         let mail: Vec<OutgoingMail> = group.iter().flat_map(|p| p.mail.iter().cloned()).collect();
-        match raw_append(&db, &events, &mail).await {
+        match raw_append(&db, &stamper, &events, &mail).await {
             Ok(cursor) => {
                 for pending in group {
                     let _ = pending.reply.send(Ok(cursor));
@@ -216,7 +232,7 @@ async fn write_combined(db: Db, mut queue: mpsc::UnboundedReceiver<Pending>) {
             }
             Err(AppendError::Conflict) => {
                 for pending in group {
-                    let result = raw_append(&db, &pending.events, &pending.mail).await;
+                    let result = raw_append(&db, &stamper, &pending.events, &pending.mail).await;
                     let _ = pending.reply.send(result);
                 }
             }
@@ -230,9 +246,17 @@ async fn write_combined(db: Db, mut queue: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-async fn raw_append(db: &Db, events: &[NewEvent], mail: &[OutgoingMail]) -> Result<LogCursor, AppendError> {
-    match db {
-        Db::Postgres(pool) => postgres::append(pool, events, mail).await,
-        Db::Sqlite { writer, .. } => sqlite::append(writer, events, mail).await,
-    }
+async fn raw_append(
+    db: &Db,
+    stamper: &Stamper,
+    events: &[NewEvent],
+    mail: &[OutgoingMail],
+) -> Result<LogCursor, AppendError> {
+    let stamps = stamper.stamp(db, events).await?;
+    let cursor = match db {
+        Db::Postgres(pool) => postgres::append(pool, events, &stamps, mail).await,
+        Db::Sqlite { writer, .. } => sqlite::append(writer, events, &stamps, mail).await,
+    }?;
+    stamper.written(events, &stamps);
+    Ok(cursor)
 }
