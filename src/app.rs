@@ -57,6 +57,10 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let signal = LogSignal::new();
         let store = EventStore::new(db.clone(), signal.clone(), metrics);
+        let backfilled = store.backfill_chain().await.context("cannot backfill the hash chain")?;
+        if backfilled > 0 {
+            tracing::info!(events = backfilled, "hash chain backfilled for events written before it");
+        }
         let settings = ProjectorSettings {
             batch_size: config.projection_batch_size,
             poll_interval: config.projection_poll_interval,

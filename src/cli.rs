@@ -73,7 +73,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let db = Db::connect(&config.database, 2).await?;
             db.migrate().await?;
-            tracing::info!(engine = db.engine(), "migrations applied");
+            let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+            let backfilled = store.backfill_chain().await?;
+            tracing::info!(engine = db.engine(), backfilled, "migrations applied");
             Ok(())
         }
         Command::Projections { action } => projections_command(config, action).await,

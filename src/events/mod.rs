@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+mod backfill;
 pub mod catalogue;
 pub mod chain;
 pub mod credits;
