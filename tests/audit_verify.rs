@@ -1,0 +1,248 @@
+//! Verification of the log, live and offline (on an export): a clean log verifies; an
+//! event changed, deleted, inserted or swapped with SQL by the table's owner (triggers
+//! disabled) is found at the right position, live and in an export taken afterwards.
+
+mod common;
+
+use common::api::{Api, PASSWORD, unique_email};
+use common::{ENGINES, Engine, TestApp, TestDb};
+use mana_core_auth::audit::record::ExportRecord;
+use mana_core_auth::audit::verify::{AuditKeys, Report, verify_export, verify_live};
+use mana_core_auth::events::LogCursor;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Connection;
+
+/// A log with users, sessions (refreshed twice), spends and a logout.
+async fn populated(engine: Engine) -> (TestDb, TestApp) {
+    let db = TestDb::new(engine).await;
+    let app = TestApp::spawn(db.app_config()).await;
+    let api = Api::new(&app.base);
+    for n in 0..3 {
+        let email = unique_email(&format!("audit{n}"));
+        api.register(&email).await;
+        let login = api.login(&email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        let access = login.text("accessToken");
+        let mut refresh = login.text("refreshToken");
+        for _ in 0..2 {
+            refresh = api.refresh(&refresh).await.text("refreshToken");
+        }
+        for amount in [3 + n, 11 + n] {
+            let spent = api
+                .post_auth(
+                    "/api/v1/credits/use",
+                    &access,
+                    json!({"amount": amount, "appId": "chat", "description": "a message"}),
+                )
+                .await;
+            assert_eq!(spent.status, StatusCode::CREATED, "{}", spent.body);
+        }
+    }
+    (db, app)
+}
+
+async fn live(app: &TestApp) -> Report {
+    verify_live(app.state.store(), AuditKeys::default(), 7).await.expect("verify runs")
+}
+
+/// An export of the whole log as it is now (the records `export` writes).
+async fn export(app: &TestApp) -> String {
+    let mut out = String::new();
+    let mut after = LogCursor::START;
+    loop {
+        let events = app.state.store().read_after(after, 50).await.expect("read");
+        let Some(last) = events.last() else { break };
+        after = last.cursor;
+        for event in &events {
+            out.push_str(&serde_json::to_string(&ExportRecord::of(event)).expect("json"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn offline(app: &TestApp) -> Report {
+    verify_export(export(app).await.as_bytes(), AuditKeys::default()).expect("verify runs")
+}
+
+/// Runs SQL as the table's owner with the append-only triggers out of the way.
+async fn tamper(db: &TestDb, statements: &[String]) {
+    match db.engine {
+        Engine::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
+            sqlx::query("SET session_replication_role = replica").execute(&mut conn).await.expect("no triggers");
+            for sql in statements {
+                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+        Engine::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.expect("connect");
+            for sql in ["DROP TRIGGER IF EXISTS events_no_update", "DROP TRIGGER IF EXISTS events_no_delete"] {
+                sqlx::query(sql).execute(&mut conn).await.expect("drop trigger");
+            }
+            for sql in statements {
+                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+}
+
+async fn positions(db: &TestDb, sql: &str) -> Vec<i64> {
+    match db.engine {
+        Engine::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
+            sqlx::query_scalar(sql).fetch_all(&mut conn).await.expect(sql)
+        }
+        Engine::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.expect("connect");
+            sqlx::query_scalar(sql).fetch_all(&mut conn).await.expect(sql)
+        }
+    }
+}
+
+/// Asserts that both live and offline verification fail first at `position`.
+async fn found_at(app: &TestApp, position: i64, what: &str, engine: Engine) {
+    for (mode, report) in [("live", live(app).await), ("export", offline(app).await)] {
+        let failure = report.failure.unwrap_or_else(|| panic!("{engine:?} {mode}: {what} was not detected"));
+        assert_eq!(failure.position, position, "{engine:?} {mode}: {what}: {failure}");
+    }
+}
+
+#[tokio::test]
+async fn a_clean_log_verifies_live_and_from_its_export() {
+    for engine in ENGINES {
+        let (_db, app) = populated(engine).await;
+        let report = live(&app).await;
+        assert_eq!(report.failure, None, "{engine:?}");
+        assert!(report.events > 30, "{engine:?}: {report:?}");
+        assert!(report.personal_checked > 0, "{engine:?}: personal values were checked");
+        let offline = offline(&app).await;
+        assert_eq!(offline.failure, None, "{engine:?}");
+        assert_eq!(offline.events, report.events, "{engine:?}: the export holds every event");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_changed_event_is_found_at_its_position() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let spends = positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position").await;
+        let target = spends[2];
+        let update = match engine {
+            Engine::Postgres => format!(
+                "UPDATE events SET payload = jsonb_set(payload, '{{CreditsSpent,amount}}', '1') WHERE position = {target}"
+            ),
+            Engine::Sqlite => {
+                format!("UPDATE events SET payload = json_set(payload, '$.CreditsSpent.amount', 1) WHERE position = {target}")
+            }
+        };
+        tamper(&db, &[update]).await;
+        found_at(&app, target, "a changed amount", engine).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_deleted_from_the_middle_of_its_stream_is_found_at_the_next_one() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let sql = "SELECT position FROM events WHERE event_type = 'SessionRefreshed' ORDER BY position";
+        let refreshes = positions(&db, sql).await;
+        let (deleted, next) = (refreshes[0], refreshes[1]);
+        let same_stream = positions(
+            &db,
+            &format!(
+                "SELECT b.position FROM events a JOIN events b ON a.aggregate_id = b.aggregate_id \
+                 AND b.sequence = a.sequence + 1 WHERE a.position = {deleted}"
+            ),
+        )
+        .await;
+        assert_eq!(same_stream, vec![next], "the first two refreshes are one session's");
+        tamper(&db, &[format!("DELETE FROM events WHERE position = {deleted}")]).await;
+        found_at(&app, next, "a deleted refresh", engine).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_inserted_copy_of_an_event_is_found_where_it_was_inserted() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let spends = positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position").await;
+        let original = spends[0];
+        // A copy of a spend appended to its stream, with the original's hash.
+        let columns = "aggregate_type, aggregate_id, event_type, event_version, payload, metadata, recorded_at, hash, commitments";
+        let insert = format!(
+            "INSERT INTO events (sequence, {columns}) SELECT (SELECT max(sequence) + 1 FROM events b \
+             WHERE b.aggregate_type = a.aggregate_type AND b.aggregate_id = a.aggregate_id), {columns} \
+             FROM events a WHERE position = {original}"
+        );
+        tamper(&db, &[insert]).await;
+        let inserted = positions(&db, "SELECT max(position) FROM events").await[0];
+        found_at(&app, inserted, "an inserted copy", engine).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn two_swapped_events_are_found_at_the_first() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let spends = positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position").await;
+        let (a, b) = (spends[0], spends[1]);
+        let swap = format!(
+            "UPDATE events SET payload = CASE position WHEN {a} THEN (SELECT payload FROM events WHERE position = {b}) \
+             ELSE (SELECT payload FROM events WHERE position = {a}) END WHERE position IN ({a}, {b})"
+        );
+        tamper(&db, &[swap]).await;
+        found_at(&app, a, "two swapped spends", engine).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_changed_personal_value_is_found_live_while_its_key_exists() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let target = positions(&db, "SELECT position FROM events WHERE event_type = 'UserRegistered' ORDER BY position").await[1];
+        let update = match engine {
+            Engine::Postgres => format!(
+                "UPDATE events SET payload = jsonb_set(payload, '{{UserRegistered,personal,email}}', '\"evil@example.com\"') \
+                 WHERE position = {target}"
+            ),
+            Engine::Sqlite => format!(
+                "UPDATE events SET payload = json_set(payload, '$.UserRegistered.personal.email', 'evil@example.com') \
+                 WHERE position = {target}"
+            ),
+        };
+        tamper(&db, &[update]).await;
+        let failure = live(&app).await.failure.expect("detected live");
+        assert_eq!(failure.position, target, "{engine:?}: {failure}");
+        assert!(failure.reason.contains("commitment"), "{engine:?}: {failure}");
+        // Offline, without the key, the commitment still chains: the export verifies, and
+        // docs/AUDIT.md says a personal value is checked only where its key is.
+        assert_eq!(offline(&app).await.failure, None, "{engine:?}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn changed_commitments_are_found_at_their_event() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let target = positions(&db, "SELECT position FROM events WHERE commitments IS NOT NULL ORDER BY position").await[4];
+        let update = match engine {
+            Engine::Postgres => format!(
+                "UPDATE events SET commitments = jsonb_set(commitments, '{{key}}', '\"day:2000-01-01\"') WHERE position = {target}"
+            ),
+            Engine::Sqlite => format!(
+                "UPDATE events SET commitments = json_set(commitments, '$.key', 'day:2000-01-01') WHERE position = {target}"
+            ),
+        };
+        tamper(&db, &[update]).await;
+        found_at(&app, target, "a changed commitment key", engine).await;
+        app.stop().await;
+    }
+}
