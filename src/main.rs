@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mana-core-auth: {}", one_line(&error));
-            ExitCode::FAILURE
+            match error.downcast_ref::<mana_core_auth::cli::Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -3,3 +3,13 @@
 
 pub mod record;
 pub mod verify;
+
+use crate::events::EventStore;
+
+/// The audit keys the service publishes, read from its own log (live verification).
+/// An auditor who wants independence passes the JWKS they fetched earlier instead.
+pub async fn published_keys(store: &EventStore) -> anyhow::Result<verify::AuditKeys> {
+    // The audit keyring arrives with the seals; until then there are no keys.
+    let _ = store;
+    Ok(verify::AuditKeys::default())
+}
