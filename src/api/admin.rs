@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 fn require_operator(role: Role) -> Result<(), ApiError> {
     match role {
         Role::Admin | Role::Service => Ok(()),
-        Role::User => Err(ApiError::new(ErrorCode::Forbidden, "Admin or service role required")),
+        Role::User | Role::Auditor => Err(ApiError::new(ErrorCode::Forbidden, "Admin or service role required")),
     }
 }
 
