@@ -56,7 +56,7 @@ pub enum Command {
 /// User administration.
 #[derive(Debug, Subcommand)]
 pub enum UserAction {
-    /// Set a user's role: user, admin or service.
+    /// Set a user's role: user, admin, service or auditor (docs/API.md lists what each may do).
     SetRole { email: String, role: crate::events::auth::Role },
     /// Stop a user from signing in and revoke their sessions.
     Disable { email: String },

@@ -1,5 +1,6 @@
-//! `/api/v1/admin/credits`: grants, adjustments and refunds for admin and service tokens.
-//! Each needs a reason and an idempotency key scoped to the calling operator.
+//! `/api/v1/admin/credits`: grants, adjustments and refunds, the credit operations route
+//! family (admin and service tokens; see `security::access`). Each needs a reason and an
+//! idempotency key scoped to the calling operator.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,24 +11,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::access::{Allowed, family::CreditOperations};
 use super::credits::{Replayed, TransactionBody};
-use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{ApiJson, Authenticated, Client};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, Client};
 use crate::credits::input::{AdminAdjust, AdminGrant, AdminRefund, GrantBody, RefundBody};
-use crate::events::auth::Role;
 use crate::projections::ledger::Transaction;
 
 /// The admin credit routes: grant, adjust and refund.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(grant)).routes(routes!(adjust)).routes(routes!(refund))
-}
-
-/// Admin and service tokens only.
-fn require_operator(role: Role) -> Result<(), ApiError> {
-    match role {
-        Role::Admin | Role::Service => Ok(()),
-        Role::User => Err(ApiError::new(ErrorCode::Forbidden, "Admin or service role required")),
-    }
 }
 
 /// The answer of an admin operation.
@@ -50,17 +43,16 @@ fn answer((transaction, replayed): (Transaction, bool)) -> AdminAnswer {
     responses(
         (status = 201, body = AdminBody),
         (status = 400, description = "`VALIDATION_FAILED`", body = ErrorBody),
-        (status = 403, description = "`FORBIDDEN`: not an admin or service token", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the role is not admin or service", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no such user", body = ErrorBody),
         (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn grant(
     State(state): State<AppState>,
     Client(client): Client,
-    Authenticated(claims): Authenticated,
+    Allowed { claims, .. }: Allowed<CreditOperations>,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> Result<AdminAnswer, ApiError> {
-    require_operator(claims.role)?;
     let input = AdminGrant::try_from(body).map_err(ApiError::validation)?;
     Ok(answer(state.credits().admin(&claims.sub, input, &client).await?))
 }
@@ -70,17 +62,16 @@ async fn grant(
     responses(
         (status = 201, body = AdminBody),
         (status = 400, description = "`VALIDATION_FAILED`, `INSUFFICIENT_CREDITS` (the pool would go below zero)", body = ErrorBody),
-        (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the role is not admin or service", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn adjust(
     State(state): State<AppState>,
     Client(client): Client,
-    Authenticated(claims): Authenticated,
+    Allowed { claims, .. }: Allowed<CreditOperations>,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> Result<AdminAnswer, ApiError> {
-    require_operator(claims.role)?;
     let input = AdminAdjust::try_from(body).map_err(ApiError::validation)?;
     Ok(answer(state.credits().admin(&claims.sub, input, &client).await?))
 }
@@ -90,17 +81,16 @@ async fn adjust(
     responses(
         (status = 201, body = AdminBody),
         (status = 400, description = "`VALIDATION_FAILED`, `REFUND_EXCEEDS_SPEND`", body = ErrorBody),
-        (status = 403, description = "`FORBIDDEN`", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the role is not admin or service", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`: no refundable spend with that id", body = ErrorBody),
         (status = 409, description = "`IDEMPOTENCY_KEY_REUSED`: this operator used the key for another operation, target or body", body = ErrorBody),
     ))]
 async fn refund(
     State(state): State<AppState>,
     Client(client): Client,
-    Authenticated(claims): Authenticated,
+    Allowed { claims, .. }: Allowed<CreditOperations>,
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<AdminAnswer, ApiError> {
-    require_operator(claims.role)?;
     let input = AdminRefund::try_from(body).map_err(ApiError::validation)?;
     Ok(answer(state.credits().admin(&claims.sub, input, &client).await?))
 }

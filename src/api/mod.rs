@@ -2,6 +2,7 @@
 //! one module per resource. Handlers only translate: extract, build a command, run it,
 //! map the result.
 
+pub mod access;
 mod admin;
 mod auth;
 mod credits;

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ClientInfo, TokenHash};
 
-/// What a user may do.
+/// What a user may do. Which admin routes each role reaches is the table of
+/// `security::access` (and docs/API.md). New roles are added, never renamed, so every
+/// stored event keeps decoding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -19,6 +21,8 @@ pub enum Role {
     User,
     Admin,
     Service,
+    /// Reads every admin view and the log; changes nothing.
+    Auditor,
 }
 
 impl Role {
@@ -28,6 +32,7 @@ impl Role {
             Self::User => "user",
             Self::Admin => "admin",
             Self::Service => "service",
+            Self::Auditor => "auditor",
         }
     }
 }
@@ -39,7 +44,8 @@ impl std::str::FromStr for Role {
             "user" => Ok(Self::User),
             "admin" => Ok(Self::Admin),
             "service" => Ok(Self::Service),
-            other => Err(format!("unknown role {other:?}: expected user, admin or service")),
+            "auditor" => Ok(Self::Auditor),
+            other => Err(format!("unknown role {other:?}: expected user, admin, service or auditor")),
         }
     }
 }
@@ -426,5 +432,39 @@ impl DomainEvent for SecurityNoticeEvent {
     }
     fn event_version(&self) -> String {
         "1".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_round_trips_through_its_name_and_its_json_form() {
+        for role in [Role::User, Role::Admin, Role::Service, Role::Auditor] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(serde_json::to_value(role).expect("json"), serde_json::json!(role.as_str()));
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn a_role_change_stored_before_auditors_existed_still_decodes() {
+        let stored = serde_json::json!({"UserRoleChanged": {
+            "role": "service", "previous": "admin", "sessions_revoked_before": "2026-01-01T00:00:00Z"
+        }});
+        let event: UserEvent = serde_json::from_value(stored).expect("decodes");
+        assert!(matches!(
+            event,
+            UserEvent::UserRoleChanged { role: Role::Service, previous: Role::Admin, .. }
+        ));
+        let auditor = serde_json::json!({"UserRoleChanged": {
+            "role": "auditor", "previous": "user", "sessions_revoked_before": "2026-01-01T00:00:00Z"
+        }});
+        let event: UserEvent = serde_json::from_value(auditor).expect("decodes");
+        assert!(matches!(
+            event,
+            UserEvent::UserRoleChanged { role: Role::Auditor, previous: Role::User, .. }
+        ));
     }
 }
