@@ -156,9 +156,10 @@ async fn verify_command(
     let usage = |message: String| Exit { code: 2, message };
     let keys = match &jwks {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-            let document: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| usage(format!("{}: not JSON: {e}", path.display())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            let document: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| usage(format!("{}: not JSON: {e}", path.display())))?;
             Some(AuditKeys::from_jwks(&document).map_err(|e| usage(format!("{}: {e}", path.display())))?)
         }
         None => None,

@@ -71,14 +71,18 @@ async fn tamper(db: &TestDb, statements: &[String]) {
     match db.engine {
         Engine::Postgres => {
             let mut conn = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
-            sqlx::query("SET session_replication_role = replica").execute(&mut conn).await.expect("no triggers");
+            sqlx::query("SET session_replication_role = replica")
+                .execute(&mut conn)
+                .await
+                .expect("no triggers");
             for sql in statements {
                 sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
         }
         Engine::Sqlite => {
             let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.expect("connect");
-            for sql in ["DROP TRIGGER IF EXISTS events_no_update", "DROP TRIGGER IF EXISTS events_no_delete"] {
+            for sql in ["DROP TRIGGER IF EXISTS events_no_update", "DROP TRIGGER IF EXISTS events_no_delete"]
+            {
                 sqlx::query(sql).execute(&mut conn).await.expect("drop trigger");
             }
             for sql in statements {
@@ -128,14 +132,18 @@ async fn a_clean_log_verifies_live_and_from_its_export() {
 async fn a_changed_event_is_found_at_its_position() {
     for engine in ENGINES {
         let (db, app) = populated(engine).await;
-        let spends = positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position").await;
+        let spends =
+            positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position")
+                .await;
         let target = spends[2];
         let update = match engine {
             Engine::Postgres => format!(
                 "UPDATE events SET payload = jsonb_set(payload, '{{CreditsSpent,amount}}', '1') WHERE position = {target}"
             ),
             Engine::Sqlite => {
-                format!("UPDATE events SET payload = json_set(payload, '$.CreditsSpent.amount', 1) WHERE position = {target}")
+                format!(
+                    "UPDATE events SET payload = json_set(payload, '$.CreditsSpent.amount', 1) WHERE position = {target}"
+                )
             }
         };
         tamper(&db, &[update]).await;
@@ -170,7 +178,9 @@ async fn an_event_deleted_from_the_middle_of_its_stream_is_found_at_the_next_one
 async fn an_inserted_copy_of_an_event_is_found_where_it_was_inserted() {
     for engine in ENGINES {
         let (db, app) = populated(engine).await;
-        let spends = positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position").await;
+        let spends =
+            positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position")
+                .await;
         let original = spends[0];
         // A copy of a spend appended to its stream, with the original's hash.
         let columns = "aggregate_type, aggregate_id, event_type, event_version, payload, metadata, recorded_at, hash, commitments";
@@ -190,7 +200,9 @@ async fn an_inserted_copy_of_an_event_is_found_where_it_was_inserted() {
 async fn two_swapped_events_are_found_at_the_first() {
     for engine in ENGINES {
         let (db, app) = populated(engine).await;
-        let spends = positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position").await;
+        let spends =
+            positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position")
+                .await;
         let (a, b) = (spends[0], spends[1]);
         let swap = format!(
             "UPDATE events SET payload = CASE position WHEN {a} THEN (SELECT payload FROM events WHERE position = {b}) \
@@ -206,7 +218,11 @@ async fn two_swapped_events_are_found_at_the_first() {
 async fn a_changed_personal_value_is_found_live_while_its_key_exists() {
     for engine in ENGINES {
         let (db, app) = populated(engine).await;
-        let target = positions(&db, "SELECT position FROM events WHERE event_type = 'UserRegistered' ORDER BY position").await[1];
+        let target = positions(
+            &db,
+            "SELECT position FROM events WHERE event_type = 'UserRegistered' ORDER BY position",
+        )
+        .await[1];
         let update = match engine {
             Engine::Postgres => format!(
                 "UPDATE events SET payload = jsonb_set(payload, '{{UserRegistered,personal,email}}', '\"evil@example.com\"') \
@@ -232,7 +248,9 @@ async fn a_changed_personal_value_is_found_live_while_its_key_exists() {
 async fn changed_commitments_are_found_at_their_event() {
     for engine in ENGINES {
         let (db, app) = populated(engine).await;
-        let target = positions(&db, "SELECT position FROM events WHERE commitments IS NOT NULL ORDER BY position").await[4];
+        let target =
+            positions(&db, "SELECT position FROM events WHERE commitments IS NOT NULL ORDER BY position")
+                .await[4];
         let update = match engine {
             Engine::Postgres => format!(
                 "UPDATE events SET commitments = jsonb_set(commitments, '{{key}}', '\"day:2000-01-01\"') WHERE position = {target}"
@@ -243,6 +261,54 @@ async fn changed_commitments_are_found_at_their_event() {
         };
         tamper(&db, &[update]).await;
         found_at(&app, target, "a changed commitment key", engine).await;
+        app.stop().await;
+    }
+}
+
+/// `mana-core-auth verify` as a user runs it: its exit code, standard output and error.
+fn verify_binary(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mana-core-auth"))
+        .arg("verify")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .env("KEY_ENCRYPTION_SECRET", db.secret())
+        .output()
+        .expect("the binary runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+#[tokio::test]
+async fn the_verify_command_exits_0_when_clean_1_at_a_failure_and_2_on_a_usage_error() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), export(&app).await).expect("write export");
+        let path = file.path().to_str().expect("utf-8 path");
+
+        for args in [vec![], vec!["--file", path]] {
+            let (code, out, err) = verify_binary(&db, &args);
+            assert_eq!(code, 0, "{engine:?} {args:?}: {out} {err}");
+            assert!(out.contains("ok"), "{engine:?}: {out}");
+        }
+
+        let target =
+            positions(&db, "SELECT position FROM events WHERE event_type = 'CreditsSpent' ORDER BY position")
+                .await[0];
+        tamper(&db, &[format!("DELETE FROM events WHERE position = {target}")]).await;
+        std::fs::write(file.path(), export(&app).await).expect("write export");
+        for args in [vec![], vec!["--file", path]] {
+            let (code, out, err) = verify_binary(&db, &args);
+            assert_eq!(code, 1, "{engine:?} {args:?}: {out} {err}");
+            assert!(err.contains("verification failed at position"), "{engine:?} {args:?}: {err}");
+        }
+
+        for args in [vec!["--file", "/nonexistent/export.ndjson"], vec!["--jwks", path], vec!["--bogus"]] {
+            let (code, _, err) = verify_binary(&db, &args);
+            assert_eq!(code, 2, "{engine:?} {args:?}: {err}");
+        }
         app.stop().await;
     }
 }

@@ -76,7 +76,8 @@ impl AuditKeys {
             let x = key.get("x").and_then(Value::as_str).ok_or("a JWKS key has no `x`")?;
             let bytes = URL_SAFE_NO_PAD.decode(x).map_err(|_| format!("key {kid}: `x` is not base64url"))?;
             let bytes: [u8; 32] = bytes.try_into().map_err(|_| format!("key {kid}: `x` is not 32 bytes"))?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| format!("key {kid}: not an Ed25519 key"))?;
+            let key =
+                VerifyingKey::from_bytes(&bytes).map_err(|_| format!("key {kid}: not an Ed25519 key"))?;
             keys.insert(kid.to_owned(), key);
         }
         Ok(Self { keys })
@@ -133,7 +134,8 @@ impl Verifier {
         let parts = &item.parts;
         let stated = item.hash.ok_or_else(|| fail("the event has no hash".into()))?;
         let stated = chain::parse_hex(stated).map_err(|e| fail(e.to_string()))?;
-        let canonical = chain::canonical(parts, item.commitments, item.secrets).map_err(|e| fail(e.to_string()))?;
+        let canonical =
+            chain::canonical(parts, item.commitments, item.secrets).map_err(|e| fail(e.to_string()))?;
         let stream = stream_key(parts.aggregate_type, parts.aggregate_id);
         let previous = match (parts.sequence, self.streams.get(&stream)) {
             (1, None) => ZERO,
@@ -176,11 +178,10 @@ impl Verifier {
     fn check_seal(&mut self, payload: &Value) -> Result<(), String> {
         let AuditEvent::LogSealed { through, count, root, kid, signature, sealed_at } =
             AuditEvent::deserialize_payload(payload)?;
-        let key = self
-            .keys
-            .keys
-            .get(&kid)
-            .ok_or_else(|| format!("the seal is signed with key {kid}, which is not among the audit keys"))?;
+        let key =
+            self.keys.keys.get(&kid).ok_or_else(|| {
+                format!("the seal is signed with key {kid}, which is not among the audit keys")
+            })?;
         let signature = URL_SAFE_NO_PAD
             .decode(&signature)
             .ok()
@@ -265,7 +266,8 @@ pub fn verify_export(reader: impl BufRead, keys: AuditKeys) -> std::io::Result<R
                 return Ok(verifier.finish(Some(failure)));
             }
         };
-        let cursor = record.cursor.parse::<LogCursor>().unwrap_or(LogCursor { txid: 0, position: record.position });
+        let cursor =
+            record.cursor.parse::<LogCursor>().unwrap_or(LogCursor { txid: 0, position: record.position });
         let parts = match record.parts() {
             Ok(parts) => parts,
             Err(reason) => {
@@ -298,15 +300,15 @@ pub async fn verify_live(store: &EventStore, keys: AuditKeys, page: usize) -> an
         let Some(last) = events.last() else { break };
         after = last.cursor;
         for event in &events {
-            let commitments = match event.commitments.as_ref().map(|c| serde_json::from_value::<Commitments>(c.clone()))
-            {
-                Some(Ok(c)) => Some(c),
-                Some(Err(_)) => {
-                    let failure = failure_at(event, "the stored commitments are unreadable".into());
-                    return Ok(verifier.finish(Some(failure)));
-                }
-                None => None,
-            };
+            let commitments =
+                match event.commitments.as_ref().map(|c| serde_json::from_value::<Commitments>(c.clone())) {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(_)) => {
+                        let failure = failure_at(event, "the stored commitments are unreadable".into());
+                        return Ok(verifier.finish(Some(failure)));
+                    }
+                    None => None,
+                };
             let item = Item {
                 cursor: event.cursor,
                 parts: parts_of(event),
