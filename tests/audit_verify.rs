@@ -312,3 +312,62 @@ async fn the_verify_command_exits_0_when_clean_1_at_a_failure_and_2_on_a_usage_e
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_hash() {
+    use mana_core_auth::events::chain::{Commitments, EventParts, Secrets, canonical};
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let app = TestApp::spawn(db.app_config()).await;
+        let api = Api::new(&app.base);
+        let email = unique_email("personal");
+        let registered = api
+            .post("/api/v1/auth/register", json!({"email": email, "password": PASSWORD, "name": "Ada Lovelace"}))
+            .await;
+        assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+        let login = api
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": email, "password": PASSWORD, "deviceId": "device-4711", "deviceName": "Ada's phone"}),
+            )
+            .await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        let personal = [email.as_str(), "Ada Lovelace", "device-4711", "Ada's phone", "127.0.0.1"];
+
+        let events = app.state.store().read_after(LogCursor::START, 1000).await.expect("read");
+        let mut stored_with_personal = 0;
+        for event in &events {
+            let stored = format!("{} {}", event.payload, event.metadata);
+            let commitments: Option<Commitments> =
+                event.commitments.clone().map(|c| serde_json::from_value(c).expect("commitments"));
+            let parts = EventParts {
+                aggregate_type: &event.aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence: event.sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                recorded_at: event.recorded_at,
+                payload: &event.payload,
+                metadata: &event.metadata,
+            };
+            let form = canonical(&parts, commitments.as_ref(), Secrets::Stored).expect("canonical");
+            let exported = serde_json::to_string(&ExportRecord::of(event)).expect("json");
+            for value in personal {
+                assert!(!form.contains(value), "{engine:?}: {value} in the hash input of {}", event.event_type);
+                // An export shows a personal value exactly where the stored event has it.
+                assert_eq!(
+                    exported.contains(value),
+                    stored.contains(value),
+                    "{engine:?}: {value} in the export of {}",
+                    event.event_type
+                );
+            }
+            if personal.iter().any(|v| stored.contains(v)) {
+                stored_with_personal += 1;
+                assert!(commitments.is_some(), "{engine:?}: {} has personal data but no commitments", event.event_type);
+            }
+        }
+        assert!(stored_with_personal >= 2, "{engine:?}: the registration and the session hold personal data");
+        app.stop().await;
+    }
+}
