@@ -322,7 +322,10 @@ async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_h
         let api = Api::new(&app.base);
         let email = unique_email("personal");
         let registered = api
-            .post("/api/v1/auth/register", json!({"email": email, "password": PASSWORD, "name": "Ada Lovelace"}))
+            .post(
+                "/api/v1/auth/register",
+                json!({"email": email, "password": PASSWORD, "name": "Ada Lovelace"}),
+            )
             .await;
         assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
         let login = api
@@ -353,7 +356,11 @@ async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_h
             let form = canonical(&parts, commitments.as_ref(), Secrets::Stored).expect("canonical");
             let exported = serde_json::to_string(&ExportRecord::of(event)).expect("json");
             for value in personal {
-                assert!(!form.contains(value), "{engine:?}: {value} in the hash input of {}", event.event_type);
+                assert!(
+                    !form.contains(value),
+                    "{engine:?}: {value} in the hash input of {}",
+                    event.event_type
+                );
                 // An export shows a personal value exactly where the stored event has it.
                 assert_eq!(
                     exported.contains(value),
@@ -364,7 +371,11 @@ async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_h
             }
             if personal.iter().any(|v| stored.contains(v)) {
                 stored_with_personal += 1;
-                assert!(commitments.is_some(), "{engine:?}: {} has personal data but no commitments", event.event_type);
+                assert!(
+                    commitments.is_some(),
+                    "{engine:?}: {} has personal data but no commitments",
+                    event.event_type
+                );
             }
         }
         assert!(stored_with_personal >= 2, "{engine:?}: the registration and the session hold personal data");

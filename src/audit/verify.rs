@@ -9,6 +9,7 @@ use std::io::BufRead;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -232,7 +233,7 @@ impl Verifier {
 
 impl AuditEvent {
     fn deserialize_payload(payload: &Value) -> Result<Self, String> {
-        serde_json::from_value(payload.clone()).map_err(|e| format!("the seal is unreadable: {e}"))
+        Self::deserialize(payload).map_err(|e| format!("the seal is unreadable: {e}"))
     }
 }
 
