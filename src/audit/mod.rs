@@ -2,3 +2,4 @@
 //! and the seals that make it tamper-evident. docs/AUDIT.md is the auditor's guide.
 
 pub mod record;
+pub mod seal;

@@ -1,6 +1,8 @@
 //! Security building blocks: the password hashing pool, the server secret and sealed
-//! storage, signing keys, access tokens, refresh tokens and the revocation index.
+//! storage, signing keys, access tokens, refresh tokens, the revocation index and the
+//! audit keys that sign the log's seals.
 
+pub mod audit_keys;
 pub mod keys;
 pub mod passwords;
 pub mod rate_limit;
