@@ -3,6 +3,7 @@
 //! map the result.
 
 mod admin;
+mod audit_keys;
 mod auth;
 mod credits;
 pub mod error;
@@ -66,6 +67,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(passwords::router())
         .merge(credits::router())
         .merge(admin::router())
+        .merge(audit_keys::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

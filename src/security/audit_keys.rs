@@ -16,7 +16,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 
-use super::keys::{KeyLife, KeySettings, jwk};
+use super::keys::{KeyLife, jwk};
 use super::secrets::Sealer;
 use crate::clock::SharedClock;
 use crate::commands::CommandBus;
@@ -25,6 +25,15 @@ use crate::commands::keyring::{AUDIT_KEYRING_ID, Keyring};
 /// How long clients may cache the audit JWKS (`Cache-Control: max-age`), as the
 /// signing keys' JWKS.
 pub const AUDIT_JWKS_MAX_AGE_SECS: i64 = super::keys::JWKS_MAX_AGE_SECS;
+
+/// Timing of audit-key lives (a retired audit key stays published for ever).
+#[derive(Clone, Copy, Debug)]
+pub struct AuditKeySettings {
+    /// Age of the active key at which the next one is published.
+    pub rotation_interval: chrono::Duration,
+    /// How long a key is published before it signs (at least twice the JWKS max-age).
+    pub publish_ahead: chrono::Duration,
+}
 
 /// The audit keys as this process has them.
 pub struct AuditKeySet {
@@ -50,11 +59,18 @@ impl AuditKeys {
         keyring: CommandBus<Keyring>,
         sealer: Sealer,
         clock: SharedClock,
-        settings: KeySettings,
+        settings: AuditKeySettings,
     ) -> anyhow::Result<Arc<Self>> {
         let empty = AuditKeySet { active: None, verifying: HashMap::new(), jwks: json!({"keys": []}) };
         let keys = Arc::new(Self {
-            life: KeyLife::new(keyring, AUDIT_KEYRING_ID, sealer, clock, settings, None),
+            life: KeyLife::new(
+                keyring,
+                AUDIT_KEYRING_ID,
+                sealer,
+                clock,
+                (settings.rotation_interval, settings.publish_ahead),
+                None,
+            ),
             current: RwLock::new(Arc::new(empty)),
             decrypted: Mutex::new(HashMap::new()),
         });

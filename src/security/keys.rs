@@ -74,20 +74,11 @@ impl KeyLife {
         ring_id: &'static str,
         sealer: Sealer,
         clock: SharedClock,
-        settings: KeySettings,
+        (rotation_interval, publish_ahead): (Duration, Duration),
         retired_for: Option<Duration>,
     ) -> Self {
         let db = keyring.store().db().clone();
-        Self {
-            keyring,
-            ring_id,
-            db,
-            sealer,
-            clock,
-            rotation_interval: settings.rotation_interval,
-            publish_ahead: settings.publish_ahead,
-            retired_for,
-        }
+        Self { keyring, ring_id, db, sealer, clock, rotation_interval, publish_ahead, retired_for }
     }
 
     /// The keyring as stored.
@@ -211,9 +202,10 @@ impl KeyService {
         settings: KeySettings,
     ) -> anyhow::Result<Arc<Self>> {
         let empty = KeySet { signing: None, verifying: HashMap::new(), jwks: json!({"keys": []}) };
+        let timing = (settings.rotation_interval, settings.publish_ahead);
         let retired_for = Some(settings.retired_lifetime);
         let service = Arc::new(Self {
-            life: KeyLife::new(keyring, KEYRING_ID, sealer, clock, settings, retired_for),
+            life: KeyLife::new(keyring, KEYRING_ID, sealer, clock, timing, retired_for),
             current: RwLock::new(Arc::new(empty)),
             decrypted: Mutex::new(HashMap::new()),
             last_refresh: Mutex::new(None),
