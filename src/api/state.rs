@@ -35,6 +35,7 @@ struct Shared {
 
 impl AppState {
     /// The state over a process's services.
+    #[expect(clippy::too_many_arguments, reason = "one per service of the process; app.rs is the one caller")]
     pub fn new(
         config: Config,
         clock: SharedClock,
