@@ -158,6 +158,8 @@ async fn seals_appear_on_schedule_and_each_covers_exactly_the_events_before_it()
 
         let (jwks, cache) = audit_jwks(&app.base).await;
         assert_eq!(cache.as_deref(), Some("public, max-age=300"));
+        let openapi = api.get("/api/v1/openapi.json").await.body;
+        assert!(openapi["paths"]["/api/v1/audit/keys"]["get"].is_object(), "{engine:?}: documented");
         let seals = check_seals(&whole_log(&store).await, &jwks);
         assert!(seals.len() >= 4, "{engine:?}: {seals:?}");
         assert_one_writer_at_a_time(&seals);
@@ -211,6 +213,13 @@ async fn after_an_audit_key_rotation_old_seals_still_verify_against_the_publishe
         // signing-key rotation.
         let signing = Api::new(&app.base).get("/api/v1/auth/jwks").await.body;
         assert!(!signing.to_string().contains(&first.0));
+        common::catch_up_to(app.state.projector(), store.head().await.expect("head")).await;
+        let rotated = common::count(
+            app.state.db(),
+            "SELECT count(*) FROM security_events WHERE event_type = 'signing_key_rotated'",
+        )
+        .await;
+        assert_eq!(rotated, 0, "{engine:?}: an audit-key rotation is not a signing-key rotation");
         for key in [&first.1, &second.1] {
             assert_not_leaked(key, &log, &jwks);
         }

@@ -117,7 +117,10 @@ impl LogSealer {
                 tracing::info!(through = %fold.through, count = fold.count, %kid, "log sealed");
                 Ok(SealOutcome::Sealed(fold))
             }
-            Err(AppendError::Conflict) => Ok(SealOutcome::Lost),
+            Err(AppendError::Conflict) => {
+                tracing::debug!("another process sealed the log first");
+                Ok(SealOutcome::Lost)
+            }
             Err(AppendError::Store(error)) => Err(error.into()),
         }
     }
