@@ -87,7 +87,9 @@ impl LogSealer {
         self.keys.refresh().await?;
         let key_set = self.keys.keys();
         let (kid, key) = key_set.active.as_ref().ok_or_else(|| anyhow::anyhow!("no active audit key"))?;
-        let sealed_at = chain::to_micros(self.clock.now());
+        // Times along the seal stream never go backwards, whatever the processes' clocks.
+        let ctx = CommandContext::system(chain::to_micros(self.clock.now())).decided_after(head.recorded_at);
+        let sealed_at = ctx.now;
         let message = seal_message(&fold.through, fold.count, &fold.root, kid, sealed_at);
         let signature = URL_SAFE_NO_PAD.encode(key.sign(message.as_bytes()).to_bytes());
         let command = SealCommand::Append(Seal {
@@ -98,7 +100,6 @@ impl LogSealer {
             sealed_at,
         });
         let events = log.decide(command)?;
-        let ctx = CommandContext::system(sealed_at);
         let mut staged = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
             let new = to_new_event::<SealLog>(SEALS_ID, head.sequence + i + 1, event, &ctx)
@@ -114,6 +115,7 @@ impl LogSealer {
                     cqrs_es::Aggregate::apply(log, event);
                     head.sequence += 1;
                 }
+                head.recorded_at = head.recorded_at.max(Some(sealed_at));
                 tracing::info!(through = %fold.through, count = fold.count, %kid, "log sealed");
                 Ok(SealOutcome::Sealed(fold))
             }
