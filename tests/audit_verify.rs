@@ -49,7 +49,7 @@ async fn live(app: &TestApp) -> Report {
 /// An export of the whole log as it is now (the records `export` writes).
 async fn export(app: &TestApp) -> String {
     let mut out = String::new();
-    let mut after = LogCursor::START;
+    let mut after = LogCursor::ORIGIN;
     loop {
         let events = app.state.store().read_after(after, 50).await.expect("read");
         let Some(last) = events.last() else { break };
@@ -379,6 +379,147 @@ async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_h
             }
         }
         assert!(stored_with_personal >= 2, "{engine:?}: the registration and the session hold personal data");
+        app.stop().await;
+    }
+}
+
+/// Seals the log as it is now (tests run with the interval off) and returns the keys.
+async fn seal(app: &TestApp) -> AuditKeys {
+    let clock: mana_core_auth::clock::SharedClock = std::sync::Arc::new(mana_core_auth::clock::SystemClock);
+    let outcome = mana_core_auth::audit::seal::seal_now(app.state.store(), app.state.audit_keys(), &clock)
+        .await
+        .expect("seal");
+    assert!(matches!(outcome, mana_core_auth::audit::seal::SealOutcome::Sealed(_)), "{outcome:?}");
+    mana_core_auth::audit::published_keys(app.state.store()).await.expect("keys")
+}
+
+async fn seal_position(db: &TestDb) -> i64 {
+    positions(&db, "SELECT max(position) FROM events WHERE event_type = 'LogSealed'").await[0]
+}
+
+/// Asserts that verification with the seals' keys fails first at `position`, live and in
+/// an export.
+async fn sealed_found_at(app: &TestApp, keys: &AuditKeys, position: i64, what: &str, engine: Engine) {
+    let live = verify_live(app.state.store(), keys.clone(), 7).await.expect("verify");
+    let live = live.failure;
+    let offline = verify_export(export(app).await.as_bytes(), keys.clone()).expect("verify").failure;
+    for (mode, failure) in [("live", live), ("export", offline)] {
+        let failure = failure.unwrap_or_else(|| panic!("{engine:?} {mode}: {what} was not detected"));
+        assert_eq!(failure.position, position, "{engine:?} {mode}: {what}: {failure}");
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_log_verifies_and_a_seal_under_an_unknown_key_does_not() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let keys = seal(&app).await;
+        assert_eq!(keys.len(), 1, "{engine:?}: one audit key");
+        let report = verify_live(app.state.store(), keys.clone(), 7).await.expect("verify");
+        assert_eq!((report.failure.clone(), report.seals), (None, 1), "{engine:?}: {report:?}");
+        assert_eq!(report.unsealed, 1, "{engine:?}: only the seal itself is after the seal");
+        let offline = verify_export(export(&app).await.as_bytes(), keys).expect("verify");
+        assert_eq!((offline.failure, offline.seals), (None, 1), "{engine:?}");
+        // An auditor's JWKS without the key: the seal fails.
+        let stranger = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "other",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]});
+        let failure = verify_export(export(&app).await.as_bytes(), AuditKeys::from_jwks(&stranger).expect("jwks"))
+            .expect("verify")
+            .failure
+            .expect("an unknown key fails");
+        assert_eq!(failure.position, seal_position(&db).await, "{engine:?}: {failure}");
+        assert!(failure.reason.contains("not among the audit keys"), "{engine:?}: {failure}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_streams_last_event_deleted_before_a_seal_is_found_at_the_seal() {
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        // The last event of the last credit account: nothing in its stream follows it.
+        let last = positions(&db, "SELECT max(position) FROM events WHERE event_type = 'CreditsSpent'").await[0];
+        let keys = seal(&app).await;
+        tamper(&db, &[format!("DELETE FROM events WHERE position = {last}")]).await;
+        sealed_found_at(&app, &keys, seal_position(&db).await, "a stream's deleted last event", engine).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_well_formed_event_inserted_before_a_seal_or_a_reordering_is_found_at_the_seal() {
+    use mana_core_auth::events::chain::{self, EventParts, Secrets};
+    for engine in ENGINES {
+        let (db, app) = populated(engine).await;
+        let keys = seal(&app).await;
+        let sealed_at = seal_position(&db).await;
+        // A forger with the table computes a valid hash for an extra refund-free grant at
+        // the end of an account's stream, and places it before the seal in global order.
+        let events = app.state.store().read_after(LogCursor::START, 1000).await.expect("read");
+        // The first account's last spend: well inside what the seal covers.
+        let model = events.iter().filter(|e| e.event_type == "CreditsSpent").nth(1).expect("a spend");
+        assert!(
+            !events.iter().any(|e| e.aggregate_id == model.aggregate_id && e.sequence > model.sequence),
+            "the model ends its stream"
+        );
+        let next = model.sequence + 1;
+        let previous = chain::parse_hex(model.hash.as_deref().expect("hash")).expect("hex");
+        let commitments = model.commitments.clone().map(|c| serde_json::from_value(c).expect("commitments"));
+        let parts = EventParts {
+            aggregate_type: &model.aggregate_type,
+            aggregate_id: &model.aggregate_id,
+            sequence: next,
+            event_type: &model.event_type,
+            event_version: &model.event_version,
+            recorded_at: model.recorded_at,
+            payload: &model.payload,
+            metadata: &model.metadata,
+        };
+        let form = chain::canonical(&parts, commitments.as_ref(), Secrets::Stored).expect("form");
+        let hash = chain::hex(&chain::event_hash(&previous, &form));
+        // Its place: right after the spend it copies, well before the seal's horizon. On
+        // PostgreSQL the order is (txid, position); SQLite's positions are dense, so it goes
+        // first (and is found there, its stream's earlier events not yet seen).
+        let (columns, place, expected) = match engine {
+            Engine::Postgres => ("txid, position, ", format!("{}, 1000000, ", model.cursor.txid), sealed_at),
+            Engine::Sqlite => ("position, ", "-5, ".to_owned(), -5),
+        };
+        let overriding = if engine == Engine::Postgres { "OVERRIDING SYSTEM VALUE" } else { "" };
+        let insert = format!(
+            "INSERT INTO events ({columns}aggregate_type, aggregate_id, sequence, event_type, event_version, \
+             payload, metadata, recorded_at, hash, commitments) {overriding} \
+             SELECT {place}aggregate_type, aggregate_id, {next}, event_type, event_version, payload, metadata, \
+             recorded_at, '{hash}', commitments FROM events WHERE position = {}",
+            model.position()
+        );
+        tamper(&db, &[insert]).await;
+        sealed_found_at(&app, &keys, expected, "a well-formed event inserted before the seal", engine).await;
+        app.stop().await;
+
+        // Reordering: two events of different streams trade places in the global order.
+        let (db, app) = populated(engine).await;
+        let keys = seal(&app).await;
+        let sealed_at = seal_position(&db).await;
+        let a = positions(&db, "SELECT min(position) FROM events WHERE event_type = 'CreditsSpent'").await[0];
+        let b = positions(&db, "SELECT min(position) FROM events WHERE event_type = 'SessionRefreshed'").await[0];
+        let swap = match engine {
+            // Positions are an identity column: the order moves by the transaction ids.
+            Engine::Postgres => vec![format!(
+                "UPDATE events SET txid = CASE position \
+                   WHEN {a} THEN (SELECT txid FROM events WHERE position = {b}) \
+                   ELSE (SELECT txid FROM events WHERE position = {a}) END \
+                 WHERE position IN ({a}, {b})"
+            )],
+            Engine::Sqlite => vec![
+                format!("UPDATE events SET position = -1 WHERE position = {a}"),
+                format!("UPDATE events SET position = {a} WHERE position = {b}"),
+                format!("UPDATE events SET position = {b} WHERE position = -1"),
+            ],
+        };
+        tamper(&db, &swap).await;
+        let live = verify_live(app.state.store(), keys.clone(), 7).await.expect("verify").failure;
+        let failure = live.expect("a reordering is detected");
+        assert!(failure.position <= sealed_at, "{engine:?}: found at or before the seal: {failure}");
         app.stop().await;
     }
 }

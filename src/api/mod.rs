@@ -4,6 +4,7 @@
 
 pub mod access;
 mod admin;
+mod audit_keys;
 mod auth;
 mod credits;
 pub mod error;
@@ -67,6 +68,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(passwords::router())
         .merge(credits::router())
         .merge(admin::router())
+        .merge(audit_keys::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

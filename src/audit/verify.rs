@@ -294,7 +294,7 @@ pub fn verify_export(reader: impl BufRead, keys: AuditKeys) -> std::io::Result<R
 /// while its key exists.
 pub async fn verify_live(store: &EventStore, keys: AuditKeys, page: usize) -> anyhow::Result<Report> {
     let mut verifier = Verifier::new(keys);
-    let mut after = LogCursor::START;
+    let mut after = LogCursor::ORIGIN;
     let mut personal_keys: HashMap<String, Option<crate::events::personal::PersonalKey>> = HashMap::new();
     loop {
         let events = store.read_after(after, page).await?;

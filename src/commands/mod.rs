@@ -18,6 +18,7 @@ pub mod email_claim;
 pub mod keyring;
 pub mod login_attempts;
 pub mod operator_key;
+pub mod seal_log;
 pub mod security_notice;
 pub mod session;
 mod unit_of_work;

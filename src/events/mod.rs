@@ -43,6 +43,11 @@ pub struct LogCursor {
 impl LogCursor {
     /// The start of the log: every event comes after it.
     pub const START: Self = Self { txid: 0, position: 0 };
+
+    /// Before every row, even one with a position or transaction id no writer assigns
+    /// (zero or negative, written by hand): auditors' readers (export, verify) start here
+    /// so that whatever is stored is seen.
+    pub const ORIGIN: Self = Self { txid: i64::MIN, position: i64::MIN };
 }
 
 impl std::fmt::Display for LogCursor {
@@ -51,15 +56,16 @@ impl std::fmt::Display for LogCursor {
     }
 }
 
-/// Parses the text [`LogCursor`]'s `Display` writes (`<txid>:<position>`, both
-/// non-negative), as exports and `?after=` carry it.
+/// Parses the text [`LogCursor`]'s `Display` writes (`<txid>:<position>`), as exports
+/// and `?after=` carry it.
 impl std::str::FromStr for LogCursor {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = || "a cursor is the `cursor` field of an exported event".to_owned();
         let (txid, position) = text.split_once(':').ok_or_else(bad)?;
         let number = |t: &str| {
-            if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
+            let digits = t.strip_prefix('-').unwrap_or(t);
+            if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
             }
             t.parse::<i64>().map_err(|_| bad())
