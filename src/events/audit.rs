@@ -42,7 +42,7 @@ impl DomainEvent for AuditEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

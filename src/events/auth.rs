@@ -123,7 +123,7 @@ impl DomainEvent for UserEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -139,7 +139,7 @@ impl DomainEvent for EmailClaimEvent {
         "EmailClaimed".to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -240,7 +240,7 @@ impl DomainEvent for SessionEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -376,7 +376,7 @@ impl DomainEvent for LoginAttemptEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -409,7 +409,7 @@ impl DomainEvent for KeyringEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -425,6 +425,6 @@ impl DomainEvent for SecurityNoticeEvent {
         "RateLimitExceeded".to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }

@@ -142,7 +142,7 @@ impl DomainEvent for CreditEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -170,7 +170,7 @@ impl DomainEvent for OperatorKeyEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
