@@ -47,7 +47,17 @@ pub fn uuid_at(at: DateTime<Utc>) -> Uuid {
 /// operator total without a failure path that could never be taken. Use
 /// [`Credits::checked_add`] and [`Credits::checked_sub`] where an overflow must be seen.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
     schemars::JsonSchema,
 )]
 #[serde(transparent)]

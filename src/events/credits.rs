@@ -10,7 +10,9 @@ use serde_json::Value;
 use crate::domain::Credits;
 
 /// The two pools of credits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Pool {
     /// Signup bonus, daily grants, promotional grants: spent first.

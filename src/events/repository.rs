@@ -134,8 +134,9 @@ fn upcast_all(events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, Pers
         .map(|mut event| {
             let current = super::upcast::current_version(&event.event_type).to_string();
             if event.event_version != current {
-                event.payload = super::upcast::upcast_owned(&event.event_type, &event.event_version, event.payload)
-                    .map_err(|e| PersistenceError::DeserializationError(Box::new(e)))?;
+                event.payload =
+                    super::upcast::upcast_owned(&event.event_type, &event.event_version, event.payload)
+                        .map_err(|e| PersistenceError::DeserializationError(Box::new(e)))?;
                 event.event_version = current;
             }
             Ok(event)

@@ -207,7 +207,15 @@ fn string_values(schema: &Value) -> Option<Vec<String>> {
         return values.iter().map(|v| v.as_str().map(str::to_owned)).collect();
     }
     let options = schema.get("oneOf").and_then(Value::as_array)?;
-    options.iter().map(|o| o.get("const").and_then(Value::as_str).map(str::to_owned)).collect()
+    let mut values = Vec::new();
+    for option in options {
+        if let Some(value) = option.get("const").and_then(Value::as_str) {
+            values.push(value.to_owned());
+        } else {
+            values.extend(string_values(option)?);
+        }
+    }
+    Some(values)
 }
 
 /// The readable type of a (non-null) schema.
@@ -332,8 +340,7 @@ fn conventional_meaning(name: &str) -> Option<String> {
     if !fixed.is_empty() {
         return Some(fixed.to_owned());
     }
-    let stem = name.strip_suffix("_at").or(if name == "at" { Some("") } else { None })?;
-    Some(if stem.is_empty() { "When it happened.".to_owned() } else { format!("When it was {}.", stem.replace('_', " ")) })
+    (name == "at" || name.ends_with("_at")).then(|| "When it happened.".to_owned())
 }
 
 /// Adds a row for each property of an object schema (and of the objects under it).
@@ -355,8 +362,10 @@ fn flatten(
         return;
     }
     let Some(properties) = target.get("properties").and_then(Value::as_object) else { return };
-    let required: Vec<&str> =
-        target.get("required").and_then(Value::as_array).map_or(Vec::new(), |r| r.iter().filter_map(Value::as_str).collect());
+    let required: Vec<&str> = target
+        .get("required")
+        .and_then(Value::as_array)
+        .map_or(Vec::new(), |r| r.iter().filter_map(Value::as_str).collect());
     let mut names: Vec<&String> = properties.keys().collect();
     names.sort_by_key(|n| (required.iter().position(|r| r == n).unwrap_or(usize::MAX), n.as_str()));
     for name in names {
@@ -371,13 +380,12 @@ fn flatten(
         if nullable {
             type_text.push_str(" or null");
         }
-        let meaning = property
-            .get("description")
-            .or_else(|| inner.get("description"))
-            .or_else(|| resolved.get("description"))
-            .and_then(Value::as_str)
-            .map(first_paragraph)
+        // The field's doc comment, else the naming convention, else its type's doc comment.
+        let described = |s: &Value| s.get("description").and_then(Value::as_str).map(first_paragraph);
+        let meaning = described(property)
+            .or_else(|| described(&inner))
             .or_else(|| conventional_meaning(name))
+            .or_else(|| described(resolved))
             .unwrap_or_default();
         let required = parent_required && required.contains(&name.as_str()) && !nullable;
         let class = classes.iter().find(|c| c.pointer == pointer).map(|c| c.class);
@@ -467,11 +475,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_event_type_appears_once_with_a_schema_that_accepts_its_stored_form() {
+    fn every_event_type_appears_once_with_its_own_schema() {
         let events = catalogue();
         let names: BTreeSet<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(names.len(), events.len(), "an event type is listed twice");
-        assert!(names.contains("UserRegistered") && names.contains("LogSealed") && names.contains("OperatorKeyUsed"));
+        assert!(
+            names.contains("UserRegistered")
+                && names.contains("LogSealed")
+                && names.contains("OperatorKeyUsed")
+        );
         let registered = events.iter().find(|e| e.event_type == "UserRegistered").expect("UserRegistered");
         assert_eq!(registered.aggregate_type, "user");
         assert_eq!(registered.schema["required"], json!(["UserRegistered"]));

@@ -99,16 +99,10 @@ impl Registry {
         }
         .ok_or_else(|| VersionError::NotAVariant { event_type: event_type.to_owned(), stored })?;
         for from in stored..current {
-            let step = self
-                .upcasters
-                .iter()
-                .find(|u| u.event_type == event_type && u.from == from)
-                .ok_or_else(|| VersionError::NoUpcaster {
-                    event_type: event_type.to_owned(),
-                    stored,
-                    from,
-                    current,
-                })?;
+            let step =
+                self.upcasters.iter().find(|u| u.event_type == event_type && u.from == from).ok_or_else(
+                    || VersionError::NoUpcaster { event_type: event_type.to_owned(), stored, from, current },
+                )?;
             (step.apply)(body);
         }
         Ok(Cow::Owned(lifted))
@@ -129,7 +123,11 @@ pub fn current_version(event_type: &str) -> u32 {
 }
 
 /// [`Registry::upcast`] with the code's registry.
-pub fn upcast<'a>(event_type: &str, stored_version: &str, payload: &'a Value) -> Result<Cow<'a, Value>, VersionError> {
+pub fn upcast<'a>(
+    event_type: &str,
+    stored_version: &str,
+    payload: &'a Value,
+) -> Result<Cow<'a, Value>, VersionError> {
     Registry::CURRENT.upcast(event_type, stored_version, payload)
 }
 
@@ -209,7 +207,10 @@ mod tests {
     fn an_event_newer_than_the_code_is_refused_with_a_clear_error() {
         let error = decode("4", &json!({"ProbeNamed": {"display_name": "Ada", "tags": [], "colour": 1}}))
             .expect_err("a newer version");
-        assert!(error.contains("ProbeNamed is stored at version 4, newer than this build knows (3)"), "{error}");
+        assert!(
+            error.contains("ProbeNamed is stored at version 4, newer than this build knows (3)"),
+            "{error}"
+        );
         let error = upcast("UserRegistered", "2", &json!({"UserRegistered": {}})).expect_err("newer");
         assert_eq!(error, VersionError::Newer { event_type: "UserRegistered".into(), stored: 2, current: 1 });
     }
