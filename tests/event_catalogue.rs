@@ -23,7 +23,10 @@ const REGENERATE: &str = "regenerate it: cargo run -- events markdown > docs/EVE
 
 /// `(event type, version)` headings and `(event type, pointer) -> class` rows of the
 /// document (`""` for a row without a class); the metadata section is keyed `metadata`.
-fn parse_doc(text: &str) -> (Vec<(String, String)>, BTreeMap<(String, String), String>) {
+type Headings = Vec<(String, String)>;
+type Rows = BTreeMap<(String, String), String>;
+
+fn parse_doc(text: &str) -> (Headings, Rows) {
     let mut headings = Vec::new();
     let mut rows = BTreeMap::new();
     let mut current = String::new();
@@ -92,28 +95,23 @@ fn docs_events_md_lists_every_event_type_field_and_class_of_the_code() {
 /// Every property of a schema, as a pointer into the body, following `$ref`s.
 fn properties(schema: &Value, defs: &Value, prefix: &str, out: &mut BTreeSet<String>, depth: usize) {
     assert!(depth < 16, "schema nesting too deep at {prefix}");
-    match schema {
-        Value::Object(map) => {
-            if let Some(name) =
-                map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/"))
-            {
-                properties(&defs[name], defs, prefix, out, depth + 1);
-            }
-            for key in ["anyOf", "oneOf", "allOf"] {
-                for option in map.get(key).and_then(Value::as_array).into_iter().flatten() {
-                    properties(option, defs, prefix, out, depth + 1);
-                }
-            }
-            if let Some(items) = map.get("items") {
-                properties(items, defs, prefix, out, depth + 1);
-            }
-            for (name, property) in map.get("properties").and_then(Value::as_object).into_iter().flatten() {
-                let pointer = format!("{prefix}/{name}");
-                out.insert(pointer.clone());
-                properties(property, defs, &pointer, out, depth + 1);
+    if let Value::Object(map) = schema {
+        if let Some(name) = map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")) {
+            properties(&defs[name], defs, prefix, out, depth + 1);
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for option in map.get(key).and_then(Value::as_array).into_iter().flatten() {
+                properties(option, defs, prefix, out, depth + 1);
             }
         }
-        _ => {}
+        if let Some(items) = map.get("items") {
+            properties(items, defs, prefix, out, depth + 1);
+        }
+        for (name, property) in map.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            let pointer = format!("{prefix}/{name}");
+            out.insert(pointer.clone());
+            properties(property, defs, &pointer, out, depth + 1);
+        }
     }
 }
 
@@ -250,7 +248,10 @@ async fn an_event_newer_than_the_code_is_refused_on_every_load_path_and_stays_as
         let bus = CommandBus::<EmailClaim>::new(store.clone(), ());
         // Aggregate loading.
         assert_eq!(bus.load("current").await.expect("a current event loads").1, 1, "{engine:?}");
-        let refused = bus.load("future").await.err().expect("a newer version must not load").to_string();
+        let Err(refused) = bus.load("future").await else {
+            panic!("{engine:?}: a newer version must not load")
+        };
+        let refused = refused.to_string();
         assert!(
             refused.contains("EmailClaimed is stored at version 2, newer than this build knows (1)"),
             "{engine:?}: {refused}"
