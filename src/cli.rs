@@ -51,6 +51,21 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Print the event catalogue (needs no database).
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+}
+
+/// The event catalogue, generated from the code.
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Print the JSON Schema of every event type, with its version, aggregate type and the
+    /// secret/personal class of its fields, as one JSON document.
+    Schema,
+    /// Print the catalogue as Markdown (docs/EVENTS.md).
+    Markdown,
 }
 
 /// User administration.
@@ -78,6 +93,9 @@ pub enum ProjectionsAction {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Events { action }) = &cli.command {
+        return events_command(action);
+    }
     let config = Config::from_env()?;
     init_tracing(config.log_format, &config.log_filter)?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -93,6 +111,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections { action } => projections_command(config, action).await,
         Command::Verify { file, jwks } => verify_command(config, file, jwks).await,
         Command::User { action } => user_command(config, action).await,
+        Command::Events { action } => events_command(&action),
+    }
+}
+
+fn events_command(action: &EventsAction) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = match action {
+        EventsAction::Schema => {
+            let mut json = serde_json::to_string_pretty(&crate::events::schemas::schema_document())?;
+            json.push('\n');
+            json
+        }
+        EventsAction::Markdown => crate::events::schemas::markdown(),
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stops early (`| head`) is not an error.
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
     }
 }
 

@@ -423,10 +423,11 @@ async fn a_sealed_log_verifies_and_a_seal_under_an_unknown_key_does_not() {
         // An auditor's JWKS without the key: the seal fails.
         let stranger = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "other",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]});
-        let failure = verify_export(export(&app).await.as_bytes(), AuditKeys::from_jwks(&stranger).expect("jwks"))
-            .expect("verify")
-            .failure
-            .expect("an unknown key fails");
+        let failure =
+            verify_export(export(&app).await.as_bytes(), AuditKeys::from_jwks(&stranger).expect("jwks"))
+                .expect("verify")
+                .failure
+                .expect("an unknown key fails");
         assert_eq!(failure.position, seal_position(&db).await, "{engine:?}: {failure}");
         assert!(failure.reason.contains("not among the audit keys"), "{engine:?}: {failure}");
         app.stop().await;
@@ -438,7 +439,8 @@ async fn a_streams_last_event_deleted_before_a_seal_is_found_at_the_seal() {
     for engine in ENGINES {
         let (db, app) = populated(engine).await;
         // The last event of the last credit account: nothing in its stream follows it.
-        let last = positions(&db, "SELECT max(position) FROM events WHERE event_type = 'CreditsSpent'").await[0];
+        let last =
+            positions(&db, "SELECT max(position) FROM events WHERE event_type = 'CreditsSpent'").await[0];
         let keys = seal(&app).await;
         tamper(&db, &[format!("DELETE FROM events WHERE position = {last}")]).await;
         sealed_found_at(&app, &keys, seal_position(&db).await, "a stream's deleted last event", engine).await;
@@ -501,7 +503,8 @@ async fn a_well_formed_event_inserted_before_a_seal_or_a_reordering_is_found_at_
         let keys = seal(&app).await;
         let sealed_at = seal_position(&db).await;
         let a = positions(&db, "SELECT min(position) FROM events WHERE event_type = 'CreditsSpent'").await[0];
-        let b = positions(&db, "SELECT min(position) FROM events WHERE event_type = 'SessionRefreshed'").await[0];
+        let b =
+            positions(&db, "SELECT min(position) FROM events WHERE event_type = 'SessionRefreshed'").await[0];
         let swap = match engine {
             // Positions are an identity column: the order moves by the transaction ids.
             Engine::Postgres => vec![format!(

@@ -15,10 +15,12 @@ pub mod mix;
 pub mod personal;
 mod postgres;
 mod repository;
+pub mod schemas;
 pub mod signal;
 mod sqlite;
 mod stamp;
 mod store;
+pub mod upcast;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -78,7 +80,7 @@ impl std::str::FromStr for LogCursor {
 pub const SYSTEM_ACTOR: &str = "system";
 
 /// The metadata every event carries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct EventMetadata {
     /// When the command that produced the event ran (from the clock service).
@@ -165,9 +167,13 @@ impl RecordedEvent {
         self.cursor.position
     }
 
-    /// Decodes the payload into an event type.
+    /// Decodes the payload into an event type, in its current shape: an event stored at
+    /// an older `event_version` goes through its upcasters ([`upcast`]), one newer than
+    /// the code knows is an error. The stored payload is left as written.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&self.payload)
+        let payload = upcast::upcast(&self.event_type, &self.event_version, &self.payload)
+            .map_err(<serde_json::Error as serde::de::Error>::custom)?;
+        T::deserialize(payload.as_ref())
     }
 
     /// The metadata, decoded (events written by other tools may lack some fields).

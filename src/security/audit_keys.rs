@@ -125,7 +125,9 @@ impl AuditKeys {
 
 /// The JWKS of every audit key the keyring holds, read from the log without the private
 /// parts (what `GET /api/v1/audit/keys` serves; live verification uses it).
-pub async fn published_jwks(keyring: &crate::commands::CommandBus<crate::commands::keyring::Keyring>) -> anyhow::Result<Value> {
+pub async fn published_jwks(
+    keyring: &crate::commands::CommandBus<crate::commands::keyring::Keyring>,
+) -> anyhow::Result<Value> {
     let (ring, _) = keyring
         .load(crate::commands::keyring::AUDIT_KEYRING_ID)
         .await
