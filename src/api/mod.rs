@@ -3,6 +3,7 @@
 //! map the result.
 
 mod admin;
+mod audit;
 mod auth;
 mod credits;
 pub mod error;
@@ -66,6 +67,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(passwords::router())
         .merge(credits::router())
         .merge(admin::router())
+        .merge(audit::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -96,6 +98,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("ratelimit-reset"),
             HeaderName::from_static("ratelimit-policy"),
             HeaderName::from_static("idempotent-replayed"),
+            HeaderName::from_static(audit::NEXT_CURSOR),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

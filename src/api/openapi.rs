@@ -19,6 +19,7 @@ use super::error::{ErrorBody, ErrorCode, Message};
         (name = "sessions", description = "The caller's sessions and security events"),
         (name = "credits", description = "The caller's credits: balance, spends, history"),
         (name = "admin", description = "Credit operations for admin and service tokens"),
+        (name = "audit", description = "The event log for auditors (admin and auditor tokens)"),
     ),
     modifiers(&BearerAuth),
 )]
