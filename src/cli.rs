@@ -56,6 +56,9 @@ pub enum Command {
         #[command(subcommand)]
         action: EventsAction,
     },
+    /// Write the event log as NDJSON, one event a line in global order, secrets as their
+    /// commitments (docs/AUDIT.md). Logs go to standard error.
+    Export(ExportArgs),
 }
 
 /// The event catalogue, generated from the code.
@@ -66,6 +69,21 @@ pub enum EventsAction {
     Schema,
     /// Print the catalogue as Markdown (docs/EVENTS.md).
     Markdown,
+}
+
+/// The bounds and destination of an export.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Start after this event (the `cursor` field of an exported line).
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<crate::events::LogCursor>,
+    /// Stop after this cursor, or before the first event recorded after this RFC 3339
+    /// time (inclusive either way).
+    #[arg(long, value_name = "CURSOR|RFC3339")]
+    pub until: Option<crate::audit::export::Until>,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// User administration.
@@ -97,7 +115,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return events_command(action);
     }
     let config = Config::from_env()?;
-    init_tracing(config.log_format, &config.log_filter)?;
+    // An export may write its data to standard output: keep the logs out of it.
+    let logs_to_stderr = matches!(cli.command, Some(Command::Export(_)));
+    init_tracing(config.log_format, &config.log_filter, logs_to_stderr)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
@@ -111,6 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections { action } => projections_command(config, action).await,
         Command::Verify { file, jwks } => verify_command(config, file, jwks).await,
         Command::User { action } => user_command(config, action).await,
+        Command::Export(args) => export_command(config, args).await,
         Command::Events { action } => events_command(&action),
     }
 }
@@ -130,6 +151,45 @@ fn events_command(action: &EventsAction) -> anyhow::Result<()> {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
         _ => Ok(()),
     }
+}
+
+async fn export_command(config: Config, args: ExportArgs) -> anyhow::Result<()> {
+    use crate::audit::export::Export;
+    use std::io::IsTerminal;
+    let db = Db::connect(&config.database, 2).await?;
+    db.migrate().await?;
+    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let after = args.after.unwrap_or(crate::events::LogCursor::ORIGIN);
+    let export = Export::plan(&store, after, args.until).await?;
+    let bar = if std::io::stderr().is_terminal() {
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {wide_bar} {human_pos}/~{human_len} events, {per_sec}, {elapsed}",
+        )?;
+        indicatif::ProgressBar::new(export.estimate()).with_style(style)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = {
+        let bar = bar.clone();
+        move |count| bar.set_position(count)
+    };
+    let summary = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            export.run(file, progress).await?
+        }
+        None => export.run(std::io::stdout(), progress).await?,
+    };
+    bar.finish_and_clear();
+    db.close().await;
+    let last = summary.last.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    eprintln!(
+        "exported {} events in {:.2} s ({:.0}/s); last cursor {last}",
+        summary.events,
+        summary.elapsed.as_secs_f64(),
+        summary.rate()
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod access;
 mod admin;
+mod audit;
 mod audit_keys;
 mod auth;
 mod credits;
@@ -69,6 +70,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(credits::router())
         .merge(admin::router())
         .merge(audit_keys::router())
+        .merge(audit::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -99,6 +101,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("ratelimit-reset"),
             HeaderName::from_static("ratelimit-policy"),
             HeaderName::from_static("idempotent-replayed"),
+            HeaderName::from_static(audit::NEXT_CURSOR),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }
