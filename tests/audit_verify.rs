@@ -394,7 +394,7 @@ async fn seal(app: &TestApp) -> AuditKeys {
 }
 
 async fn seal_position(db: &TestDb) -> i64 {
-    positions(&db, "SELECT max(position) FROM events WHERE event_type = 'LogSealed'").await[0]
+    positions(db, "SELECT max(position) FROM events WHERE event_type = 'LogSealed'").await[0]
 }
 
 /// Asserts that verification with the seals' keys fails first at `position`, live and in
