@@ -152,6 +152,24 @@ impl CreditService {
         }
     }
 
+    /// Waits (bounded) until the read models show this operation. One that wrote nothing
+    /// (a replay of an idempotency key) answers for a write another request may have made
+    /// a moment ago: it waits for everything committed so far, so a client that retries
+    /// and then reads its history sees the original.
+    async fn settle_operation(&self, cursor: Option<LogCursor>) {
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => match self.store.committed_head().await {
+                Ok(head) => head,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the log's head; answering without waiting");
+                    return;
+                }
+            },
+        };
+        self.projector.wait_for(cursor, self.settings.read_your_writes).await;
+    }
+
     /// The balance, after granting the day's free credits if due.
     pub async fn balance(&self, user_id: &str, client: &ClientInfo) -> Result<Balance, CreditFailure> {
         let now = self.clock.now();
@@ -214,7 +232,7 @@ impl CreditService {
         let (paid_after, free_after, total_spent_after) = (after.paid, after.free, *total_spent_after);
         let transaction = ledger::transaction_of(user_id, &event)
             .ok_or_else(|| anyhow::anyhow!("a spend without a ledger line"))?;
-        self.settle(committed.cursor).await;
+        self.settle_operation(committed.cursor).await;
         Ok(Spent { transaction, paid_after, free_after, total_spent_after, replayed })
     }
 
@@ -291,7 +309,7 @@ impl CreditService {
         };
         let transaction =
             ledger::transaction_of(&user_id, &event).ok_or_else(|| anyhow::anyhow!("no ledger line"))?;
-        self.settle(cursor).await;
+        self.settle_operation(cursor).await;
         Ok((transaction, replayed))
     }
 
