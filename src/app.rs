@@ -15,6 +15,7 @@ use tokio_cron_scheduler::JobScheduler;
 
 pub use crate::api::AppState;
 
+use crate::audit::seal::LogSealer;
 use crate::auth::links::{LinkBase, RedirectOrigins};
 use crate::auth::{AuthAggregates, AuthService, AuthSettings};
 use crate::clock::{SharedClock, SystemClock};
@@ -26,6 +27,7 @@ use crate::db::Db;
 use crate::domain::Credits;
 use crate::events::{EventStore, LogSignal, signal};
 use crate::projections::{self, Projector, ProjectorSettings};
+use crate::security::audit_keys::{AUDIT_JWKS_MAX_AGE_SECS, AuditKeySettings, AuditKeys};
 use crate::security::keys::{JWKS_MAX_AGE_SECS, KeyService, KeySettings};
 use crate::security::passwords::PasswordPool;
 use crate::security::rate_limit::RateLimiter;
@@ -71,7 +73,12 @@ impl Application {
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let aggregates = Aggregates::new(&store);
-        let auth = build_auth(&config, &store, &aggregates, &projector, &clock).await?;
+        let secret =
+            ServerSecret::load(config.key_encryption_secret.as_ref(), config.app_env, &config.data_dir())?;
+        let auth = build_auth(&config, &secret, &store, &aggregates, &projector, &clock).await?;
+        let audit_keys = start_audit(&config, &secret, &store, &aggregates, &clock, &mut tasks, &background)
+            .await
+            .context("cannot start the audit seals")?;
         let limiter = Arc::new(RateLimiter::new(
             config.rate_limits.clone(),
             config.redis_url.as_ref().map(Secret::expose),
@@ -94,7 +101,7 @@ impl Application {
             },
         ));
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
-        let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys())).await?;
+        let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys()), Arc::clone(&audit_keys)).await?;
         projector.spawn(&mut tasks, &background);
         let transport: Arc<dyn crate::mail::Transport> = match &config.smtp_url {
             Some(url) => Arc::new(crate::mail::Smtp::new(url, &config.smtp_from).context("SMTP_URL")?),
@@ -116,7 +123,7 @@ impl Application {
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let state = AppState::new(config, clock, store, projector, auth, credits, limiter);
+        let state = AppState::new(config, clock, store, projector, auth, credits, limiter, audit_keys);
         Ok(Self { state, listener, tasks, background, scheduler })
     }
 
@@ -155,17 +162,41 @@ impl Application {
     }
 }
 
-/// Wires the authentication service: server secret, signing keys, tokens, password
-/// pool and the revocation index.
+/// Starts the audit keys and the sealer: seals the log once now (so a log written before
+/// the seals gets its first seal at once), then every `AUDIT_SEAL_INTERVAL_SECS`.
+async fn start_audit(
+    config: &Config,
+    secret: &ServerSecret,
+    store: &EventStore,
+    aggregates: &Aggregates,
+    clock: &SharedClock,
+    tasks: &mut JoinSet<()>,
+    background: &CancellationToken,
+) -> anyhow::Result<Arc<AuditKeys>> {
+    let settings = AuditKeySettings {
+        rotation_interval: chrono::Duration::from_std(config.audit_key_rotation_interval)?,
+        publish_ahead: chrono::Duration::seconds(2 * AUDIT_JWKS_MAX_AGE_SECS + 60),
+    };
+    let keys = AuditKeys::start(aggregates.keyring.clone(), secret.sealer(), clock.clone(), settings).await?;
+    if !config.audit_seal_interval.is_zero() {
+        // The chain backfill ran right after the migrations: every event has its hash.
+        let sealer = Arc::new(LogSealer::new(store.clone(), Arc::clone(&keys), clock.clone()));
+        sealer.seal_now().await?;
+        sealer.spawn(tasks, config.audit_seal_interval, background);
+    }
+    Ok(keys)
+}
+
+/// Wires the authentication service: signing keys, tokens, password pool and the
+/// revocation index.
 async fn build_auth(
     config: &Config,
+    secret: &ServerSecret,
     store: &EventStore,
     aggregates: &Aggregates,
     projector: &Arc<Projector>,
     clock: &SharedClock,
 ) -> anyhow::Result<Arc<AuthService>> {
-    let secret =
-        ServerSecret::load(config.key_encryption_secret.as_ref(), config.app_env, &config.data_dir())?;
     let leeway = chrono::Duration::from_std(config.jwt_leeway)?;
     let token_lifetime = chrono::Duration::seconds(ACCESS_TOKEN_TTL_SECS) + leeway;
     let settings = KeySettings {

@@ -51,6 +51,39 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Print the event catalogue (needs no database).
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+    /// Write the event log as NDJSON, one event a line in global order, secrets as their
+    /// commitments (docs/AUDIT.md). Logs go to standard error.
+    Export(ExportArgs),
+}
+
+/// The event catalogue, generated from the code.
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Print the JSON Schema of every event type, with its version, aggregate type and the
+    /// secret/personal class of its fields, as one JSON document.
+    Schema,
+    /// Print the catalogue as Markdown (docs/EVENTS.md).
+    Markdown,
+}
+
+/// The bounds and destination of an export.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Start after this event (the `cursor` field of an exported line).
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<crate::events::LogCursor>,
+    /// Stop after this cursor, or before the first event recorded after this RFC 3339
+    /// time (inclusive either way).
+    #[arg(long, value_name = "CURSOR|RFC3339")]
+    pub until: Option<crate::audit::export::Until>,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// User administration.
@@ -78,8 +111,13 @@ pub enum ProjectionsAction {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Events { action }) = &cli.command {
+        return events_command(action);
+    }
     let config = Config::from_env()?;
-    init_tracing(config.log_format, &config.log_filter)?;
+    // An export may write its data to standard output: keep the logs out of it.
+    let logs_to_stderr = matches!(cli.command, Some(Command::Export(_)));
+    init_tracing(config.log_format, &config.log_filter, logs_to_stderr)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
@@ -93,7 +131,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections { action } => projections_command(config, action).await,
         Command::Verify { file, jwks } => verify_command(config, file, jwks).await,
         Command::User { action } => user_command(config, action).await,
+        Command::Export(args) => export_command(config, args).await,
+        Command::Events { action } => events_command(&action),
     }
+}
+
+fn events_command(action: &EventsAction) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = match action {
+        EventsAction::Schema => {
+            let mut json = serde_json::to_string_pretty(&crate::events::schemas::schema_document())?;
+            json.push('\n');
+            json
+        }
+        EventsAction::Markdown => crate::events::schemas::markdown(),
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stops early (`| head`) is not an error.
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn export_command(config: Config, args: ExportArgs) -> anyhow::Result<()> {
+    use crate::audit::export::Export;
+    use std::io::IsTerminal;
+    let db = Db::connect(&config.database, 2).await?;
+    db.migrate().await?;
+    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let after = args.after.unwrap_or(crate::events::LogCursor::ORIGIN);
+    let export = Export::plan(&store, after, args.until).await?;
+    let bar = if std::io::stderr().is_terminal() {
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {wide_bar} {human_pos}/~{human_len} events, {per_sec}, {elapsed}",
+        )?;
+        indicatif::ProgressBar::new(export.estimate()).with_style(style)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = {
+        let bar = bar.clone();
+        move |count| bar.set_position(count)
+    };
+    let summary = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            export.run(file, progress).await?
+        }
+        None => export.run(std::io::stdout(), progress).await?,
+    };
+    bar.finish_and_clear();
+    db.close().await;
+    let last = summary.last.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    eprintln!(
+        "exported {} events in {:.2} s ({:.0}/s); last cursor {last}",
+        summary.events,
+        summary.elapsed.as_secs_f64(),
+        summary.rate()
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -156,9 +252,10 @@ async fn verify_command(
     let usage = |message: String| Exit { code: 2, message };
     let keys = match &jwks {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-            let document: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| usage(format!("{}: not JSON: {e}", path.display())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            let document: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| usage(format!("{}: not JSON: {e}", path.display())))?;
             Some(AuditKeys::from_jwks(&document).map_err(|e| usage(format!("{}: {e}", path.display())))?)
         }
         None => None,

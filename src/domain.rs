@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 /// The stored form of an opaque token (refresh, reset, verification): its SHA-256, never
 /// the token itself.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct TokenHash(pub String);
 
@@ -47,7 +47,18 @@ pub fn uuid_at(at: DateTime<Utc>) -> Uuid {
 /// operator total without a failure path that could never be taken. Use
 /// [`Credits::checked_add`] and [`Credits::checked_sub`] where an overflow must be seen.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 pub struct Credits(i64);

@@ -18,20 +18,32 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{ConfigError, LogFormat};
 
-/// Installs the global tracing subscriber. A malformed `RUST_LOG` is a configuration
-/// error naming the variable.
-pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), ConfigError> {
+/// Installs the global tracing subscriber, writing to standard output, or to standard
+/// error when `to_stderr` (commands whose data goes to standard output). A malformed
+/// `RUST_LOG` is a configuration error naming the variable.
+pub fn init_tracing(format: LogFormat, filter: &str, to_stderr: bool) -> Result<(), ConfigError> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| ConfigError { variable: "RUST_LOG", reason: e.to_string() })?;
+    let (writer, ansi) = if to_stderr {
+        (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal())
+    } else {
+        (BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal())
+    };
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(writer),
+            )
             .try_init(),
         LogFormat::Text => {
-            use std::io::IsTerminal;
-            let ansi = std::io::stdout().is_terminal();
-            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi)).try_init()
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer)).try_init()
         }
     };
     // Already installed (a second application in one test process): keep the first.

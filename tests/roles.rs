@@ -65,7 +65,9 @@ fn key() -> String {
 fn routes() -> Vec<AdminRoute> {
     use StatusCode as S;
     const CREDITS: &str = "Credit operations";
+    const AUDIT: &str = "Audit log";
     vec![
+        route(AUDIT, Method::GET, "/api/v1/admin/events", S::OK, |_| None),
         route(CREDITS, Method::POST, "/api/v1/admin/credits/grant", S::CREATED, |t| {
             Some(
                 json!({"userId": t.user_id, "amount": 5, "pool": "paid", "reason": "roles", "idempotencyKey": key()}),

@@ -21,6 +21,7 @@ const EXEMPT: &[&str] = &[
     "/api/v1/auth/validate",
     "/api/v1/auth/jwks",
     "/.well-known/jwks.json",
+    "/api/v1/audit/keys",
     "/api/v1/health",
     "/api/v1/ready",
     "/metrics",

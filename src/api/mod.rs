@@ -4,6 +4,8 @@
 
 pub mod access;
 mod admin;
+mod audit;
+mod audit_keys;
 mod auth;
 mod credits;
 pub mod error;
@@ -67,6 +69,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(passwords::router())
         .merge(credits::router())
         .merge(admin::router())
+        .merge(audit_keys::router())
+        .merge(audit::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -97,6 +101,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("ratelimit-reset"),
             HeaderName::from_static("ratelimit-policy"),
             HeaderName::from_static("idempotent-replayed"),
+            HeaderName::from_static(audit::NEXT_CURSOR),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

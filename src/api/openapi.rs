@@ -19,6 +19,7 @@ use super::error::{ErrorBody, ErrorCode, Message};
         (name = "sessions", description = "The caller's sessions and security events"),
         (name = "credits", description = "The caller's credits: balance, spends, history"),
         (name = "admin", description = "Credit operations for admin and service tokens"),
+        (name = "audit", description = "What auditors use: the event log (admin and auditor tokens) and the audit keys"),
     ),
     modifiers(&BearerAuth),
 )]

@@ -12,6 +12,7 @@ use crate::credits::CreditService;
 use crate::db::Db;
 use crate::events::EventStore;
 use crate::projections::Projector;
+use crate::security::audit_keys::AuditKeys;
 use crate::security::rate_limit::RateLimiter;
 use crate::telemetry::Metrics;
 
@@ -29,10 +30,12 @@ struct Shared {
     auth: Arc<AuthService>,
     credits: Arc<CreditService>,
     limiter: Arc<RateLimiter>,
+    audit_keys: Arc<AuditKeys>,
 }
 
 impl AppState {
     /// The state over a process's services.
+    #[expect(clippy::too_many_arguments, reason = "one per service of the process; app.rs is the one caller")]
     pub fn new(
         config: Config,
         clock: SharedClock,
@@ -41,8 +44,10 @@ impl AppState {
         auth: Arc<AuthService>,
         credits: Arc<CreditService>,
         limiter: Arc<RateLimiter>,
+        audit_keys: Arc<AuditKeys>,
     ) -> Self {
-        Self { inner: Arc::new(Shared { config, clock, store, projector, auth, credits, limiter }) }
+        let shared = Shared { config, clock, store, projector, auth, credits, limiter, audit_keys };
+        Self { inner: Arc::new(shared) }
     }
 
     /// The configuration the process started with.
@@ -88,6 +93,11 @@ impl AppState {
     /// The rate limiter.
     pub fn limiter(&self) -> &Arc<RateLimiter> {
         &self.inner.limiter
+    }
+
+    /// The audit keys (they sign the log's seals).
+    pub fn audit_keys(&self) -> &Arc<AuditKeys> {
+        &self.inner.audit_keys
     }
 
     /// The metrics registry of this process.

@@ -9,6 +9,7 @@ use std::io::BufRead;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -76,7 +77,8 @@ impl AuditKeys {
             let x = key.get("x").and_then(Value::as_str).ok_or("a JWKS key has no `x`")?;
             let bytes = URL_SAFE_NO_PAD.decode(x).map_err(|_| format!("key {kid}: `x` is not base64url"))?;
             let bytes: [u8; 32] = bytes.try_into().map_err(|_| format!("key {kid}: `x` is not 32 bytes"))?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| format!("key {kid}: not an Ed25519 key"))?;
+            let key =
+                VerifyingKey::from_bytes(&bytes).map_err(|_| format!("key {kid}: not an Ed25519 key"))?;
             keys.insert(kid.to_owned(), key);
         }
         Ok(Self { keys })
@@ -133,7 +135,8 @@ impl Verifier {
         let parts = &item.parts;
         let stated = item.hash.ok_or_else(|| fail("the event has no hash".into()))?;
         let stated = chain::parse_hex(stated).map_err(|e| fail(e.to_string()))?;
-        let canonical = chain::canonical(parts, item.commitments, item.secrets).map_err(|e| fail(e.to_string()))?;
+        let canonical =
+            chain::canonical(parts, item.commitments, item.secrets).map_err(|e| fail(e.to_string()))?;
         let stream = stream_key(parts.aggregate_type, parts.aggregate_id);
         let previous = match (parts.sequence, self.streams.get(&stream)) {
             (1, None) => ZERO,
@@ -176,11 +179,10 @@ impl Verifier {
     fn check_seal(&mut self, payload: &Value) -> Result<(), String> {
         let AuditEvent::LogSealed { through, count, root, kid, signature, sealed_at } =
             AuditEvent::deserialize_payload(payload)?;
-        let key = self
-            .keys
-            .keys
-            .get(&kid)
-            .ok_or_else(|| format!("the seal is signed with key {kid}, which is not among the audit keys"))?;
+        let key =
+            self.keys.keys.get(&kid).ok_or_else(|| {
+                format!("the seal is signed with key {kid}, which is not among the audit keys")
+            })?;
         let signature = URL_SAFE_NO_PAD
             .decode(&signature)
             .ok()
@@ -231,7 +233,7 @@ impl Verifier {
 
 impl AuditEvent {
     fn deserialize_payload(payload: &Value) -> Result<Self, String> {
-        serde_json::from_value(payload.clone()).map_err(|e| format!("the seal is unreadable: {e}"))
+        Self::deserialize(payload).map_err(|e| format!("the seal is unreadable: {e}"))
     }
 }
 
@@ -265,7 +267,8 @@ pub fn verify_export(reader: impl BufRead, keys: AuditKeys) -> std::io::Result<R
                 return Ok(verifier.finish(Some(failure)));
             }
         };
-        let cursor = record.cursor.parse::<LogCursor>().unwrap_or(LogCursor { txid: 0, position: record.position });
+        let cursor =
+            record.cursor.parse::<LogCursor>().unwrap_or(LogCursor { txid: 0, position: record.position });
         let parts = match record.parts() {
             Ok(parts) => parts,
             Err(reason) => {
@@ -291,22 +294,22 @@ pub fn verify_export(reader: impl BufRead, keys: AuditKeys) -> std::io::Result<R
 /// while its key exists.
 pub async fn verify_live(store: &EventStore, keys: AuditKeys, page: usize) -> anyhow::Result<Report> {
     let mut verifier = Verifier::new(keys);
-    let mut after = LogCursor::START;
+    let mut after = LogCursor::ORIGIN;
     let mut personal_keys: HashMap<String, Option<crate::events::personal::PersonalKey>> = HashMap::new();
     loop {
         let events = store.read_after(after, page).await?;
         let Some(last) = events.last() else { break };
         after = last.cursor;
         for event in &events {
-            let commitments = match event.commitments.as_ref().map(|c| serde_json::from_value::<Commitments>(c.clone()))
-            {
-                Some(Ok(c)) => Some(c),
-                Some(Err(_)) => {
-                    let failure = failure_at(event, "the stored commitments are unreadable".into());
-                    return Ok(verifier.finish(Some(failure)));
-                }
-                None => None,
-            };
+            let commitments =
+                match event.commitments.as_ref().map(|c| serde_json::from_value::<Commitments>(c.clone())) {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(_)) => {
+                        let failure = failure_at(event, "the stored commitments are unreadable".into());
+                        return Ok(verifier.finish(Some(failure)));
+                    }
+                    None => None,
+                };
             let item = Item {
                 cursor: event.cursor,
                 parts: parts_of(event),

@@ -13,8 +13,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::auth::KeyringEvent;
 
-/// The id of the one keyring.
+/// The id of the signing keyring.
 pub const KEYRING_ID: &str = "signing-keys";
+/// The id of the audit keyring: the keys that sign the log's seals. Its retired keys are
+/// never unpublished (seals must stay checkable forever).
+pub const AUDIT_KEYRING_ID: &str = "audit-keys";
+
+/// The `unpublish_after` of a key retired for good (published forever): 9999-12-31.
+pub fn never() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
 
 /// Where a key is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +103,9 @@ pub enum KeyringCommand {
     /// next key, to start signing after `publish_ahead`.
     PrepareRotation { key: NewKey, interval: Duration, publish_ahead: Duration, at: DateTime<Utc> },
     /// Activate a pending key whose time has come (retiring the one it replaces, to be
-    /// unpublished after `token_lifetime`), and remove retired keys past that.
-    Advance { token_lifetime: Duration, at: DateTime<Utc> },
+    /// unpublished after `retired_for`, or never when it is `None`), and remove retired
+    /// keys past that.
+    Advance { retired_for: Option<Duration>, at: DateTime<Utc> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -187,7 +196,7 @@ impl Keyring {
                     activates_at: at + publish_ahead,
                 }])
             }
-            KeyringCommand::Advance { token_lifetime, at } => {
+            KeyringCommand::Advance { retired_for, at } => {
                 let mut events = Vec::new();
                 if let Some(next) = self.pending().filter(|k| k.activates_at <= at) {
                     let previous = self.active().map(|k| k.kid.clone());
@@ -200,7 +209,7 @@ impl Keyring {
                         events.push(KeyringEvent::SigningKeyRetired {
                             kid,
                             retired_at: at,
-                            unpublish_after: at + token_lifetime,
+                            unpublish_after: retired_for.map_or_else(never, |d| at + d),
                         });
                     }
                 }

@@ -18,6 +18,7 @@ pub mod email_claim;
 pub mod keyring;
 pub mod login_attempts;
 pub mod operator_key;
+pub mod seal_log;
 pub mod security_notice;
 pub mod session;
 mod unit_of_work;
@@ -144,8 +145,12 @@ pub(crate) fn replay<A: Aggregate>(
     for stored in events {
         let recorded_at = stored.metadata.get("recorded_at").and_then(|t| t.as_str()?.parse().ok());
         head.recorded_at = head.recorded_at.max(recorded_at);
-        let event: A::Event = serde_json::from_value(stored.payload)
-            .map_err(|e| AggregateError::DeserializationError(Box::new(e)))?;
+        // Read in the current shape (an older version is upcast; a newer one is refused).
+        let payload =
+            crate::events::upcast::upcast_owned(&stored.event_type, &stored.event_version, stored.payload)
+                .map_err(|e| AggregateError::DeserializationError(Box::new(e)))?;
+        let event: A::Event =
+            serde_json::from_value(payload).map_err(|e| AggregateError::DeserializationError(Box::new(e)))?;
         aggregate.apply(event);
         head.sequence = stored.sequence;
     }

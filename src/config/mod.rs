@@ -88,6 +88,12 @@ pub struct Config {
     /// Root secret for sealing private keys and deriving refresh successors.
     pub key_encryption_secret: Option<Secret>,
     pub key_rotation_interval: Duration,
+    /// Age at which the audit key (it signs the log's seals) is replaced
+    /// (`AUDIT_KEY_ROTATION_DAYS`).
+    pub audit_key_rotation_interval: Duration,
+    /// How often the log is sealed (`AUDIT_SEAL_INTERVAL_SECS`); zero: never, not even
+    /// at start-up.
+    pub audit_seal_interval: Duration,
     pub refresh_grace: Duration,
     pub jwt_leeway: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -200,6 +206,15 @@ impl Config {
             key_rotation_interval: Duration::from_secs(
                 86_400 * env.parse_range::<u64>("KEY_ROTATION_INTERVAL_DAYS", "30", 1, 3650)?,
             ),
+            audit_key_rotation_interval: Duration::from_secs(
+                86_400 * env.parse_range::<u64>("AUDIT_KEY_ROTATION_DAYS", "30", 1, 3650)?,
+            ),
+            audit_seal_interval: Duration::from_secs(env.parse_range(
+                "AUDIT_SEAL_INTERVAL_SECS",
+                "60",
+                0,
+                86_400,
+            )?),
             refresh_grace: Duration::from_secs(env.parse_range("REFRESH_GRACE_SECS", "10", 0, 300)?),
             jwt_leeway: Duration::from_secs(env.parse_range("JWT_LEEWAY_SECS", "5", 0, 30)?),
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES").unwrap_or(""))?,
@@ -451,6 +466,18 @@ mod tests {
         assert_eq!(config.http_header_read_timeout, Duration::from_secs(10));
         assert_eq!(config.http_idle_timeout, Duration::from_secs(60));
         assert_eq!(config.http_max_connections, 10_000);
+        assert_eq!(config.audit_seal_interval, Duration::from_secs(60));
+        assert_eq!(config.audit_key_rotation_interval, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn a_seal_interval_of_zero_turns_sealing_off_and_a_negative_one_is_refused() {
+        let off = Config::from_vars(&vars(&[("AUDIT_SEAL_INTERVAL_SECS", "0")])).unwrap();
+        assert_eq!(off.audit_seal_interval, Duration::ZERO);
+        let err = Config::from_vars(&vars(&[("AUDIT_SEAL_INTERVAL_SECS", "-1")])).unwrap_err();
+        assert_eq!(err.variable, "AUDIT_SEAL_INTERVAL_SECS");
+        let err = Config::from_vars(&vars(&[("AUDIT_KEY_ROTATION_DAYS", "0")])).unwrap_err();
+        assert_eq!(err.variable, "AUDIT_KEY_ROTATION_DAYS");
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub const SEALS_TYPE: &str = "audit_log";
 pub const SEALS_ID: &str = "seals";
 
 /// Events of the seal stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AuditEvent {
     /// Every event up to and including `through` (in global order) is covered:
     /// `count` of them, whose hashes fold to `root`. Signed with the audit key `kid`
@@ -42,7 +42,7 @@ impl DomainEvent for AuditEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

@@ -14,7 +14,19 @@ use crate::domain::{ClientInfo, TokenHash};
 /// What a user may do. Which admin routes each role reaches is the table of
 /// `security::access` (and docs/API.md). New roles are added, never renamed, so every
 /// stored event keeps decoding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]
@@ -51,14 +63,14 @@ impl std::str::FromStr for Role {
 }
 
 /// A user's personal data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserPersonal {
     pub email: String,
     pub name: Option<String>,
 }
 
 /// Events of a user account.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum UserEvent {
     UserRegistered {
         user_id: String,
@@ -129,13 +141,13 @@ impl DomainEvent for UserEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
 /// Events of the claim on one normalised e-mail address (the aggregate id is a hash
 /// of the address).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum EmailClaimEvent {
     EmailClaimed { user_id: String, claimed_at: DateTime<Utc> },
 }
@@ -145,12 +157,12 @@ impl DomainEvent for EmailClaimEvent {
         "EmailClaimed".to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
 /// Where a session came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionOrigin {
     Registration,
@@ -158,7 +170,7 @@ pub enum SessionOrigin {
 }
 
 /// The personal data of a session.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionPersonal {
     pub device_id: Option<String>,
     pub device_name: Option<String>,
@@ -174,7 +186,7 @@ impl SessionPersonal {
 }
 
 /// Why a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     /// `POST /auth/logout`.
@@ -200,7 +212,7 @@ impl RevokeReason {
 }
 
 /// Events of one session: one login and every refresh token descended from it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SessionEvent {
     SessionStarted {
         session_id: String,
@@ -246,12 +258,12 @@ impl DomainEvent for SessionEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
 /// Why a login failed (never told to the client, which always hears the same answer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoginFailure {
     UnknownEmail,
@@ -265,7 +277,7 @@ pub enum LoginFailure {
 }
 
 /// Why an attempt was refused without a password check (`LoginThrottled`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ThrottleReason {
     /// Another attempt of the same client class was still being checked.
@@ -284,7 +296,7 @@ pub enum ThrottleReason {
 /// client classes existed: they keep their shape and are read as the *unfamiliar* class.
 /// New attempts write the `LoginCheck*`, `LoginThrottled` and `LoginLocked` variants,
 /// which say the class (`familiar`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum LoginAttemptEvent {
     /// An attempt may check the password (the only one in flight for the address).
     /// Written before client classes; read as the unfamiliar class.
@@ -382,12 +394,12 @@ impl DomainEvent for LoginAttemptEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
 /// Events of the signing keyring: public parts only.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum KeyringEvent {
     /// A key was generated and published; it signs from `activates_at` on.
     SigningKeyCreated {
@@ -415,12 +427,12 @@ impl DomainEvent for KeyringEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
 /// Security notices that belong to no other aggregate (each notice is its own stream).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SecurityNoticeEvent {
     /// A client passed a rate limit (recorded once per window, not once per request).
     RateLimitExceeded { rule: String, user_id: Option<String>, personal: SessionPersonal, at: DateTime<Utc> },
@@ -431,7 +443,7 @@ impl DomainEvent for SecurityNoticeEvent {
         "RateLimitExceeded".to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

@@ -126,7 +126,8 @@ impl EventStore {
                     .map(|row| {
                         let json = |name: &str| -> Result<Value, StoreError> {
                             let text: String = row.try_get(name)?;
-                            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+                            serde_json::from_str(&text)
+                                .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
                         };
                         let at: String = row.try_get("recorded_at")?;
                         Ok(NewEvent {

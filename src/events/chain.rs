@@ -204,20 +204,21 @@ pub fn export_payload(event_type: &str, payload: &Value) -> Value {
     }
 }
 
-/// The canonical form of an event.
+/// The canonical form of an event, written straight from the stored values (nothing is
+/// cloned): JCS of the fixed members, with each classified field replaced on the way.
 pub fn canonical(
     event: &EventParts<'_>,
     commitments: Option<&Commitments>,
     secrets: Secrets,
 ) -> Result<String, ChainError> {
-    let mut whole = record(event.payload, event.metadata);
+    let mut replacements: Vec<(String, String)> = Vec::new();
     for (pointer, field) in record_fields(event.payload, event.event_type) {
-        let value = present(&whole, &pointer);
+        let value = lookup(event.payload, event.metadata, &pointer);
         let replacement = match field.class {
             FieldClass::Secret => match (value, secrets) {
                 (None, _) => continue,
-                (Some(v), Secrets::Stored) => secret_commitment(&v),
-                (Some(Value::String(s)), Secrets::Committed) if is_commitment(&s, SECRET_PREFIX) => s,
+                (Some(v), Secrets::Stored) => secret_commitment(v),
+                (Some(Value::String(s)), Secrets::Committed) if is_commitment(s, SECRET_PREFIX) => s.clone(),
                 (Some(_), Secrets::Committed) => return Err(ChainError::SecretNotCommitted(pointer)),
             },
             FieldClass::Personal => match commitments.and_then(|c| c.fields.get(&pointer)) {
@@ -226,32 +227,123 @@ pub fn canonical(
                 None => return Err(ChainError::Uncommitted(pointer)),
             },
         };
-        set_pointer(&mut whole, &pointer, Value::String(replacement));
+        replacements.push((pointer, replacement));
     }
-    let (payload, metadata) = match whole {
-        Value::Object(mut map) => (map.remove("payload"), map.remove("metadata")),
-        _ => (None, None),
-    };
-    let form = serde_json::json!({
-        "aggregateId": event.aggregate_id,
-        "aggregateType": event.aggregate_type,
-        "eventType": event.event_type,
-        "eventVersion": event.event_version,
-        "metadata": metadata.unwrap_or(Value::Null),
-        "payload": payload.unwrap_or(Value::Null),
-        "personalKey": commitments.map(|c| c.key.clone()),
-        "recordedAt": canonical_time(event.recorded_at),
-        "sequence": event.sequence,
-    });
-    let mut out = String::with_capacity(512);
-    write_jcs(&form, &mut out);
+    let mut out = String::with_capacity(768);
+    let mut path = String::with_capacity(64);
+    out.push_str("{\"aggregateId\":");
+    write_string(event.aggregate_id, &mut out);
+    out.push_str(",\"aggregateType\":");
+    write_string(event.aggregate_type, &mut out);
+    out.push_str(",\"eventType\":");
+    write_string(event.event_type, &mut out);
+    out.push_str(",\"eventVersion\":");
+    write_string(event.event_version, &mut out);
+    out.push_str(",\"metadata\":");
+    path.push_str("/metadata");
+    write_replacing(event.metadata, &mut path, &replacements, &mut out);
+    out.push_str(",\"payload\":");
+    path.clear();
+    path.push_str("/payload");
+    write_replacing(event.payload, &mut path, &replacements, &mut out);
+    out.push_str(",\"personalKey\":");
+    match commitments {
+        Some(c) => write_string(&c.key, &mut out),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"recordedAt\":");
+    write_string(&canonical_time(event.recorded_at), &mut out);
+    let _ = write!(out, ",\"sequence\":{}}}", event.sequence);
     Ok(out)
+}
+
+/// The value a pointer from the record root names, if present and not `null`.
+fn lookup<'a>(payload: &'a Value, metadata: &'a Value, pointer: &str) -> Option<&'a Value> {
+    let found = if let Some(rest) = pointer.strip_prefix("/payload") {
+        payload.pointer(rest)
+    } else {
+        pointer.strip_prefix("/metadata").and_then(|rest| metadata.pointer(rest))
+    };
+    found.filter(|v| !v.is_null())
+}
+
+/// A member of an object being written: a stored value, or a replacement.
+enum Member<'a> {
+    Stored(&'a Value),
+    Replaced(&'a str),
+}
+
+/// Writes `value` (found at `path`) in JCS, replacing the members `replacements` name, and
+/// adding a replaced member whose stored value is absent (an erased value keeps its
+/// commitment).
+fn write_replacing(value: &Value, path: &mut String, replacements: &[(String, String)], out: &mut String) {
+    if !replacements.iter().any(|(p, _)| p.starts_with(path.as_str())) {
+        write_jcs(value, out);
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let mut members: Vec<(std::borrow::Cow<'_, str>, Member<'_>)> = map
+                .iter()
+                .map(|(k, v)| (std::borrow::Cow::Borrowed(k.as_str()), Member::Stored(v)))
+                .collect();
+            for (pointer, replacement) in replacements {
+                if let Some((parent, last)) = pointer.rsplit_once('/')
+                    && parent == path.as_str()
+                {
+                    let key = last.replace("~1", "/").replace("~0", "~");
+                    if !map.contains_key(&key) {
+                        members.push((std::borrow::Cow::Owned(key), Member::Replaced(replacement)));
+                    }
+                }
+            }
+            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            out.push('{');
+            for (i, (key, member)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(key, out);
+                out.push(':');
+                let depth = path.len();
+                path.push('/');
+                path.push_str(&escape_pointer(key));
+                match member {
+                    Member::Replaced(replacement) => write_string(replacement, out),
+                    Member::Stored(stored) => match replacements.iter().find(|(p, _)| p == path.as_str()) {
+                        Some((_, replacement)) => write_string(replacement, out),
+                        None => write_replacing(stored, path, replacements, out),
+                    },
+                }
+                path.truncate(depth);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let depth = path.len();
+                let _ = write!(path, "/{i}");
+                match replacements.iter().find(|(p, _)| p == path.as_str()) {
+                    Some((_, replacement)) => write_string(replacement, out),
+                    None => write_replacing(item, path, replacements, out),
+                }
+                path.truncate(depth);
+            }
+            out.push(']');
+        }
+        other => write_jcs(other, out),
+    }
 }
 
 fn is_commitment(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix).is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+#[cfg(test)]
 /// Sets the value at a pointer, creating the last member if it is absent (an erased value
 /// keeps its commitment in the canonical form).
 fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
@@ -368,6 +460,51 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The first implementation (clones the record, then replaces): the oracle the
+    /// streaming one must match.
+    fn canonical_by_cloning(
+        event: &EventParts<'_>,
+        commitments: Option<&Commitments>,
+        secrets: Secrets,
+    ) -> Result<String, ChainError> {
+        let mut whole = record(event.payload, event.metadata);
+        for (pointer, field) in record_fields(event.payload, event.event_type) {
+            let value = present(&whole, &pointer);
+            let replacement = match field.class {
+                FieldClass::Secret => match (value, secrets) {
+                    (None, _) => continue,
+                    (Some(v), Secrets::Stored) => secret_commitment(&v),
+                    (Some(Value::String(s)), Secrets::Committed) if is_commitment(&s, SECRET_PREFIX) => s,
+                    (Some(_), Secrets::Committed) => return Err(ChainError::SecretNotCommitted(pointer)),
+                },
+                FieldClass::Personal => match commitments.and_then(|c| c.fields.get(&pointer)) {
+                    Some(commitment) => commitment.clone(),
+                    None if value.is_none() => continue,
+                    None => return Err(ChainError::Uncommitted(pointer)),
+                },
+            };
+            set_pointer(&mut whole, &pointer, Value::String(replacement));
+        }
+        let (payload, metadata) = match whole {
+            Value::Object(mut map) => (map.remove("payload"), map.remove("metadata")),
+            _ => (None, None),
+        };
+        let form = serde_json::json!({
+            "aggregateId": event.aggregate_id,
+            "aggregateType": event.aggregate_type,
+            "eventType": event.event_type,
+            "eventVersion": event.event_version,
+            "metadata": metadata.unwrap_or(Value::Null),
+            "payload": payload.unwrap_or(Value::Null),
+            "personalKey": commitments.map(|c| c.key.clone()),
+            "recordedAt": canonical_time(event.recorded_at),
+            "sequence": event.sequence,
+        });
+        let mut out = String::with_capacity(512);
+        write_jcs(&form, &mut out);
+        Ok(out)
+    }
+
     fn parts<'a>(payload: &'a Value, metadata: &'a Value) -> EventParts<'a> {
         EventParts {
             aggregate_type: "user",
@@ -427,6 +564,41 @@ mod tests {
             canonical(&parts(&payload, &metadata), None, Secrets::Stored),
             Err(ChainError::Uncommitted(_))
         ));
+    }
+
+    #[test]
+    fn the_streaming_canonical_form_equals_the_cloning_one() {
+        let payload = json!({"SessionRefreshed": {"user_id": "u1", "previous_hash": "p", "refresh_hash": "r",
+            "refresh_expires_at": "2026-12-06T10:00:00Z", "refreshed_at": "2026-11-29T10:00:00Z",
+            "personal": {"device_id": "d", "device_name": null, "ip_address": "203.0.113.9", "user_agent": "ua/1 \"x\""}}});
+        let metadata = json!({"actor": "u1", "client_ip": "203.0.113.9", "request_id": "r-1", "recorded_at": "2026-11-29T10:00:00Z"});
+        let key = [9u8; 32];
+        let commitments = commit_personal("user:u1", &key, "SessionRefreshed", &payload, &metadata).unwrap();
+        let mut erased = payload.clone();
+        erased["SessionRefreshed"]["personal"].as_object_mut().unwrap().remove("device_id");
+        erased["SessionRefreshed"]["personal"]["ip_address"] = Value::Null;
+        let mut parts = parts(&payload, &metadata);
+        parts.event_type = "SessionRefreshed";
+        for (payload, commitments) in [(&payload, Some(&commitments)), (&erased, Some(&commitments))] {
+            let parts = EventParts { payload, ..parts };
+            assert_eq!(
+                canonical(&parts, commitments, Secrets::Stored).unwrap(),
+                canonical_by_cloning(&parts, commitments, Secrets::Stored).unwrap()
+            );
+            let exported = export_payload("SessionRefreshed", payload);
+            let parts = EventParts { payload: &exported, ..parts };
+            assert_eq!(
+                canonical(&parts, commitments, Secrets::Committed).unwrap(),
+                canonical_by_cloning(&parts, commitments, Secrets::Committed).unwrap()
+            );
+        }
+        let plain = json!({"CreditsGranted": {"amount": 5, "description": "x"}});
+        let parts =
+            EventParts { payload: &plain, event_type: "CreditsGranted", metadata: &Value::Null, ..parts };
+        assert_eq!(
+            canonical(&parts, None, Secrets::Stored).unwrap(),
+            canonical_by_cloning(&parts, None, Secrets::Stored).unwrap()
+        );
     }
 
     #[test]

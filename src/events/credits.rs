@@ -10,7 +10,9 @@ use serde_json::Value;
 use crate::domain::Credits;
 
 /// The two pools of credits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Pool {
     /// Signup bonus, daily grants, promotional grants: spent first.
@@ -20,7 +22,7 @@ pub enum Pool {
 }
 
 /// Why credits were granted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum GrantSource {
     SignupBonus,
@@ -36,7 +38,7 @@ pub enum GrantSource {
 }
 
 /// Balances after an event.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Balances {
     pub free: Credits,
     pub paid: Credits,
@@ -60,14 +62,14 @@ impl Balances {
 /// An idempotency key as recorded with the operation it made: the key, and the
 /// fingerprint of the request (so that a different request under the same key is told
 /// apart from a retry).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KeyUse {
     pub key: String,
     pub fingerprint: String,
 }
 
 /// Events of a credit account.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CreditEvent {
     /// The account exists from registration on; `granted_day` is the day of the
     /// registration in the daily-grant time zone (counts as that day's grant).
@@ -142,14 +144,14 @@ impl DomainEvent for CreditEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
 /// Events of an operator's idempotency key: one stream per operator and key
 /// (`commands::operator_key`), so that an admin key is scoped to the operator who sent
 /// it, whichever account the request targets.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OperatorKeyEvent {
     /// The operator used the key for a request: the request's fingerprint (which covers
     /// the operation, the target and the body) and the account it went to.
@@ -170,7 +172,7 @@ impl DomainEvent for OperatorKeyEvent {
         .to_owned()
     }
     fn event_version(&self) -> String {
-        "1".to_owned()
+        super::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

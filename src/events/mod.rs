@@ -15,10 +15,12 @@ pub mod mix;
 pub mod personal;
 mod postgres;
 mod repository;
+pub mod schemas;
 pub mod signal;
 mod sqlite;
 mod stamp;
 mod store;
+pub mod upcast;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,11 @@ pub struct LogCursor {
 impl LogCursor {
     /// The start of the log: every event comes after it.
     pub const START: Self = Self { txid: 0, position: 0 };
+
+    /// Before every row, even one with a position or transaction id no writer assigns
+    /// (zero or negative, written by hand): auditors' readers (export, verify) start here
+    /// so that whatever is stored is seen.
+    pub const ORIGIN: Self = Self { txid: i64::MIN, position: i64::MIN };
 }
 
 impl std::fmt::Display for LogCursor {
@@ -51,15 +58,16 @@ impl std::fmt::Display for LogCursor {
     }
 }
 
-/// Parses the text [`LogCursor`]'s `Display` writes (`<txid>:<position>`, both
-/// non-negative), as exports and `?after=` carry it.
+/// Parses the text [`LogCursor`]'s `Display` writes (`<txid>:<position>`), as exports
+/// and `?after=` carry it.
 impl std::str::FromStr for LogCursor {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = || "a cursor is the `cursor` field of an exported event".to_owned();
         let (txid, position) = text.split_once(':').ok_or_else(bad)?;
         let number = |t: &str| {
-            if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
+            let digits = t.strip_prefix('-').unwrap_or(t);
+            if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
             }
             t.parse::<i64>().map_err(|_| bad())
@@ -72,7 +80,7 @@ impl std::str::FromStr for LogCursor {
 pub const SYSTEM_ACTOR: &str = "system";
 
 /// The metadata every event carries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct EventMetadata {
     /// When the command that produced the event ran (from the clock service).
@@ -159,9 +167,13 @@ impl RecordedEvent {
         self.cursor.position
     }
 
-    /// Decodes the payload into an event type.
+    /// Decodes the payload into an event type, in its current shape: an event stored at
+    /// an older `event_version` goes through its upcasters ([`upcast`]), one newer than
+    /// the code knows is an error. The stored payload is left as written.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&self.payload)
+        let payload = upcast::upcast(&self.event_type, &self.event_version, &self.payload)
+            .map_err(<serde_json::Error as serde::de::Error>::custom)?;
+        T::deserialize(payload.as_ref())
     }
 
     /// The metadata, decoded (events written by other tools may lack some fields).

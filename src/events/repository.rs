@@ -61,7 +61,7 @@ impl PersistedEventRepository for EventStore {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        Ok(self.load::<A>(aggregate_id, 0).await?)
+        upcast_all(self.load::<A>(aggregate_id, 0).await?)
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -69,7 +69,7 @@ impl PersistedEventRepository for EventStore {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        Ok(self.load::<A>(aggregate_id, last_sequence).await?)
+        upcast_all(self.load::<A>(aggregate_id, last_sequence).await?)
     }
 
     async fn get_snapshot<A: Aggregate>(
@@ -99,7 +99,7 @@ impl PersistedEventRepository for EventStore {
         &self,
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
-        let events = self.load::<A>(aggregate_id, 0).await?;
+        let events = upcast_all(self.load::<A>(aggregate_id, 0).await?)?;
         Ok(replay(events).await)
     }
 
@@ -122,8 +122,26 @@ impl PersistedEventRepository for EventStore {
                 )
             }));
         }
-        Ok(replay(all).await)
+        Ok(replay(upcast_all(all)?).await)
     }
+}
+
+/// Stored events in the current shape of their type ([`super::upcast`]): an older
+/// version is upcast (and then says the current version), a newer one is refused.
+fn upcast_all(events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    events
+        .into_iter()
+        .map(|mut event| {
+            let current = super::upcast::current_version(&event.event_type).to_string();
+            if event.event_version != current {
+                event.payload =
+                    super::upcast::upcast_owned(&event.event_type, &event.event_version, event.payload)
+                        .map_err(|e| PersistenceError::DeserializationError(Box::new(e)))?;
+                event.event_version = current;
+            }
+            Ok(event)
+        })
+        .collect()
 }
 
 async fn replay(events: Vec<SerializedEvent>) -> ReplayStream {

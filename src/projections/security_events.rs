@@ -9,6 +9,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::Projection;
+use crate::commands::keyring::KEYRING_ID;
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::events::auth::{
@@ -229,7 +230,9 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
             let SecurityNoticeEvent::RateLimitExceeded { rule, user_id, personal, .. } = event.decode()?;
             row(kinds::RATE_LIMITED, user_id, None, Some(&personal), json!({"rule": rule}))
         }
-        "keyring" => match event.decode::<KeyringEvent>()? {
+        // The audit keyring (`audit-keys`) shares the aggregate: its rotations are not
+        // signing-key rotations.
+        "keyring" if event.aggregate_id == KEYRING_ID => match event.decode::<KeyringEvent>()? {
             KeyringEvent::SigningKeyActivated { kid, previous_kid: Some(previous), .. } => row(
                 kinds::SIGNING_KEY_ROTATED,
                 None,

@@ -1,5 +1,6 @@
 //! The signing keys in use: generation, sealed storage of private keys, rotation, and
-//! the in-memory key set that signs and verifies tokens and renders the JWKS.
+//! the in-memory key set that signs and verifies tokens and renders the JWKS. The life
+//! of a keyring's keys ([`KeyLife`]) is shared with the audit keys (`audit_keys`).
 //!
 //! The keyring aggregate (`commands::keyring`) decides the keys' lives; this service
 //! generates key material outside it, seals private keys into `signing_key_secrets`
@@ -53,58 +54,52 @@ pub struct KeySet {
     pub jwks: Value,
 }
 
-/// The signing-key service of one process.
-pub struct KeyService {
+/// The life of one keyring's keys, shared by the signing keys and the audit keys:
+/// generation, sealed storage of private parts, and the keyring commands of rotation.
+pub(super) struct KeyLife {
     keyring: CommandBus<Keyring>,
+    ring_id: &'static str,
     db: Db,
     sealer: Sealer,
     clock: SharedClock,
-    settings: KeySettings,
-    current: RwLock<Arc<KeySet>>,
-    decrypted: Mutex<HashMap<String, EncodingKey>>,
-    last_refresh: Mutex<Option<Instant>>,
+    rotation_interval: Duration,
+    publish_ahead: Duration,
+    /// How long a retired key stays published; `None`: for ever.
+    retired_for: Option<Duration>,
 }
 
-impl KeyService {
-    /// Loads the keyring, creating and activating the first key on a new deployment.
-    pub async fn start(
+impl KeyLife {
+    pub(super) fn new(
         keyring: CommandBus<Keyring>,
+        ring_id: &'static str,
         sealer: Sealer,
         clock: SharedClock,
-        settings: KeySettings,
-    ) -> anyhow::Result<Arc<Self>> {
+        (rotation_interval, publish_ahead): (Duration, Duration),
+        retired_for: Option<Duration>,
+    ) -> Self {
         let db = keyring.store().db().clone();
-        let empty = KeySet { signing: None, verifying: HashMap::new(), jwks: json!({"keys": []}) };
-        let service = Arc::new(Self {
-            keyring,
-            db,
-            sealer,
-            clock,
-            settings,
-            current: RwLock::new(Arc::new(empty)),
-            decrypted: Mutex::new(HashMap::new()),
-            last_refresh: Mutex::new(None),
-        });
-        let (ring, _) = service.keyring.load(KEYRING_ID).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        if ring.keys.is_empty() {
-            service.introduce(|key, at| KeyringCommand::Bootstrap { key, at }).await?;
+        Self { keyring, ring_id, db, sealer, clock, rotation_interval, publish_ahead, retired_for }
+    }
+
+    /// The keyring as stored.
+    pub(super) async fn load(&self) -> anyhow::Result<Keyring> {
+        let (ring, _) = self.keyring.load(self.ring_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(ring)
+    }
+
+    /// Creates and activates the first key of an empty keyring.
+    pub(super) async fn bootstrap(&self) -> anyhow::Result<()> {
+        if self.load().await?.keys.is_empty() {
+            self.introduce(|key, at| KeyringCommand::Bootstrap { key, at }).await?;
         }
-        service.rotate().await?;
-        anyhow::ensure!(service.keys().signing.is_some(), "no active signing key after start-up");
-        Ok(service)
+        Ok(())
     }
 
-    /// The current key set.
-    pub fn keys(&self) -> Arc<KeySet> {
-        Arc::clone(&self.current.read())
-    }
-
-    /// One run of the rotation job: publish the next key when due, activate it when its
-    /// time comes, unpublish retired keys, then reload the key set. Safe to run in every
-    /// process at once.
-    pub async fn rotate(&self) -> anyhow::Result<()> {
-        let (interval, ahead) = (self.settings.rotation_interval, self.settings.publish_ahead);
-        let (ring, _) = self.keyring.load(KEYRING_ID).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    /// Publishes the next key when due, activates it when its time comes, and unpublishes
+    /// retired keys past their time. Safe to run in every process at once.
+    pub(super) async fn rotate(&self) -> anyhow::Result<()> {
+        let (interval, ahead) = (self.rotation_interval, self.publish_ahead);
+        let ring = self.load().await?;
         let now = self.clock.now();
         if ring.rotation_due(now, interval) {
             self.introduce(|key, at| KeyringCommand::PrepareRotation {
@@ -117,26 +112,10 @@ impl KeyService {
         }
         if ring.advance_due(now) || ring.rotation_due(now, interval) {
             let ctx = CommandContext::system(self.clock.now());
-            let advance =
-                KeyringCommand::Advance { token_lifetime: self.settings.retired_lifetime, at: ctx.now };
-            self.keyring.execute(KEYRING_ID, advance, &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let advance = KeyringCommand::Advance { retired_for: self.retired_for, at: ctx.now };
+            self.keyring.execute(self.ring_id, advance, &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        self.refresh().await
-    }
-
-    /// Reloads the key set when a token names an unknown kid, at most once a second.
-    pub async fn refresh_for_unknown_kid(&self) {
-        let due = {
-            let mut last = self.last_refresh.lock();
-            let due = last.is_none_or(|t| t.elapsed() >= StdDuration::from_secs(1));
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        if due && let Err(error) = self.refresh().await {
-            tracing::warn!(error = format!("{error:#}"), "could not reload the signing keys");
-        }
+        Ok(())
     }
 
     /// Generates a key, seals its private part, and offers it to the keyring. If the
@@ -155,7 +134,7 @@ impl KeyService {
         self.store_secret(&kid, &self.sealer.seal(der.as_bytes(), &kid)?, &ctx).await?;
         let outcome = self
             .keyring
-            .execute(KEYRING_ID, command(NewKey { kid: kid.clone(), public_key }, ctx.now), &ctx)
+            .execute(self.ring_id, command(NewKey { kid: kid.clone(), public_key }, ctx.now), &ctx)
             .await;
         if !matches!(&outcome, Ok(committed) if !committed.events.is_empty()) {
             self.delete_secret(&kid).await?;
@@ -163,34 +142,11 @@ impl KeyService {
         outcome.map(drop).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Rebuilds the key set from the keyring and the sealed private keys.
-    pub async fn refresh(&self) -> anyhow::Result<()> {
-        let (ring, _) = self.keyring.load(KEYRING_ID).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let signing = match ring.active() {
-            Some(key) => Some((key.kid.clone(), self.encoding_key(&key.kid).await?)),
-            None => None,
-        };
-        let mut verifying = HashMap::new();
-        for key in ring.accepted() {
-            let decoding = DecodingKey::from_ed_components(&key.public_key).context("a stored public key")?;
-            verifying.insert(key.kid.clone(), decoding);
-        }
-        let jwks = json!({ "keys": ring.published().map(jwk).collect::<Vec<_>>() });
-        *self.current.write() = Arc::new(KeySet { signing, verifying, jwks });
-        *self.last_refresh.lock() = Some(Instant::now());
-        Ok(())
-    }
-
-    async fn encoding_key(&self, kid: &str) -> anyhow::Result<EncodingKey> {
-        if let Some(key) = self.decrypted.lock().get(kid) {
-            return Ok(key.clone());
-        }
+    /// A key's private part (PKCS#8 v1 DER), unsealed.
+    pub(super) async fn private_key(&self, kid: &str) -> anyhow::Result<Vec<u8>> {
         let sealed =
             self.load_secret(kid).await?.with_context(|| format!("no private key stored for {kid}"))?;
-        let der = self.sealer.open(&sealed, kid)?;
-        let key = EncodingKey::from_ed_der(&der);
-        self.decrypted.lock().insert(kid.to_owned(), key.clone());
-        Ok(key)
+        self.sealer.open(&sealed, kid)
     }
 
     async fn store_secret(&self, kid: &str, sealed: &[u8], ctx: &CommandContext) -> anyhow::Result<()> {
@@ -229,13 +185,101 @@ impl KeyService {
     }
 }
 
+/// The signing-key service of one process.
+pub struct KeyService {
+    life: KeyLife,
+    current: RwLock<Arc<KeySet>>,
+    decrypted: Mutex<HashMap<String, EncodingKey>>,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+impl KeyService {
+    /// Loads the keyring, creating and activating the first key on a new deployment.
+    pub async fn start(
+        keyring: CommandBus<Keyring>,
+        sealer: Sealer,
+        clock: SharedClock,
+        settings: KeySettings,
+    ) -> anyhow::Result<Arc<Self>> {
+        let empty = KeySet { signing: None, verifying: HashMap::new(), jwks: json!({"keys": []}) };
+        let timing = (settings.rotation_interval, settings.publish_ahead);
+        let retired_for = Some(settings.retired_lifetime);
+        let service = Arc::new(Self {
+            life: KeyLife::new(keyring, KEYRING_ID, sealer, clock, timing, retired_for),
+            current: RwLock::new(Arc::new(empty)),
+            decrypted: Mutex::new(HashMap::new()),
+            last_refresh: Mutex::new(None),
+        });
+        service.life.bootstrap().await?;
+        service.rotate().await?;
+        anyhow::ensure!(service.keys().signing.is_some(), "no active signing key after start-up");
+        Ok(service)
+    }
+
+    /// The current key set.
+    pub fn keys(&self) -> Arc<KeySet> {
+        Arc::clone(&self.current.read())
+    }
+
+    /// One run of the rotation job: publish the next key when due, activate it when its
+    /// time comes, unpublish retired keys, then reload the key set. Safe to run in every
+    /// process at once.
+    pub async fn rotate(&self) -> anyhow::Result<()> {
+        self.life.rotate().await?;
+        self.refresh().await
+    }
+
+    /// Reloads the key set when a token names an unknown kid, at most once a second.
+    pub async fn refresh_for_unknown_kid(&self) {
+        let due = {
+            let mut last = self.last_refresh.lock();
+            let due = last.is_none_or(|t| t.elapsed() >= StdDuration::from_secs(1));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due && let Err(error) = self.refresh().await {
+            tracing::warn!(error = format!("{error:#}"), "could not reload the signing keys");
+        }
+    }
+
+    /// Rebuilds the key set from the keyring and the sealed private keys.
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let ring = self.life.load().await?;
+        let signing = match ring.active() {
+            Some(key) => Some((key.kid.clone(), self.encoding_key(&key.kid).await?)),
+            None => None,
+        };
+        let mut verifying = HashMap::new();
+        for key in ring.accepted() {
+            let decoding = DecodingKey::from_ed_components(&key.public_key).context("a stored public key")?;
+            verifying.insert(key.kid.clone(), decoding);
+        }
+        let jwks = json!({ "keys": ring.published().map(jwk).collect::<Vec<_>>() });
+        *self.current.write() = Arc::new(KeySet { signing, verifying, jwks });
+        *self.last_refresh.lock() = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn encoding_key(&self, kid: &str) -> anyhow::Result<EncodingKey> {
+        if let Some(key) = self.decrypted.lock().get(kid) {
+            return Ok(key.clone());
+        }
+        let key = EncodingKey::from_ed_der(&self.life.private_key(kid).await?);
+        self.decrypted.lock().insert(kid.to_owned(), key.clone());
+        Ok(key)
+    }
+}
+
 /// The RFC 7638 thumbprint of an Ed25519 JWK: a stable key id.
 pub fn thumbprint(x: &str) -> String {
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
-fn jwk(key: &KeyEntry) -> Value {
+/// A key's JWK (Ed25519, for signatures).
+pub(super) fn jwk(key: &KeyEntry) -> Value {
     json!({"kty": "OKP", "crv": "Ed25519", "x": key.public_key, "kid": key.kid, "alg": "EdDSA", "use": "sig"})
 }
 

@@ -1,7 +1,9 @@
-//! Security building blocks: the role table of admin routes, the password hashing pool, the server secret and sealed
-//! storage, signing keys, access tokens, refresh tokens and the revocation index.
+//! Security building blocks: the role table of admin routes, the password hashing pool,
+//! the server secret and sealed storage, signing keys, access tokens, refresh tokens, the
+//! revocation index and the audit keys that sign the log's seals.
 
 pub mod access;
+pub mod audit_keys;
 pub mod keys;
 pub mod passwords;
 pub mod rate_limit;

@@ -25,7 +25,7 @@ fn rotate(kid: &str, at: DateTime<Utc>) -> KeyringCommand {
 }
 
 fn advance(at: DateTime<Utc>) -> KeyringCommand {
-    KeyringCommand::Advance { token_lifetime: LIFETIME, at }
+    KeyringCommand::Advance { retired_for: Some(LIFETIME), at }
 }
 
 fn created(kid: &str, at: DateTime<Utc>, activates_at: DateTime<Utc>) -> KeyringEvent {
@@ -247,7 +247,7 @@ fn one_advance_activates_the_next_key_and_removes_an_older_retired_key() {
 #[test]
 fn a_key_retired_by_an_advance_is_removed_by_a_later_advance_even_with_no_token_lifetime() {
     let at = b_activates_at();
-    let no_lifetime = |at| KeyringCommand::Advance { token_lifetime: Duration::zero(), at };
+    let no_lifetime = |at| KeyringCommand::Advance { retired_for: Some(Duration::zero()), at };
     let retired_now =
         KeyringEvent::SigningKeyRetired { kid: "a".into(), retired_at: at, unpublish_after: at };
     TestFramework::<Keyring>::with(())
@@ -322,4 +322,32 @@ fn the_due_checks_of_the_rotation_job_agree_with_what_the_commands_decide() {
             assert_eq!(ring.advance_due(at), !advanced.is_empty(), "advance at {at} after {history:?}");
         }
     }
+}
+
+#[test]
+fn a_key_retired_without_a_retention_stays_published_however_late_the_keyring_advances() {
+    let forever = |at| KeyringCommand::Advance { retired_for: None, at };
+    let mut given = rotation_prepared();
+    given.extend([
+        activated("b", Some("a"), b_activates_at()),
+        KeyringEvent::SigningKeyRetired {
+            kid: "a".into(),
+            retired_at: b_activates_at(),
+            unpublish_after: never(),
+        },
+    ]);
+    TestFramework::<Keyring>::with(())
+        .given(rotation_prepared())
+        .when(forever(b_activates_at()))
+        .then_expect_events(vec![
+            activated("b", Some("a"), b_activates_at()),
+            KeyringEvent::SigningKeyRetired {
+                kid: "a".into(),
+                retired_at: b_activates_at(),
+                unpublish_after: never(),
+            },
+        ]);
+    let later = b_activates_at() + Duration::days(365 * 100);
+    TestFramework::<Keyring>::with(()).given(given.clone()).when(forever(later)).then_expect_events(vec![]);
+    assert_eq!(kids(state_after(given).published()), ["a", "b"]);
 }
