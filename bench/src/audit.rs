@@ -65,9 +65,7 @@ pub(super) async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     println!();
     println!("audit: summary ({})", machine());
     if !rows.is_empty() {
-        println!(
-            "| events | fill (chained, bulk) | verify live | export | verify --file | export size |"
-        );
+        println!("| events | fill (chained, bulk) | verify live | export | verify --file | export size |");
         println!("|---|---|---|---|---|---|");
         for row in &rows {
             let export = match (&row.export, row.standin_export_seconds) {
@@ -229,7 +227,12 @@ fn measure(exe: &Path, args: &[&str], url: &str, dir: &Path) -> anyhow::Result<M
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next())?.parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())?
+        .parse()
+        .ok()
 }
 
 /// A timing counts only if verify checked every event and found the log clean.
@@ -273,7 +276,9 @@ async fn write_export(scratch: &Scratch, file: &PathBuf) -> anyhow::Result<f64> 
 /// same file: reading lines, + parsing records, + canonical form, + hashing (the whole
 /// verifier).
 fn phases(file: &Path) -> anyhow::Result<()> {
-    let open = || -> anyhow::Result<_> { Ok(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?)) };
+    let open = || -> anyhow::Result<_> {
+        Ok(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?))
+    };
     let mut timings = Vec::new();
 
     let t = Instant::now();
@@ -343,19 +348,32 @@ impl AppendCost {
         println!("| run | chain | command appends/s | p50 | p99 |");
         println!("|---|---|---|---|---|");
         for (i, (chained, rate, p50, p99)) in self.commands.iter().enumerate() {
-            println!("| {} | {} | {rate:.0} | {p50:.1} ms | {p99:.1} ms |", i + 1, if *chained { "with" } else { "without" });
+            println!(
+                "| {} | {} | {rate:.0} | {p50:.1} ms | {p99:.1} ms |",
+                i + 1,
+                if *chained { "with" } else { "without" }
+            );
         }
         let mean = |list: Vec<f64>| list.iter().sum::<f64>() / list.len().max(1) as f64;
         let with = mean(self.commands.iter().filter(|c| c.0).map(|c| c.1).collect());
         let without = mean(self.commands.iter().filter(|c| !c.0).map(|c| c.1).collect());
-        println!("command appends: with {with:.0}/s, without {without:.0}/s: the chain costs {:.1}%", cost(with, without));
+        println!(
+            "command appends: with {with:.0}/s, without {without:.0}/s: the chain costs {:.1}%",
+            cost(with, without)
+        );
         if !self.bulk.is_empty() {
             for (chained, rate) in &self.bulk {
-                println!("bulk fill {}: {rate:.0} events/s", if *chained { "with chain   " } else { "without chain" });
+                println!(
+                    "bulk fill {}: {rate:.0} events/s",
+                    if *chained { "with chain   " } else { "without chain" }
+                );
             }
             let with = mean(self.bulk.iter().filter(|c| c.0).map(|c| c.1).collect());
             let without = mean(self.bulk.iter().filter(|c| !c.0).map(|c| c.1).collect());
-            println!("bulk appends: with {with:.0}/s, without {without:.0}/s: the chain costs {:.1}%", cost(with, without));
+            println!(
+                "bulk appends: with {with:.0}/s, without {without:.0}/s: the chain costs {:.1}%",
+                cost(with, without)
+            );
         }
     }
 }
