@@ -108,14 +108,22 @@ impl Projection for BenchRows {
 }
 
 /// A scratch database, dropped when the benchmark ends.
-struct Scratch {
-    store: EventStore,
+pub(super) struct Scratch {
+    pub(super) store: EventStore,
+    /// The scratch database's URL (PostgreSQL), for subprocesses.
+    pub(super) url: Option<String>,
     drop_pg: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Scratch {
-    async fn open(target: &Target, pool_size: u32) -> anyhow::Result<Self> {
+    pub(super) async fn open(target: &Target, pool_size: u32) -> anyhow::Result<Self> {
+        Self::open_with(target, pool_size, true).await
+    }
+
+    /// `chained: false` builds the store that skips the hash chain (PostgreSQL only), to
+    /// measure what the chain costs.
+    pub(super) async fn open_with(target: &Target, pool_size: u32, chained: bool) -> anyhow::Result<Self> {
         let (config, drop_pg, dir) = match target.engine.as_str() {
             "postgres" => {
                 let name = format!("mca_bench_{}", uuid::Uuid::new_v4().simple());
@@ -139,18 +147,27 @@ impl Scratch {
             }
             other => bail!("unknown engine {other:?}: use postgres or sqlite"),
         };
+        let url = match &config {
+            DatabaseConfig::Postgres { url } => Some(url.expose().to_owned()),
+            DatabaseConfig::Sqlite { .. } => None,
+        };
         let db = Db::connect(&config, pool_size).await?;
         db.migrate().await?;
-        let store = EventStore::new(db, LogSignal::new(), Arc::new(Metrics::new()));
+        let store = if chained {
+            EventStore::new(db, LogSignal::new(), Arc::new(Metrics::new()))
+        } else {
+            anyhow::ensure!(url.is_some(), "the store without the chain is PostgreSQL only");
+            EventStore::without_chain_for_benchmarks(db, LogSignal::new(), Arc::new(Metrics::new()))
+        };
         let create = "CREATE TABLE IF NOT EXISTS bench_rows \
                       (position BIGINT NOT NULL, aggregate_id TEXT NOT NULL, event_type TEXT NOT NULL)";
         let mut tx = store.db().begin_write().await?;
         exec!(&mut tx, create)?;
         tx.commit().await?;
-        Ok(Self { store, drop_pg, _dir: dir })
+        Ok(Self { store, url, drop_pg, _dir: dir })
     }
 
-    async fn close(self) -> anyhow::Result<()> {
+    pub(super) async fn close(self) -> anyhow::Result<()> {
         self.store.db().close().await;
         if let Some((admin_url, name)) = self.drop_pg {
             let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
@@ -169,7 +186,7 @@ impl Scratch {
     }
 }
 
-fn machine() -> String {
+pub(super) fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores, {} build", if cfg!(debug_assertions) { "DEBUG" } else { "release" })
 }
@@ -192,18 +209,44 @@ pub(super) async fn append(args: AppendArgs) -> anyhow::Result<()> {
         args.target.engine,
         machine()
     );
-    let pool_size = u32::try_from(args.concurrency + 4).unwrap_or(36);
-    let scratch = Scratch::open(&args.target, pool_size).await?;
+    let (latencies, elapsed) = append_run(&args.target, args.concurrency, args.duration, true).await?;
+    println!(
+        "append: {} commands in {elapsed:.1} s = {:.0} events/s; latency {}",
+        latencies.count(),
+        latencies.count() as f64 / elapsed,
+        latencies.summary()
+    );
+
+    if args.pgbench {
+        let tps = pgbench(&args.target.admin_url, args.concurrency, args.duration).await?;
+        println!("pgbench -b simple-update -c {} -j 2 -T {}: {tps:.0} tps", args.concurrency, args.duration);
+        println!("ratio append/pgbench: {:.2}", latencies.count() as f64 / elapsed / tps);
+    }
+    Ok(())
+}
+
+/// One `append` run on a fresh scratch database: `concurrency` writers of one-event
+/// commands on distinct aggregates for `duration` seconds, the projector following as in
+/// a server; `chained: false` uses the store without the hash chain. Returns the
+/// latencies and the elapsed seconds.
+pub(super) async fn append_run(
+    target: &Target,
+    concurrency: usize,
+    duration: u64,
+    chained: bool,
+) -> anyhow::Result<(Latencies, f64)> {
+    let pool_size = u32::try_from(concurrency + 4).unwrap_or(36);
+    let scratch = Scratch::open_with(target, pool_size, chained).await?;
     let projector = scratch.projector(500, vec![]);
     projector.init().await?;
     let shutdown = CancellationToken::new();
     let mut followers = follow(&projector, &scratch.store, &shutdown);
 
     let bus = CommandBus::<BenchCounter>::new(scratch.store.clone(), ());
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let deadline = Instant::now() + Duration::from_secs(duration);
     let started = Instant::now();
     let mut writers = JoinSet::new();
-    for writer in 0..args.concurrency {
+    for writer in 0..concurrency {
         let bus = bus.clone();
         writers.spawn(async move {
             let mut latencies = Latencies::default();
@@ -225,23 +268,11 @@ pub(super) async fn append(args: AppendArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     shutdown.cancel();
     while followers.join_next().await.is_some() {}
-    println!(
-        "append: {} commands in {elapsed:.1} s = {:.0} events/s; latency {}",
-        latencies.count(),
-        latencies.count() as f64 / elapsed,
-        latencies.summary()
-    );
     scratch.close().await?;
-
-    if args.pgbench {
-        let tps = pgbench(&args.target.admin_url, args.concurrency, args.duration).await?;
-        println!("pgbench -b simple-update -c {} -j 2 -T {}: {tps:.0} tps", args.concurrency, args.duration);
-        println!("ratio append/pgbench: {:.2}", latencies.count() as f64 / elapsed / tps);
-    }
-    Ok(())
+    Ok((latencies, elapsed))
 }
 
-async fn pgbench(admin_url: &str, clients: usize, duration: u64) -> anyhow::Result<f64> {
+pub(super) async fn pgbench(admin_url: &str, clients: usize, duration: u64) -> anyhow::Result<f64> {
     let options = PgConnectOptions::from_str(admin_url)?;
     let name = format!("mca_bench_pgbench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(admin_url).await?;
@@ -388,8 +419,18 @@ async fn fill_bench(scratch: &Scratch, total: usize) -> anyhow::Result<usize> {
 
 /// Fills the log with whole users' event mixes; returns (events, users).
 async fn fill_realistic(scratch: &Scratch, total: usize) -> anyhow::Result<(usize, usize)> {
+    fill_realistic_from(scratch, 0, total).await
+}
+
+/// Appends whole users' event mixes, users numbered from `first_user`, until at least
+/// `total` events are written; returns (events, users) written by this call.
+pub(super) async fn fill_realistic_from(
+    scratch: &Scratch,
+    first_user: usize,
+    total: usize,
+) -> anyhow::Result<(usize, usize)> {
     let mut written = 0;
-    let mut user = 0;
+    let mut user = first_user;
     let mut chunk = Vec::new();
     while written < total {
         let events = mana_core_auth::events::mix::user_events(user, Utc::now());
@@ -401,7 +442,7 @@ async fn fill_realistic(scratch: &Scratch, total: usize) -> anyhow::Result<(usiz
             chunk.clear();
         }
     }
-    Ok((written, user))
+    Ok((written, user - first_user))
 }
 
 pub(super) async fn lag(args: LagArgs) -> anyhow::Result<()> {

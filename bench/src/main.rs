@@ -6,6 +6,7 @@
 //! dropped by the benchmark itself. This crate is a workspace member beside the service:
 //! it uses the service's library, and the service knows nothing of it.
 
+mod audit;
 mod ceilings;
 mod foundation;
 mod http;
@@ -52,6 +53,9 @@ pub enum BenchCommand {
     Limiter(LimiterArgs),
     /// HTTP load against a running server (this one or any with the same routes).
     Http(HttpArgs),
+    /// The audit log on PostgreSQL: `verify` (live and offline) and `export` rates and
+    /// peak RSS at growing log sizes, and appends with and without the hash chain.
+    Audit(AuditArgs),
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -158,6 +162,38 @@ pub struct HttpArgs {
     pub login_concurrency: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Log sizes to measure at (comma-separated, realistic mix); the log grows from one
+    /// to the next. Empty to skip.
+    #[arg(long, value_delimiter = ',', default_value = "250000,1000000")]
+    pub events: Vec<usize>,
+    /// Where the export files go (a scratch directory is made inside); the system's
+    /// temporary directory by default.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// At the largest size, also time the phases of offline verification in this process.
+    #[arg(long)]
+    pub phases: bool,
+    /// Skip the append cost of the chain.
+    #[arg(long)]
+    pub no_append: bool,
+    /// Concurrent writers of the append runs.
+    #[arg(long, default_value_t = 32)]
+    pub append_concurrency: usize,
+    /// Seconds of each append run.
+    #[arg(long, default_value_t = 20)]
+    pub append_duration: u64,
+    /// Rounds of (with, without) append runs, alternating which goes first.
+    #[arg(long, default_value_t = 2)]
+    pub append_rounds: usize,
+    /// Events of each bulk fill with and without the chain per round (0 to skip).
+    #[arg(long, default_value_t = 200_000)]
+    pub bulk_events: usize,
+}
+
 /// Runs one benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -167,6 +203,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Startup(args) => foundation::startup(args).await,
         BenchCommand::Limiter(args) => limiter(args).await,
         BenchCommand::Http(args) => http::run(args).await,
+        BenchCommand::Audit(args) => audit::audit(args).await,
     }
 }
 

@@ -26,7 +26,8 @@ struct Inner {
     signal: LogSignal,
     metrics: Arc<Metrics>,
     keys: PersonalKeys,
-    stamper: Stamper,
+    /// `None` only in [`EventStore::without_chain_for_benchmarks`].
+    stamper: Option<Stamper>,
     combiner: tokio::sync::OnceCell<mpsc::UnboundedSender<Pending>>,
 }
 
@@ -70,8 +71,20 @@ impl EventStore {
         };
         let combiner = tokio::sync::OnceCell::new();
         let keys = PersonalKeys::new(db.clone());
-        let stamper = Stamper::new(keys.clone());
+        let stamper = Some(Stamper::new(keys.clone()));
         Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, keys, stamper, combiner }) }
+    }
+
+    /// For measuring the hash chain's cost only (`mana-core-auth-bench audit`): a store
+    /// whose appends skip stamping, so rows get a NULL `hash` and `commitments`. Such a log
+    /// fails `verify` and must never be a deployment's. PostgreSQL only.
+    #[doc(hidden)]
+    pub fn without_chain_for_benchmarks(db: Db, signal: LogSignal, metrics: Arc<Metrics>) -> Self {
+        assert!(matches!(db, Db::Postgres(_)), "the unchained benchmark store is PostgreSQL only");
+        let store = Self::new(db, signal, metrics);
+        let Inner { db, postgres_es, signal, metrics, keys, combiner, .. } =
+            Arc::try_unwrap(store.inner).unwrap_or_else(|_| unreachable!("just built"));
+        Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, keys, stamper: None, combiner }) }
     }
 
     /// The keys that commit personal data.
@@ -207,7 +220,7 @@ impl EventStore {
 /// commands share a commit. Every append is atomic on its own either way: if the combined
 /// write conflicts, each append is retried alone and gets its own outcome. Each append's
 /// cursor is that of the combined write (its events become readable at the same moment).
-async fn write_combined(db: Db, stamper: Stamper, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn write_combined(db: Db, stamper: Option<Stamper>, mut queue: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_COMBINED {
@@ -218,13 +231,13 @@ async fn write_combined(db: Db, stamper: Stamper, mut queue: mpsc::UnboundedRece
         }
         if group.len() == 1 {
             let Some(one) = group.pop() else { continue };
-            let result = raw_append(&db, &stamper, &one.events, &one.mail).await;
+            let result = raw_append(&db, stamper.as_ref(), &one.events, &one.mail).await;
             let _ = one.reply.send(result);
             continue;
         }
         let events: Vec<NewEvent> = group.iter().flat_map(|p| p.events.iter().cloned()).collect();
         let mail: Vec<OutgoingMail> = group.iter().flat_map(|p| p.mail.iter().cloned()).collect();
-        match raw_append(&db, &stamper, &events, &mail).await {
+        match raw_append(&db, stamper.as_ref(), &events, &mail).await {
             Ok(cursor) => {
                 for pending in group {
                     let _ = pending.reply.send(Ok(cursor));
@@ -232,7 +245,7 @@ async fn write_combined(db: Db, stamper: Stamper, mut queue: mpsc::UnboundedRece
             }
             Err(AppendError::Conflict) => {
                 for pending in group {
-                    let result = raw_append(&db, &stamper, &pending.events, &pending.mail).await;
+                    let result = raw_append(&db, stamper.as_ref(), &pending.events, &pending.mail).await;
                     let _ = pending.reply.send(result);
                 }
             }
@@ -248,10 +261,17 @@ async fn write_combined(db: Db, stamper: Stamper, mut queue: mpsc::UnboundedRece
 
 async fn raw_append(
     db: &Db,
-    stamper: &Stamper,
+    stamper: Option<&Stamper>,
     events: &[NewEvent],
     mail: &[OutgoingMail],
 ) -> Result<LogCursor, AppendError> {
+    let Some(stamper) = stamper else {
+        // Benchmarks only: UNNEST pads the absent hash and commitments columns with NULL.
+        let Db::Postgres(pool) = db else {
+            return Err(StoreError::Repository("the unchained store is PostgreSQL only".into()).into());
+        };
+        return postgres::append(pool, events, &[], mail).await;
+    };
     let stamps = stamper.stamp(db, events).await?;
     let cursor = match db {
         Db::Postgres(pool) => postgres::append(pool, events, &stamps, mail).await,
