@@ -315,7 +315,7 @@ async fn the_verify_command_exits_0_when_clean_1_at_a_failure_and_2_on_a_usage_e
 
 #[tokio::test]
 async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_hash() {
-    use mana_core_auth::events::chain::{Commitments, EventParts, Secrets, canonical};
+    use mana_core_auth::events::chain::{Commitments, Secrets, canonical};
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let app = TestApp::spawn(db.app_config()).await;
@@ -343,16 +343,7 @@ async fn personal_values_stay_where_the_stored_form_has_them_and_never_enter_a_h
             let stored = format!("{} {}", event.payload, event.metadata);
             let commitments: Option<Commitments> =
                 event.commitments.clone().map(|c| serde_json::from_value(c).expect("commitments"));
-            let parts = EventParts {
-                aggregate_type: &event.aggregate_type,
-                aggregate_id: &event.aggregate_id,
-                sequence: event.sequence,
-                event_type: &event.event_type,
-                event_version: &event.event_version,
-                recorded_at: event.recorded_at,
-                payload: &event.payload,
-                metadata: &event.metadata,
-            };
+            let parts = event.parts();
             let form = canonical(&parts, commitments.as_ref(), Secrets::Stored).expect("canonical");
             let exported = serde_json::to_string(&ExportRecord::of(event)).expect("json");
             for value in personal {
@@ -467,16 +458,7 @@ async fn a_well_formed_event_inserted_before_a_seal_or_a_reordering_is_found_at_
         let next = model.sequence + 1;
         let previous = chain::parse_hex(model.hash.as_deref().expect("hash")).expect("hex");
         let commitments = model.commitments.clone().map(|c| serde_json::from_value(c).expect("commitments"));
-        let parts = EventParts {
-            aggregate_type: &model.aggregate_type,
-            aggregate_id: &model.aggregate_id,
-            sequence: next,
-            event_type: &model.event_type,
-            event_version: &model.event_version,
-            recorded_at: model.recorded_at,
-            payload: &model.payload,
-            metadata: &model.metadata,
-        };
+        let parts = EventParts { sequence: next, ..model.parts() };
         let form = chain::canonical(&parts, commitments.as_ref(), Secrets::Stored).expect("form");
         let hash = chain::hex(&chain::event_hash(&previous, &form));
         // Its place: right after the spend it copies, well before the seal's horizon. On

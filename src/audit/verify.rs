@@ -312,7 +312,7 @@ pub async fn verify_live(store: &EventStore, keys: AuditKeys, page: usize) -> an
                 };
             let item = Item {
                 cursor: event.cursor,
-                parts: parts_of(event),
+                parts: event.parts(),
                 hash: event.hash.as_deref(),
                 commitments: commitments.as_ref(),
                 secrets: Secrets::Stored,
@@ -351,17 +351,4 @@ pub async fn verify_live(store: &EventStore, keys: AuditKeys, page: usize) -> an
 
 fn failure_at(event: &RecordedEvent, reason: String) -> Failure {
     Failure { position: event.cursor.position, cursor: event.cursor.to_string(), reason }
-}
-
-fn parts_of(event: &RecordedEvent) -> EventParts<'_> {
-    EventParts {
-        aggregate_type: &event.aggregate_type,
-        aggregate_id: &event.aggregate_id,
-        sequence: event.sequence,
-        event_type: &event.event_type,
-        event_version: &event.event_version,
-        recorded_at: event.recorded_at,
-        payload: &event.payload,
-        metadata: &event.metadata,
-    }
 }

@@ -161,7 +161,37 @@ pub struct RecordedEvent {
     pub commitments: Option<Value>,
 }
 
+impl NewEvent {
+    /// The parts of the event the hash chain covers.
+    pub fn parts(&self) -> chain::EventParts<'_> {
+        chain::EventParts {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            recorded_at: self.recorded_at,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        }
+    }
+}
+
 impl RecordedEvent {
+    /// The parts of the event the hash chain covers.
+    pub fn parts(&self) -> chain::EventParts<'_> {
+        chain::EventParts {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            recorded_at: self.recorded_at,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        }
+    }
+
     /// The event's global position.
     pub fn position(&self) -> i64 {
         self.cursor.position

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use super::catalogue::{Subject, body_of};
-use super::chain::{self, Digest32, EventParts, Secrets, ZERO};
+use super::chain::{self, Digest32, Secrets, ZERO};
 use super::personal::PersonalKeys;
 use super::{AppendError, NewEvent, StoreError};
 use crate::db::Db;
@@ -94,17 +94,7 @@ impl Stamper {
                 &event.payload,
                 &event.metadata,
             );
-            let parts = EventParts {
-                aggregate_type: &event.aggregate_type,
-                aggregate_id: &event.aggregate_id,
-                sequence: event.sequence,
-                event_type: &event.event_type,
-                event_version: &event.event_version,
-                recorded_at: event.recorded_at,
-                payload: &event.payload,
-                metadata: &event.metadata,
-            };
-            let canonical = chain::canonical(&parts, commitments.as_ref(), Secrets::Stored)
+            let canonical = chain::canonical(&event.parts(), commitments.as_ref(), Secrets::Stored)
                 .map_err(|e| StoreError::Repository(e.to_string()))?;
             let digest = chain::event_hash(&previous, &canonical);
             known.insert(key, (event.sequence, digest));
