@@ -161,35 +161,33 @@ pub struct RecordedEvent {
     pub commitments: Option<Value>,
 }
 
+/// The parts the hash chain covers, from any event type with the stored fields.
+macro_rules! parts_of {
+    ($event:expr) => {
+        chain::EventParts {
+            aggregate_type: &$event.aggregate_type,
+            aggregate_id: &$event.aggregate_id,
+            sequence: $event.sequence,
+            event_type: &$event.event_type,
+            event_version: &$event.event_version,
+            recorded_at: $event.recorded_at,
+            payload: &$event.payload,
+            metadata: &$event.metadata,
+        }
+    };
+}
+
 impl NewEvent {
     /// The parts of the event the hash chain covers.
     pub fn parts(&self) -> chain::EventParts<'_> {
-        chain::EventParts {
-            aggregate_type: &self.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-            sequence: self.sequence,
-            event_type: &self.event_type,
-            event_version: &self.event_version,
-            recorded_at: self.recorded_at,
-            payload: &self.payload,
-            metadata: &self.metadata,
-        }
+        parts_of!(self)
     }
 }
 
 impl RecordedEvent {
     /// The parts of the event the hash chain covers.
     pub fn parts(&self) -> chain::EventParts<'_> {
-        chain::EventParts {
-            aggregate_type: &self.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-            sequence: self.sequence,
-            event_type: &self.event_type,
-            event_version: &self.event_version,
-            recorded_at: self.recorded_at,
-            payload: &self.payload,
-            metadata: &self.metadata,
-        }
+        parts_of!(self)
     }
 
     /// The event's global position.
