@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod record;
+pub mod replay;
 pub mod seal;
 pub mod verify;
 

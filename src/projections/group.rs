@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::projector::lock_key;
 use super::{BatchOutcome, Projector};
 use crate::db::{DbTime, DbTx};
 use crate::events::{EventStore, LogCursor};
@@ -39,7 +38,8 @@ impl Projector {
             return Ok(BatchOutcome::CaughtUp(LogCursor::START));
         }
         let mut tx = self.store.db().begin_write().await?;
-        let held = lock_all(&mut tx, &candidates).await?;
+        let keys: Vec<i64> = candidates.iter().map(|n| self.lock_key(n)).collect();
+        let held = lock_all(&mut tx, &candidates, &keys).await?;
         let checkpoints = read_checkpoints(&mut tx).await?;
         for (name, at) in &checkpoints {
             if !held.contains(&name.as_str()) && candidates.contains(&name.as_str()) {
@@ -51,7 +51,7 @@ impl Projector {
             drop(tx);
             return Ok(BatchOutcome::NotLeader(LogCursor::START));
         };
-        let events = EventStore::read_after_in(&mut tx, from, self.settings.batch_size).await?;
+        let events = self.bounded(EventStore::read_after_in(&mut tx, from, self.settings.batch_size).await?);
         let Some(last) = events.last().map(|e| e.cursor) else {
             drop(tx);
             for name in &held {
@@ -89,12 +89,11 @@ impl Projector {
 
 /// Takes every projection's lock it can get (PostgreSQL: transaction-level advisory
 /// locks, in one round trip; SQLite: `BEGIN IMMEDIATE` already holds the write lock).
-async fn lock_all(tx: &mut DbTx, names: &[&'static str]) -> anyhow::Result<Vec<&'static str>> {
+async fn lock_all(tx: &mut DbTx, names: &[&'static str], keys: &[i64]) -> anyhow::Result<Vec<&'static str>> {
     match tx {
         DbTx::Postgres(tx) => {
-            let keys: Vec<i64> = names.iter().map(|n| lock_key(n)).collect();
             let rows = sqlx::query("SELECT k, pg_try_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
-                .bind(&keys)
+                .bind(keys)
                 .fetch_all(&mut **tx)
                 .await?;
             let mut held = Vec::new();

@@ -20,7 +20,8 @@ pub mod users;
 
 use async_trait::async_trait;
 
-pub use projector::{BatchOutcome, ProjectionLag, Projector, ProjectorSettings};
+pub use group::GroupError;
+pub use projector::{BatchOutcome, ProjectionLag, Projector, ProjectorSettings, lock_key};
 pub use streams::Streams;
 
 use crate::db::DbTx;

@@ -60,6 +60,12 @@ pub struct Projector {
     pub(super) settings: ProjectorSettings,
     pub(super) projections: Vec<Arc<dyn Projection>>,
     progress: HashMap<&'static str, watch::Sender<LogCursor>>,
+    /// Separates this projector's leadership locks from those of projectors writing other
+    /// tables of the same database (a replay's scratch schema): empty for the live ones.
+    lock_namespace: String,
+    /// Applies nothing after this cursor (a replay that must stop where the live read
+    /// models are).
+    pub(super) until: Option<LogCursor>,
 }
 
 impl Projector {
@@ -75,7 +81,38 @@ impl Projector {
             .map(|p| (p.name(), watch::Sender::new(LogCursor::START)))
             .collect::<HashMap<_, _>>();
         assert_eq!(progress.len(), projections.len(), "projection names must be unique");
-        Self { store, clock, settings, projections, progress }
+        Self { store, clock, settings, projections, progress, lock_namespace: String::new(), until: None }
+    }
+
+    /// The same projector with its own leadership locks (for a replay's scratch tables,
+    /// which must not contend with the live projectors of the same database).
+    #[must_use]
+    pub fn with_lock_namespace(mut self, namespace: &str) -> Self {
+        self.lock_namespace = namespace.to_owned();
+        self
+    }
+
+    /// The same projector stopping after `cursor`: batches apply nothing later.
+    #[must_use]
+    pub fn until(mut self, cursor: LogCursor) -> Self {
+        self.until = Some(cursor);
+        self
+    }
+
+    /// The advisory-lock key of a projection of this projector.
+    pub(super) fn lock_key(&self, name: &str) -> i64 {
+        lock_key(&self.lock_namespace, name)
+    }
+
+    /// Drops the events after [`Self::until`] from a batch read.
+    pub(super) fn bounded(
+        &self,
+        mut events: Vec<crate::events::RecordedEvent>,
+    ) -> Vec<crate::events::RecordedEvent> {
+        if let Some(until) = self.until {
+            events.truncate(events.partition_point(|e| e.cursor <= until));
+        }
+        events
     }
 
     /// The projections this projector feeds.
@@ -196,13 +233,14 @@ impl Projector {
         let name = projection.name();
         let started = std::time::Instant::now();
         let mut tx = self.db().begin_write().await?;
-        let (leader, checkpoint) = lock_checkpoint(&mut tx, name).await?;
+        let (leader, checkpoint) = lock_checkpoint(&mut tx, name, self.lock_key(name)).await?;
         if !leader {
             drop(tx);
             self.publish(name, checkpoint);
             return Ok(BatchOutcome::NotLeader(checkpoint));
         }
-        let events = EventStore::read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?;
+        let events =
+            self.bounded(EventStore::read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?);
         let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor) else {
             drop(tx);
@@ -278,7 +316,7 @@ impl Projector {
         let mut tx = self.db().begin_write().await?;
         if let DbTx::Postgres(pg) = &mut tx {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(lock_key(projection.name()))
+                .bind(self.lock_key(projection.name()))
                 .execute(&mut **pg)
                 .await?;
         }
@@ -407,12 +445,12 @@ async fn pending(db: &Db, checkpoint: LogCursor) -> anyhow::Result<(i64, Option<
 /// Takes the projection's lock (PostgreSQL: a transaction-level advisory lock, in the
 /// same round trip as the checkpoint read; SQLite: the write lock `BEGIN IMMEDIATE`
 /// already holds) and reads its checkpoint. `false` when another process holds it.
-async fn lock_checkpoint(tx: &mut DbTx, name: &str) -> anyhow::Result<(bool, LogCursor)> {
+async fn lock_checkpoint(tx: &mut DbTx, name: &str, key: i64) -> anyhow::Result<(bool, LogCursor)> {
     let row = match tx {
         DbTx::Postgres(tx) => {
             let sql = "SELECT pg_try_advisory_xact_lock($2) AS leader, txid, position \
                        FROM projection_checkpoints WHERE name = $1";
-            let row = sqlx::query(sql).bind(name).bind(lock_key(name)).fetch_optional(&mut **tx).await?;
+            let row = sqlx::query(sql).bind(name).bind(key).fetch_optional(&mut **tx).await?;
             row.map(|r| {
                 Ok::<_, sqlx::Error>((
                     r.try_get(0)?,
@@ -434,10 +472,12 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(250 * 2u64.pow(failures.min(7)))
 }
 
-/// A stable advisory-lock key per projection (FNV-1a of a namespaced name).
-pub(super) fn lock_key(name: &str) -> i64 {
+/// A stable advisory-lock key per projection (FNV-1a of a namespaced name). The live
+/// projectors' namespace is empty, which keeps the keys every earlier release took.
+pub fn lock_key(namespace: &str, name: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "mana-core-auth/projection/".bytes().chain(name.bytes()) {
+    let prefix = if namespace.is_empty() { String::new() } else { format!("{namespace}/") };
+    for byte in "mana-core-auth/projection/".bytes().chain(prefix.bytes()).chain(name.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
