@@ -347,3 +347,154 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A credit account's log built event by event.
+    struct Log {
+        checks: LedgerChecks,
+        position: i64,
+        sequence: i64,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Self { checks: LedgerChecks::default(), position: 0, sequence: 0 }
+        }
+
+        fn push(&mut self, payload: Value, metadata: Value) -> &mut Self {
+            self.position += 1;
+            self.sequence += 1;
+            let event_type = payload.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+            self.checks.check(&RecordedEvent {
+                cursor: LogCursor { txid: 0, position: self.position },
+                aggregate_type: "credit_account".into(),
+                aggregate_id: "u-1".into(),
+                sequence: self.sequence,
+                event_type,
+                event_version: "1".into(),
+                payload,
+                metadata,
+                recorded_at: chrono::Utc.with_ymd_and_hms(2026, 11, 30, 0, 0, 0).unwrap(),
+                hash: None,
+                commitments: None,
+            });
+            self
+        }
+
+        fn problems(&self) -> Vec<String> {
+            self.checks.outcome().0.into_iter().map(|f| f.problem).collect()
+        }
+    }
+
+    fn b(free: i64, paid: i64) -> Value {
+        json!({"free": free, "paid": paid})
+    }
+
+    fn grant(id: &str, pool: &str, amount: i64, before: Value, after: Value) -> Value {
+        json!({"CreditsGranted": {"transaction_id": id, "source": {"kind": "signup_bonus"}, "pool": pool,
+            "amount": amount, "before": before, "after": after, "description": "d", "granted_at": "2026-11-30T00:00:00Z"}})
+    }
+
+    fn spend(id: &str, amount: i64, free: i64, paid: i64, before: Value, after: Value, total: i64) -> Value {
+        json!({"CreditsSpent": {"transaction_id": id, "amount": amount, "from_free": free, "from_paid": paid,
+            "before": before, "after": after, "total_spent_after": total, "app_id": "chat", "description": "d",
+            "spent_at": "2026-11-30T00:00:00Z"}})
+    }
+
+    fn refund(id: &str, of: &str, amount: i64, free: i64, paid: i64, before: Value, after: Value) -> Value {
+        json!({"CreditsRefunded": {"transaction_id": id, "refunded_transaction_id": of, "amount": amount,
+            "to_free": free, "to_paid": paid, "before": before, "after": after, "actor": "a", "reason": "r",
+            "refunded_at": "2026-11-30T00:00:00Z"}})
+    }
+
+    fn native() -> Value {
+        json!({"actor": "system"})
+    }
+
+    fn imported() -> Value {
+        json!({"actor": "import", "import": {"source": "mana-core-auth (NestJS)"}})
+    }
+
+    #[test]
+    fn a_sound_native_history_has_no_finding_and_its_totals_add_up() {
+        let mut log = Log::new();
+        log.push(grant("t1", "free", 150, b(0, 0), b(150, 0)), native())
+            .push(grant("t2", "paid", 100, b(150, 0), b(150, 100)), native())
+            .push(spend("t3", 170, 150, 20, b(150, 100), b(0, 80), 170), native())
+            .push(refund("t4", "t3", 30, 10, 20, b(0, 80), b(10, 100)), native());
+        assert_eq!(log.problems(), Vec::<String>::new());
+        let (_, count, totals) = log.checks.outcome();
+        assert_eq!(count, 0);
+        assert_eq!((totals.granted, totals.spent, totals.refunded, totals.held), (250, 170, 30, 110));
+    }
+
+    #[test]
+    fn a_broken_chain_a_wrong_sum_an_overdraft_and_an_over_refund_are_each_found() {
+        let mut log = Log::new();
+        log.push(grant("t1", "free", 150, b(0, 0), b(150, 0)), native())
+            // before is not the previous after
+            .push(grant("t2", "paid", 100, b(140, 0), b(140, 100)), native())
+            // from_free + from_paid != amount, and the total spent is off
+            .push(spend("t3", 170, 100, 20, b(140, 100), b(40, 80), 171), native())
+            // a pool below zero
+            .push(spend("t4", 50, 50, 0, b(40, 80), b(-10, 80), 221), native())
+            // more back than the spend has left
+            .push(refund("t5", "t4", 60, 60, 0, b(-10, 80), b(50, 80)), native());
+        let problems = log.problems();
+        let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+        assert!(has("is not the previous event's after"), "{problems:?}");
+        assert!(has("100 free + 20 paid is not a positive 170"), "{problems:?}");
+        assert!(has("total spent after is 171"), "{problems:?}");
+        assert!(has("below zero"), "{problems:?}");
+        assert!(has("exceeds the 50 left of spend t4"), "{problems:?}");
+        assert!(has("the balances held"), "the whole log no longer adds up: {problems:?}");
+    }
+
+    #[test]
+    fn imported_history_is_checked_only_where_it_ends_and_native_events_must_chain_from_it() {
+        // Imported rows need not chain among themselves; the native part starts from
+        // their final state.
+        let mut log = Log::new();
+        log.push(grant("i1", "paid", 500, b(0, 0), b(0, 500)), imported())
+            .push(spend("i2", 70, 0, 70, b(3, 3), b(0, 430), 9_000), imported())
+            .push(spend("t1", 30, 0, 30, b(0, 430), b(0, 400), 9_030), native())
+            .push(refund("t2", "i2", 10, 0, 10, b(0, 400), b(0, 410)), native());
+        assert_eq!(log.problems(), Vec::<String>::new());
+        let (_, _, totals) = log.checks.outcome();
+        assert_eq!((totals.opening, totals.imported_events, totals.held), (430, 2, 410));
+
+        // A native event that does not start from the imported final state.
+        let mut log = Log::new();
+        log.push(grant("i1", "paid", 500, b(0, 0), b(0, 500)), imported())
+            .push(spend("t1", 30, 0, 30, b(0, 499), b(0, 469), 30), native());
+        assert!(
+            log.problems().iter().any(|p| p.contains("the imported history's final state")),
+            "{:?}",
+            log.problems()
+        );
+
+        // Imported history after native events.
+        let mut log = Log::new();
+        log.push(grant("t1", "free", 150, b(0, 0), b(150, 0)), native())
+            .push(grant("i1", "paid", 500, b(150, 0), b(150, 500)), imported());
+        assert!(log.problems().iter().any(|p| p.contains("imported history after")), "{:?}", log.problems());
+    }
+
+    #[test]
+    fn a_stream_that_does_not_start_at_one_or_skips_a_sequence_is_found() {
+        let mut log = Log::new();
+        log.sequence = 1;
+        log.push(grant("t1", "free", 150, b(0, 0), b(150, 0)), native());
+        log.sequence += 1;
+        log.push(grant("t2", "free", 1, b(150, 0), b(151, 0)), native());
+        let problems = log.problems();
+        assert!(problems.iter().any(|p| p.contains("starts at sequence 2")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("sequence 4 follows 2")), "{problems:?}");
+    }
+}
