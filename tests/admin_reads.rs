@@ -328,6 +328,7 @@ async fn a_balance_at_a_moment_equals_the_transaction_history_at_that_moment_by_
             let answer = api.get_auth(&format!("{base}?at={bad}"), &admin).await;
             assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{engine:?} at={bad}: {}", answer.body);
             assert_eq!(answer.body["error"], "VALIDATION_FAILED", "{engine:?} at={bad}");
+            assert!(answer.body["message"].to_string().contains("at: expected a cursor"), "{}", answer.body);
         }
         app.stop().await;
     }

@@ -129,7 +129,7 @@ async fn balance(
         .as_deref()
         .map(str::parse::<Moment>)
         .transpose()
-        .map_err(|m| ApiError::validation(vec![m]))?;
+        .map_err(|reason| ApiError::validation(vec![format!("at: {reason}")]))?;
     Ok(Json(state.credits().balance_at(&user_id, at).await?.into()))
 }
 
