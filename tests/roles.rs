@@ -21,26 +21,32 @@ use serde_json::{Value, json};
 /// The roles, as the table's columns name them.
 const ROLES: [Role; 4] = [Role::Admin, Role::Auditor, Role::Service, Role::User];
 
-/// What an admin route needs from the world: a user to act on and a spend of theirs.
+/// What an admin route needs from the world: a user to act on (and their address) and a
+/// spend of theirs.
 struct Target {
     user_id: String,
+    email: String,
     spend_id: String,
 }
 
 impl Target {
-    /// The route's path with its parameters filled in.
+    /// The route's path (or query) with its parameters filled in.
     fn fill(&self, template: &str) -> String {
-        template.replace("{userId}", &self.user_id).replace("{transactionId}", &self.spend_id)
+        template
+            .replace("{userId}", &self.user_id)
+            .replace("{email}", &self.email)
+            .replace("{transactionId}", &self.spend_id)
     }
 }
 
 /// One admin route: its family (as docs/API.md names it), method, path template (as the
 /// OpenAPI document writes it), the narrowed grant it applies (the document's cell text),
-/// the status it answers when let in, and a valid request body.
+/// the status it answers when let in, and a valid query and request body.
 struct AdminRoute {
     family: &'static str,
     method: Method,
     path: &'static str,
+    query: &'static str,
     admits_narrowed: Option<&'static str>,
     success: StatusCode,
     body: fn(&Target) -> Option<Value>,
@@ -53,7 +59,7 @@ fn route(
     success: StatusCode,
     body: fn(&Target) -> Option<Value>,
 ) -> AdminRoute {
-    AdminRoute { family, method, path, admits_narrowed: None, success, body }
+    AdminRoute { family, method, path, query: "", admits_narrowed: None, success, body }
 }
 
 /// A fresh idempotency key, so that every call is a new operation and not a replay.
@@ -66,8 +72,20 @@ fn routes() -> Vec<AdminRoute> {
     use StatusCode as S;
     const CREDITS: &str = "Credit operations";
     const AUDIT: &str = "Audit log";
+    const READS: &str = "Admin reads";
     vec![
         route(AUDIT, Method::GET, "/api/v1/admin/events", S::OK, |_| None),
+        AdminRoute {
+            query: "?email={email}",
+            ..route(READS, Method::GET, "/api/v1/admin/users", S::OK, |_| None)
+        },
+        route(READS, Method::GET, "/api/v1/admin/users/{userId}/balance", S::OK, |_| None),
+        AdminRoute {
+            admits_narrowed: Some("transactions of a user only"),
+            ..route(READS, Method::GET, "/api/v1/admin/users/{userId}/transactions", S::OK, |_| None)
+        },
+        route(READS, Method::GET, "/api/v1/admin/users/{userId}/security-events", S::OK, |_| None),
+        route(READS, Method::GET, "/api/v1/admin/users/{userId}/sessions", S::OK, |_| None),
         route(CREDITS, Method::POST, "/api/v1/admin/credits/grant", S::CREATED, |t| {
             Some(
                 json!({"userId": t.user_id, "amount": 5, "pool": "paid", "reason": "roles", "idempotencyKey": key()}),
@@ -152,8 +170,8 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> common::api::Answer {
-    let mut request =
-        api.http.request(route.method.clone(), format!("{}{}", api.base, target.fill(route.path)));
+    let url = format!("{}{}{}", api.base, target.fill(route.path), target.fill(route.query));
+    let mut request = api.http.request(route.method.clone(), url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -170,7 +188,8 @@ async fn every_admin_route_answers_each_role_exactly_what_the_documented_table_s
         let db = TestDb::new(engine).await;
         let app = TestApp::spawn(db.app_config()).await;
         let api = Api::new(&app.base);
-        let registered = api.register(&unique_email("target")).await;
+        let email = unique_email("target");
+        let registered = api.register(&email).await;
         let spend = api
             .post_auth(
                 "/api/v1/credits/use",
@@ -181,6 +200,7 @@ async fn every_admin_route_answers_each_role_exactly_what_the_documented_table_s
         assert_eq!(spend.status, StatusCode::CREATED, "{}", spend.body);
         let target = Target {
             user_id: registered.body["user"]["id"].as_str().expect("id").to_owned(),
+            email,
             spend_id: spend.body["transaction"]["id"].as_str().expect("id").to_owned(),
         };
         let mut tokens = Vec::new();

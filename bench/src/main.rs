@@ -7,6 +7,7 @@
 //! it uses the service's library, and the service knows nothing of it.
 
 mod audit;
+mod balance_at;
 mod ceilings;
 mod foundation;
 mod http;
@@ -56,6 +57,10 @@ pub enum BenchCommand {
     /// The audit log on PostgreSQL: `verify` (live and offline) and `export` rates and
     /// peak RSS at growing log sizes, and appends with and without the hash chain.
     Audit(AuditArgs),
+    /// A balance at a past moment from the log (`credits::history::balance_at`) for one
+    /// account with a long history: over the whole stream, at its middle by time and by
+    /// cursor (median of a few runs).
+    BalanceAt(BalanceAtArgs),
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -194,6 +199,18 @@ pub struct AuditArgs {
     pub bulk_events: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct BalanceAtArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Events of the account (its opening, then grants and spends alternately).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Runs of each measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
 /// Runs one benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -204,6 +221,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Limiter(args) => limiter(args).await,
         BenchCommand::Http(args) => http::run(args).await,
         BenchCommand::Audit(args) => audit::audit(args).await,
+        BenchCommand::BalanceAt(args) => balance_at::balance_at_bench(args).await,
     }
 }
 

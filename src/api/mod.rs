@@ -4,6 +4,7 @@
 
 pub mod access;
 mod admin;
+mod admin_users;
 mod audit;
 mod audit_keys;
 mod auth;
@@ -69,6 +70,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(passwords::router())
         .merge(credits::router())
         .merge(admin::router())
+        .merge(admin_users::router())
         .merge(audit_keys::router())
         .merge(audit::router())
 }

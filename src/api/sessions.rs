@@ -44,7 +44,8 @@ pub struct SessionBody {
     pub last_active_at: Option<String>,
     /// Whether this is the session of the presented token.
     pub current: bool,
-    /// When the refresh token expires (current session only).
+    /// When the refresh token expires (the current session's in `/auth/session`; every
+    /// session's in the operators' list).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
 }

@@ -11,7 +11,6 @@
 //! global order), or `--until` if that comes first.
 
 use std::io::{self, Write};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -29,32 +28,10 @@ pub const PAGE: usize = 5_000;
 /// Pages the reader may be ahead of the writer: one is enough to overlap the two.
 pub const PAGES_IN_FLIGHT: usize = 1;
 
-/// Where an export stops (inclusive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Until {
-    /// Through the event with this cursor (and no event after it in global order).
-    Cursor(LogCursor),
-    /// Through the last event, in global order, before the first one recorded after this
-    /// time. `recordedAt` is the time of the command, so it rises with the global order
-    /// only up to clock skew between processes; the export stops at the first event past
-    /// the time rather than skipping it and going on.
-    Time(DateTime<Utc>),
-}
-
-/// `--until`: a cursor (`txid:position`) or an RFC 3339 time.
-impl FromStr for Until {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if let Ok(cursor) = text.parse::<LogCursor>() {
-            return Ok(Self::Cursor(cursor));
-        }
-        DateTime::parse_from_rfc3339(text).map(|t| Self::Time(t.to_utc())).map_err(|_| {
-            "expected a cursor (the `cursor` field of an exported event) or an RFC 3339 time \
-             such as 2026-11-29T10:00:00Z"
-                .to_owned()
-        })
-    }
-}
+/// Where an export stops (inclusive): through the event with this cursor, or through the
+/// last event, in global order, before the first one recorded after this time (the export
+/// stops at that event rather than skipping it and going on).
+pub use crate::events::Moment as Until;
 
 /// What an export did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Authentication use cases: registration, login, refresh, logout, sessions, token
-//! checks and user administration. This layer composes the aggregates (through the
-//! command layer), the password pool, the token service and the revocation index; the
-//! HTTP handlers only translate to and from it.
+//! checks, user administration and operators' reads of a user. This layer composes the
+//! aggregates (through the command layer), the password pool, the token service and the
+//! revocation index; the HTTP handlers only translate to and from it.
 
 mod admin;
 mod flows;
@@ -9,6 +9,7 @@ mod guard;
 pub mod input;
 pub mod links;
 mod passwords;
+mod reads;
 mod sessions;
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! Credit use cases: balance (with the day's grant), idempotent spends, history, and the
-//! admin grant, adjust and refund. Decisions are the credit account aggregate's; this
+//! Credit use cases: balance (with the day's grant), idempotent spends, history, the
+//! admin grant, adjust and refund, and operators' reads ([`history`]: a balance at a past
+//! moment, from the log). Decisions are the credit account aggregate's; this
 //! layer computes what the aggregate needs from outside (the day, ids; requests and their
 //! key fingerprints come from [`input`]) and turns its events into answers. Commands are
 //! built from the time they are decided at (see `CommandBus::execute_at`), so an
@@ -7,6 +8,7 @@
 //! An admin operation appends its operator's key (`commands::operator_key`) in the same
 //! unit of work as the account's event, so admin keys are scoped to the operator.
 
+pub mod history;
 pub mod input;
 
 use std::sync::Arc;

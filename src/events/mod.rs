@@ -76,6 +76,36 @@ impl std::str::FromStr for LogCursor {
     }
 }
 
+/// A moment in the log as operators write one: a place in the global order, or a time.
+/// `mana-core-auth export --until` and `GET /admin/users/{userId}/balance?at=` take one;
+/// each reads it as the longest prefix of what it walks (the global order, an account's
+/// stream) whose events are all at or before the moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moment {
+    /// Through the event with this cursor.
+    Cursor(LogCursor),
+    /// Through the last event recorded at or before this time. `recordedAt` is the time of
+    /// the command: it never goes back along a stream, but rises with the global order
+    /// only up to clock skew between processes.
+    Time(DateTime<Utc>),
+}
+
+/// A cursor (`<txid>:<position>`) or an RFC 3339 time with an offset. A text that parses
+/// as a cursor is one; times contain colons too but never parse as cursors.
+impl std::str::FromStr for Moment {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(cursor) = text.parse::<LogCursor>() {
+            return Ok(Self::Cursor(cursor));
+        }
+        DateTime::parse_from_rfc3339(text).map(|t| Self::Time(t.to_utc())).map_err(|_| {
+            "expected a cursor (the `cursor` field of an exported event) or an RFC 3339 time \
+             such as 2026-11-29T10:00:00Z"
+                .to_owned()
+        })
+    }
+}
+
 /// Who caused an event: a user id, or `system` for jobs and the CLI.
 pub const SYSTEM_ACTOR: &str = "system";
 
@@ -211,3 +241,24 @@ impl RecordedEvent {
 }
 
 pub(crate) use crate::db::{parse_sqlite_time, sqlite_time};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moment_is_a_cursor_when_it_parses_as_one_and_else_an_rfc_3339_time() {
+        assert_eq!("12:345".parse(), Ok(Moment::Cursor(LogCursor { txid: 12, position: 345 })));
+        assert_eq!("-3:0".parse(), Ok(Moment::Cursor(LogCursor { txid: -3, position: 0 })));
+        let at = DateTime::parse_from_rfc3339("2026-11-20T12:00:00.5Z").unwrap().to_utc();
+        assert_eq!("2026-11-20T12:00:00.5Z".parse(), Ok(Moment::Time(at)));
+        assert_eq!("2026-11-20T13:00:00.5+01:00".parse(), Ok(Moment::Time(at)));
+    }
+
+    #[test]
+    fn a_moment_is_neither_a_bare_number_nor_a_date_nor_a_half_cursor_nor_a_time_without_offset() {
+        for bad in ["", "12", "2026-11-20", "2026-11-20T12:00:00", "12:", ":5", "a:b", "yesterday", "1:2:3"] {
+            assert!(bad.parse::<Moment>().is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -164,6 +164,30 @@ fn decode(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+const READ_STREAM: &str = "
+SELECT txid, position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at, hash, commitments
+  FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence LIMIT $4";
+
+/// A stream's events after a sequence, in sequence order, with their place in the log.
+pub(super) async fn read_stream(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after_sequence: i64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = sqlx::query(READ_STREAM)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
 const AGGREGATE_EVENTS: &str = "
 SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3

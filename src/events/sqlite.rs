@@ -23,6 +23,12 @@ SELECT txid, position, aggregate_type, aggregate_id, sequence, event_type, event
        payload, metadata, recorded_at, hash, commitments
   FROM events WHERE position > $1 ORDER BY position LIMIT $2";
 
+const READ_STREAM: &str = "
+SELECT txid, position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at, hash, commitments
+  FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence LIMIT $4";
+
 const AGGREGATE_EVENTS: &str = "
 SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
@@ -97,24 +103,42 @@ where
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(executor)
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(RecordedEvent {
-                cursor: LogCursor { txid: row.try_get("txid")?, position: row.try_get("position")? },
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                sequence: row.try_get("sequence")?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload: json_column(row, "payload")?,
-                metadata: json_column(row, "metadata")?,
-                recorded_at: parse_sqlite_time(&row.try_get::<String, _>("recorded_at")?)
-                    .map_err(|e| StoreError::Corrupt(format!("recorded_at: {e}")))?,
-                hash: row.try_get("hash")?,
-                commitments: optional_json_column(row, "commitments")?,
-            })
-        })
-        .collect()
+    rows.iter().map(decode).collect()
+}
+
+/// A stream's events after a sequence, in sequence order, with their place in the log.
+pub(super) async fn read_stream(
+    reader: &SqlitePool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after_sequence: i64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = sqlx::query(READ_STREAM)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(reader)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
+fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<RecordedEvent, StoreError> {
+    Ok(RecordedEvent {
+        cursor: LogCursor { txid: row.try_get("txid")?, position: row.try_get("position")? },
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: json_column(row, "payload")?,
+        metadata: json_column(row, "metadata")?,
+        recorded_at: parse_sqlite_time(&row.try_get::<String, _>("recorded_at")?)
+            .map_err(|e| StoreError::Corrupt(format!("recorded_at: {e}")))?,
+        hash: row.try_get("hash")?,
+        commitments: optional_json_column(row, "commitments")?,
+    })
 }
 
 pub(super) async fn aggregate_events(

@@ -172,6 +172,27 @@ impl EventStore {
         }
     }
 
+    /// Up to `limit` events of one stream with a sequence above `after_sequence`, in
+    /// sequence order, as recorded (cursor, time, hash). Within a stream, sequence order
+    /// is also log order and time order: a stream's next event is appended only after
+    /// its previous one committed, at a time no earlier (`CommandContext::decided_after`).
+    pub async fn read_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &self.inner.db {
+            Db::Postgres(pool) => {
+                postgres::read_stream(pool, aggregate_type, aggregate_id, after_sequence, limit).await
+            }
+            Db::Sqlite { reader, .. } => {
+                sqlite::read_stream(reader, aggregate_type, aggregate_id, after_sequence, limit).await
+            }
+        }
+    }
+
     /// Up to `limit` events after `after`, in global order. Never skips an event whose
     /// transaction commits late and never returns one twice.
     pub async fn read_after(&self, after: LogCursor, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

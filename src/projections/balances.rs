@@ -1,5 +1,7 @@
 //! Projection `balances` (table `balances`): one row per credit account with its pools and
-//! totals, as after the last event applied.
+//! totals, as after the last event applied. [`BalanceState::apply`] is the one fold of
+//! credit events into pools and totals: this projection uses it per batch, and the
+//! point-in-time balance (`credits::history::balance_at`) over an account's stream.
 
 use std::collections::HashMap;
 
@@ -16,13 +18,54 @@ use crate::insert_rows;
 /// The `balances` read model: one row per credit account with its pools and totals.
 pub struct BalancesProjection;
 
-/// A row as the batch leaves it (totals are deltas until written).
+/// An account's pools and totals as a fold of its credit events ([`Self::apply`]), from
+/// [`Default`] (an account before its first event).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalanceState {
+    /// The pools after the last event folded in.
+    pub balances: Balances,
+    /// Every credit added: grants of either pool and positive adjustments.
+    pub total_earned: Credits,
+    /// Credits used, less refunds.
+    pub total_spent: Credits,
+    /// The last day whose free credits were granted (the registration day counts).
+    pub grant_day: Option<NaiveDate>,
+}
+
+impl BalanceState {
+    /// Folds one event in. Pools are taken from the event (each carries the balances
+    /// after it); totals add up. Folded from the default over part of a stream, the
+    /// totals are that part's deltas (how the projection upserts a batch).
+    pub fn apply(&mut self, event: &CreditEvent) {
+        match event {
+            CreditEvent::CreditAccountOpened { granted_day, .. } => self.grant_day = Some(*granted_day),
+            CreditEvent::CreditsGranted { source, amount, after, .. } => {
+                if let GrantSource::Daily { day } = source {
+                    self.grant_day = Some(*day);
+                }
+                self.balances = *after;
+                self.total_earned += *amount;
+            }
+            CreditEvent::CreditsSpent { amount, after, .. } => {
+                self.balances = *after;
+                self.total_spent += *amount;
+            }
+            CreditEvent::CreditsRefunded { amount, after, .. } => {
+                self.balances = *after;
+                self.total_spent -= *amount;
+            }
+            CreditEvent::CreditsAdjusted { amount, after, .. } => {
+                self.balances = *after;
+                self.total_earned += (*amount).max(Credits::ZERO);
+            }
+        }
+    }
+}
+
+/// A row as the batch leaves it: totals are the batch's deltas until the upsert adds them.
 #[derive(Default)]
 struct Row {
-    balances: Balances,
-    earned: Credits,
-    spent: Credits,
-    grant_day: Option<NaiveDate>,
+    state: BalanceState,
     at: Option<DbTime>,
 }
 
@@ -55,28 +98,7 @@ impl Projection for BalancesProjection {
             }
             let row = rows.entry(user.clone()).or_default();
             row.at = Some(DbTime(event.recorded_at));
-            match event.decode::<CreditEvent>()? {
-                CreditEvent::CreditAccountOpened { granted_day, .. } => row.grant_day = Some(granted_day),
-                CreditEvent::CreditsGranted { source, amount, after, .. } => {
-                    if let GrantSource::Daily { day } = source {
-                        row.grant_day = Some(day);
-                    }
-                    row.balances = after;
-                    row.earned += amount;
-                }
-                CreditEvent::CreditsSpent { amount, after, .. } => {
-                    row.balances = after;
-                    row.spent += amount;
-                }
-                CreditEvent::CreditsRefunded { amount, after, .. } => {
-                    row.balances = after;
-                    row.spent -= amount;
-                }
-                CreditEvent::CreditsAdjusted { amount, after, .. } => {
-                    row.balances = after;
-                    row.earned += amount.max(Credits::ZERO);
-                }
-            }
+            row.state.apply(&event.decode::<CreditEvent>()?);
         }
         let rows: Vec<(String, Row)> =
             order.into_iter().filter_map(|u| rows.remove(&u).map(|r| (u, r))).collect();
@@ -86,11 +108,11 @@ impl Projection for BalancesProjection {
             &rows,
             |r| {
                 "user_id": "text" = r.0.clone(),
-                "balance": "bigint" = r.1.balances.paid.get(),
-                "free_credits_remaining": "bigint" = r.1.balances.free.get(),
-                "total_earned": "bigint" = r.1.earned.get(),
-                "total_spent": "bigint" = r.1.spent.get(),
-                "last_daily_grant_day": "date" = r.1.grant_day,
+                "balance": "bigint" = r.1.state.balances.paid.get(),
+                "free_credits_remaining": "bigint" = r.1.state.balances.free.get(),
+                "total_earned": "bigint" = r.1.state.total_earned.get(),
+                "total_spent": "bigint" = r.1.state.total_spent.get(),
+                "last_daily_grant_day": "date" = r.1.state.grant_day,
                 "updated_at": "timestamptz" = r.1.at,
             },
             UPSERT

@@ -1,5 +1,6 @@
 //! Projection `sessions` (table `sessions`): one row per session with its device, client,
-//! activity and revocation. `GET /auth/sessions` lists from it.
+//! activity and revocation. `GET /auth/sessions` lists the live ones from it, operators
+//! (`GET /admin/users/{userId}/sessions`) every one.
 
 use std::collections::HashMap;
 
@@ -336,6 +337,61 @@ pub async fn live_sessions(db: &Db, user_id: &str, now: DateTime<Utc>) -> anyhow
                         user_agent: r.try_get(4)?,
                         created_at: r.try_get::<DbTime, _>(5)?.0,
                         last_active_at: r.try_get::<DbTime, _>(6)?.0,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        };
+    }
+    Ok(match db {
+        Db::Postgres(pool) => fetch!(pool),
+        Db::Sqlite { reader, .. } => fetch!(reader),
+    })
+}
+
+/// A session as operators see it: the listed row plus its end, live or not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    pub row: SessionRow,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+}
+
+/// Every session of a user, revoked and expired ones too, newest first (the order of
+/// [`live_sessions`]), a page at a time.
+pub async fn all_sessions(
+    db: &Db,
+    user_id: &str,
+    limit: i64,
+    offset: i64,
+) -> anyhow::Result<Vec<SessionRecord>> {
+    let sql = "SELECT id, device_id, device_name, ip_address, user_agent, created_at, last_active_at, \
+                      refresh_expires_at, revoked_at, revoked_reason \
+               FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3";
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all($pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let row = SessionRow {
+                        id: r.try_get(0)?,
+                        device_id: r.try_get(1)?,
+                        device_name: r.try_get(2)?,
+                        ip_address: r.try_get(3)?,
+                        user_agent: r.try_get(4)?,
+                        created_at: r.try_get::<DbTime, _>(5)?.0,
+                        last_active_at: r.try_get::<DbTime, _>(6)?.0,
+                    };
+                    Ok(SessionRecord {
+                        row,
+                        refresh_expires_at: r.try_get::<DbTime, _>(7)?.0,
+                        revoked_at: r.try_get::<Option<DbTime>, _>(8)?.map(|t| t.0),
+                        revoked_reason: r.try_get(9)?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?

@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::Projection;
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
-use crate::events::auth::UserEvent;
+use crate::events::auth::{Role, UserEvent};
 use crate::exec;
 
 /// The `users` read model: one row per account with its role, status and cutoffs.
@@ -132,6 +132,62 @@ pub async fn revoked_since(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
+        };
+    }
+    Ok(match db {
+        Db::Postgres(pool) => fetch!(pool),
+        Db::Sqlite { reader, .. } => fetch!(reader),
+    })
+}
+
+/// A user as operators see it (`GET /api/v1/admin/users`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub email_verified: bool,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The user with this id, if the read model has one.
+pub async fn by_id(db: &Db, id: &str) -> anyhow::Result<Option<UserRecord>> {
+    find(db, "SELECT id, email, name, role, email_verified, disabled, created_at, updated_at FROM users WHERE id = $1", id)
+        .await
+}
+
+/// The user registered under this address (give it normalised, as registration stores it).
+pub async fn by_email(db: &Db, normalised_email: &str) -> anyhow::Result<Option<UserRecord>> {
+    // Registration's e-mail claim keeps addresses unique; the order only makes the answer
+    // deterministic should a hand-edited table hold two.
+    find(
+        db,
+        "SELECT id, email, name, role, email_verified, disabled, created_at, updated_at FROM users \
+         WHERE email = $1 ORDER BY created_at, id LIMIT 1",
+        normalised_email,
+    )
+    .await
+}
+
+async fn find(db: &Db, sql: &'static str, value: &str) -> anyhow::Result<Option<UserRecord>> {
+    macro_rules! fetch {
+        ($pool:expr) => {
+            match sqlx::query(sql).bind(value).fetch_optional($pool).await? {
+                None => None,
+                Some(r) => Some(UserRecord {
+                    id: r.try_get(0)?,
+                    email: r.try_get(1)?,
+                    name: r.try_get(2)?,
+                    role: r.try_get::<String, _>(3)?.parse().map_err(anyhow::Error::msg)?,
+                    email_verified: r.try_get(4)?,
+                    disabled: r.try_get(5)?,
+                    created_at: r.try_get::<DbTime, _>(6)?.0,
+                    updated_at: r.try_get::<DbTime, _>(7)?.0,
+                }),
+            }
         };
     }
     Ok(match db {
