@@ -61,6 +61,12 @@ pub enum Command {
     /// credit event's arithmetic holds, 1 with the differences printed, 2 on a usage error)
     /// or swap it in without downtime (`--apply`).
     Replay(ReplayArgs),
+    /// Manage read-only PostgreSQL login roles for analytics jobs: the read models (schema
+    /// `read`) and nothing else; `--app` limits one to an app's rows (docs/PROJECTIONS.md).
+    AnalyticsRole {
+        #[command(subcommand)]
+        action: AnalyticsRoleAction,
+    },
     /// Write the event log as NDJSON, one event a line in global order, secrets as their
     /// commitments (docs/AUDIT.md). Logs go to standard error.
     Export(ExportArgs),
@@ -101,6 +107,25 @@ pub struct ReplayArgs {
     /// Replace the live read models, without downtime.
     #[arg(long)]
     pub apply: bool,
+}
+
+/// Analytics roles.
+#[derive(Debug, Subcommand)]
+pub enum AnalyticsRoleAction {
+    /// Create the role, or bring it up to date on a second run.
+    Create {
+        /// The role's name: lowercase letters, digits and underscores.
+        name: String,
+        /// Limit the role to this app's rows (row-level security).
+        #[arg(long, value_name = "APP_ID")]
+        app: Option<String>,
+        /// Set the login password from this file (its first line); without it a new role
+        /// has none and an existing one keeps its own.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+    },
+    /// Drop the role, its policies and its privileges.
+    Drop { name: String },
 }
 
 /// User administration.
@@ -145,6 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { action } => user_command(config, action).await,
         Command::Export(args) => export_command(config, args).await,
         Command::Replay(args) => replay_command(config, args).await,
+        Command::AnalyticsRole { action } => analytics_role_command(config, action).await,
         Command::Events { action } => events_command(&action),
     }
 }
@@ -373,6 +399,56 @@ async fn replay_command(config: Config, args: ReplayArgs) -> anyhow::Result<()> 
             report.finding_count
         );
         Err(Exit { code: 1, message }.into())
+    }
+}
+
+async fn analytics_role_command(config: Config, action: AnalyticsRoleAction) -> anyhow::Result<()> {
+    use crate::security::analytics_roles::{self, AnalyticsRole, AnalyticsRoleError, Created};
+    let usage = |message: String| Exit { code: 2, message };
+    if !matches!(config.database, crate::config::DatabaseConfig::Postgres { .. }) {
+        return Err(usage(AnalyticsRoleError::NotPostgres.to_string()).into());
+    }
+    let db = Db::connect(&config.database, 2).await?;
+    db.migrate().await?;
+    let outcome = match action {
+        AnalyticsRoleAction::Create { name, app, password_file } => {
+            let password = match &password_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+                    let line = text.lines().next().unwrap_or_default().to_owned();
+                    if line.is_empty() {
+                        return Err(
+                            usage(format!("{}: no password on its first line", path.display())).into()
+                        );
+                    }
+                    Some(crate::config::Secret::new(line))
+                }
+                None => None,
+            };
+            let role = AnalyticsRole { name: name.clone(), app: app.clone(), password };
+            analytics_roles::create(&db, &role).await.map(|created| {
+                let scope = app.map_or_else(|| "every app".to_owned(), |a| format!("app {a} only"));
+                match created {
+                    Created::Created => println!("created analytics role {name} ({scope})"),
+                    Created::Updated => println!("updated analytics role {name} ({scope})"),
+                }
+            })
+        }
+        AnalyticsRoleAction::Drop { name } => {
+            analytics_roles::drop_role(&db, &name).await.map(|()| println!("dropped analytics role {name}"))
+        }
+    };
+    db.close().await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(error @ (AnalyticsRoleError::InvalidName(_) | AnalyticsRoleError::InvalidApp(_))) => {
+            Err(usage(error.to_string()).into())
+        }
+        Err(error @ (AnalyticsRoleError::NotOurs(_) | AnalyticsRoleError::NotFound(_))) => {
+            Err(Exit { code: 1, message: error.to_string() }.into())
+        }
+        Err(error) => Err(error.into()),
     }
 }
 

@@ -20,6 +20,10 @@ use crate::config::DatabaseConfig;
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The `search_path` of the service's PostgreSQL database (set on the database by
+/// migration 0009): internals in `public`, read models in `read`, unqualified names for both.
+pub const SEARCH_PATH: &str = "\"$user\", public, read";
+
 /// The database of one deployment: PostgreSQL, or the embedded SQLite file.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -216,7 +220,17 @@ impl Db {
         result.map_err(|e| match e {
             MigrateError::VersionMissing(v) => DbError::UnknownMigration(v),
             other => DbError::Migrate(other),
-        })
+        })?;
+        if let Self::Postgres(pool) = self {
+            // Migration 0009 set the database's search_path (read models in `read`) for
+            // every new connection; the one connection this pool opened before it (or
+            // before another process ran it) gets it here.
+            sqlx::query(&format!("SET search_path TO {SEARCH_PATH}"))
+                .execute(pool)
+                .await
+                .map_err(|e| DbError::Migrate(MigrateError::Execute(e)))?;
+        }
+        Ok(())
     }
 
     /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write lock is

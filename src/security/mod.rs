@@ -3,6 +3,7 @@
 //! revocation index and the audit keys that sign the log's seals.
 
 pub mod access;
+pub mod analytics_roles;
 pub mod audit_keys;
 pub mod keys;
 pub mod passwords;
