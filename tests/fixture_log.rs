@@ -91,6 +91,16 @@ async fn the_fixture_log_of_release_0_x_migrates_and_replays_into_the_same_read_
         let projector = app.state.projector();
         catch_up_to(projector, app.state.store().committed_head().await.expect("head")).await;
         let tables: Vec<&str> = stored.keys().map(String::as_str).collect();
+        if engine == Engine::Postgres {
+            // Migration 0009 moved the read models of this pre-existing database to `read`.
+            let moved = common::count(
+                app.state.db(),
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'read' \
+                 AND tablename IN ('users', 'sessions', 'balances', 'credit_transactions', 'projection_checkpoints')",
+            )
+            .await;
+            assert_eq!(moved, 5, "the read models of release 0.x moved to the schema read");
+        }
         let context = format!("{engine:?}, after migrating");
         read_models::assert_same_but_later_streams(
             &stored,
