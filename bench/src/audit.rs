@@ -9,24 +9,18 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 
 use super::foundation::{Scratch, append_run, fill_realistic_from, machine};
+use super::process::{Measured, measure};
 use super::{AuditArgs, Latencies};
 use mana_core_auth::audit::record::ExportRecord;
 use mana_core_auth::audit::verify::{AuditKeys, verify_export};
 use mana_core_auth::db::Db;
 use mana_core_auth::events::LogCursor;
 use mana_core_auth::events::chain::{self, Secrets, ZERO};
-
-/// One subprocess run.
-struct Measured {
-    seconds: f64,
-    peak_rss_kib: u64,
-    stderr: String,
-}
 
 /// One log size's results.
 struct SizeRow {
@@ -149,14 +143,14 @@ async fn log_sizes_on(
             written as f64 / fill_seconds
         );
 
-        let live = measure(exe, &["verify"], &url, work.path())?;
+        let live = measure(exe, &["verify"], &[("DATABASE_URL", &url)], work.path())?;
         check_verified(&live, events, "verify (live)")?;
         println!("audit: {events}: verify live      {}", rate_cell(events, &live));
 
         let file = work.path().join("export.ndjson");
         let (export, standin_export_seconds) = if has_export {
             let out = file.to_string_lossy().into_owned();
-            let m = measure(exe, &["export", "--out", &out], &url, work.path())?;
+            let m = measure(exe, &["export", "--out", &out], &[("DATABASE_URL", &url)], work.path())?;
             println!("audit: {events}: export           {}", rate_cell(events, &m));
             (Some(m), None)
         } else {
@@ -173,7 +167,7 @@ async fn log_sizes_on(
         let export_bytes = std::fs::metadata(&file)?.len();
 
         let path = file.to_string_lossy().into_owned();
-        let offline = measure(exe, &["verify", "--file", &path], &url, work.path())?;
+        let offline = measure(exe, &["verify", "--file", &path], &[("DATABASE_URL", &url)], work.path())?;
         check_verified(&offline, events, "verify --file")?;
         println!("audit: {events}: verify --file    {}", rate_cell(events, &offline));
 
@@ -193,46 +187,6 @@ async fn log_sizes_on(
         });
     }
     Ok(rows)
-}
-
-/// Runs the service binary with only `DATABASE_URL` set, in `dir` (no `.env`), and
-/// samples its peak RSS until it exits; fails unless it exits 0.
-fn measure(exe: &Path, args: &[&str], url: &str, dir: &Path) -> anyhow::Result<Measured> {
-    let stderr_path = dir.join("stderr.txt");
-    let started = Instant::now();
-    let mut child = Command::new(exe)
-        .args(args)
-        .env_clear()
-        .env("DATABASE_URL", url)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path)?)
-        .spawn()?;
-    let pid = child.id();
-    let mut peak = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if let Some(hwm) = vm_hwm_kib(pid) {
-            peak = peak.max(hwm);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    ensure!(status.success(), "`mana-core-auth {}` exited with {status}: {stderr}", args.join(" "));
-    Ok(Measured { seconds, peak_rss_kib: peak, stderr })
-}
-
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())?
-        .parse()
-        .ok()
 }
 
 /// A timing counts only if verify checked every event and found the log clean.

@@ -357,7 +357,7 @@ pub(super) async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
 
 /// A timing is only worth reporting if the work was done: every fed projection has reached
 /// the end of the log and, for the realistic mix, holds the rows the mix implies.
-async fn verify_catchup(
+pub(super) async fn verify_catchup(
     projector: &Projector,
     scratch: &Scratch,
     names: &[&str],

@@ -12,6 +12,8 @@ mod ceilings;
 mod foundation;
 mod http;
 mod http_client;
+mod process;
+mod replay;
 mod stats;
 mod storm;
 
@@ -61,6 +63,9 @@ pub enum BenchCommand {
     /// account with a long history: over the whole stream, at its middle by time and by
     /// cursor (median of a few runs).
     BalanceAt(BalanceAtArgs),
+    /// Replay on PostgreSQL: `replay --verify` rate and `replay --apply` time and peak RSS
+    /// over a realistic log, beside the projector's own catch-up over the same log.
+    Replay(ReplayArgs),
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -211,6 +216,40 @@ pub struct BalanceAtArgs {
     pub runs: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Log sizes to measure at (comma-separated, realistic mix); the log grows from one
+    /// to the next.
+    #[arg(long, value_delimiter = ',', default_value = "1000000")]
+    pub events: Vec<usize>,
+    /// Events per batch of the projector that brings the live read models up to date in
+    /// this process; the default is the replay's own batch at the default settings, so
+    /// the two rates compare like for like.
+    #[arg(long, default_value_t = 1_000)]
+    pub catchup_batch: usize,
+    /// `PROJECTION_BATCH_SIZE` values to run `replay --verify` with, one run each
+    /// (comma-separated; the replay batch is max(value, 1000)); `--apply` runs with the
+    /// first. Unset by default.
+    #[arg(long, value_delimiter = ',')]
+    pub projection_batch_sizes: Vec<usize>,
+    /// Skip `replay --apply`.
+    #[arg(long)]
+    pub no_apply: bool,
+    /// `RUST_LOG` for the replay subprocesses (e.g. `info,sqlx::query=debug` to see each
+    /// statement's time); their output goes to `--logs`.
+    #[arg(long)]
+    pub rust_log: Option<String>,
+    /// Keep each replay subprocess's output (logs, then the summary) in this directory.
+    #[arg(long)]
+    pub logs: Option<std::path::PathBuf>,
+    /// At the largest size, also time in this process what a verify is made of: reading
+    /// the log, the ledger checks, the comparison statements.
+    #[arg(long)]
+    pub phases: bool,
+}
+
 /// Runs one benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -222,6 +261,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Http(args) => http::run(args).await,
         BenchCommand::Audit(args) => audit::audit(args).await,
         BenchCommand::BalanceAt(args) => balance_at::balance_at_bench(args).await,
+        BenchCommand::Replay(args) => replay::replay(args).await,
     }
 }
 
