@@ -9,7 +9,7 @@ use super::Projection;
 use crate::db::{Db, DbTime, DbTx};
 use crate::events::RecordedEvent;
 use crate::events::auth::{Role, UserEvent};
-use crate::exec;
+use crate::{exec, insert_rows};
 
 /// The `users` read model: one row per account with its role, status and cutoffs.
 pub struct Users;
@@ -25,30 +25,64 @@ impl Projection for Users {
     }
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        // Registrations are inserted together (one statement per run of them, as the other
+        // row-writing projections do); any other event first flushes the run before it,
+        // so a change always finds its row.
+        let mut registered: Vec<NewUser> = Vec::new();
         for event in events.iter().filter(|e| e.aggregate_type == "user") {
-            apply_event(tx, event).await.map_err(|e| super::on_event(e, event))?;
+            let decoded = event.decode::<UserEvent>().map_err(|e| super::on_event(e.into(), event))?;
+            if let UserEvent::UserRegistered { personal, role, registered_at, .. } = decoded {
+                registered.push(NewUser {
+                    id: event.aggregate_id.clone(),
+                    email: personal.email,
+                    name: personal.name,
+                    role,
+                    at: DbTime(registered_at),
+                });
+                continue;
+            }
+            insert_registered(tx, &mut registered).await?;
+            apply_change(tx, event, decoded).await.map_err(|e| super::on_event(e, event))?;
         }
-        Ok(())
+        insert_registered(tx, &mut registered).await
     }
 }
 
-/// Applies one user event: each changes one row.
-async fn apply_event(tx: &mut DbTx, event: &RecordedEvent) -> anyhow::Result<()> {
+/// A registration waiting to be inserted.
+struct NewUser {
+    id: String,
+    email: String,
+    name: Option<String>,
+    role: Role,
+    at: DbTime,
+}
+
+async fn insert_registered(tx: &mut DbTx, registered: &mut Vec<NewUser>) -> anyhow::Result<()> {
+    insert_rows!(
+        tx,
+        "users",
+        &registered,
+        |u| {
+            "id": "text" = u.id.clone(),
+            "email": "text" = u.email.clone(),
+            "name": "text" = u.name.clone(),
+            "role": "text" = u.role.as_str(),
+            "email_verified": "boolean" = false,
+            "disabled": "boolean" = false,
+            "created_at": "timestamptz" = u.at,
+            "updated_at": "timestamptz" = u.at,
+        }
+    )?;
+    registered.clear();
+    Ok(())
+}
+
+/// Applies one user event other than a registration: each changes one row.
+async fn apply_change(tx: &mut DbTx, event: &RecordedEvent, decoded: UserEvent) -> anyhow::Result<()> {
     let id = &event.aggregate_id;
     let at = DbTime(event.recorded_at);
-    match event.decode::<UserEvent>()? {
-        UserEvent::UserRegistered { personal, role, registered_at, .. } => {
-            exec!(
-                tx,
-                "INSERT INTO users (id, email, name, role, email_verified, disabled, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, false, false, $5, $5)",
-                id,
-                personal.email,
-                personal.name,
-                role.as_str(),
-                DbTime(registered_at)
-            )?;
-        }
+    match decoded {
+        UserEvent::UserRegistered { .. } => anyhow::bail!("registrations are inserted in runs"),
         UserEvent::UserRoleChanged { role, sessions_revoked_before, .. } => {
             exec!(
                 tx,
