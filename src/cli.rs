@@ -372,6 +372,9 @@ async fn replay_command(config: Config, args: ReplayArgs) -> anyhow::Result<()> 
     if report.finding_count > report.findings.len() as u64 {
         println!("check: ... and {} more", report.finding_count - report.findings.len() as u64);
     }
+    let at: Vec<String> =
+        report.compared_at.iter().map(|(name, cursor)| format!("{name} {cursor}")).collect();
+    eprintln!("compared each read model at its live checkpoint: {}", at.join(", "));
     let rows: u64 = report.rows.iter().map(|(_, n)| n).sum();
     let t = &report.totals;
     eprintln!(
