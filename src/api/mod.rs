@@ -11,6 +11,7 @@ mod credits;
 pub mod error;
 pub mod extract;
 mod health;
+mod ledger;
 mod limits;
 pub mod middleware;
 mod openapi;
@@ -71,6 +72,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(audit_keys::router())
         .merge(audit::router())
+        .merge(ledger::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
