@@ -11,6 +11,7 @@ mod ceilings;
 mod foundation;
 mod http;
 mod http_client;
+mod ledger;
 mod stats;
 mod storm;
 
@@ -56,6 +57,24 @@ pub enum BenchCommand {
     /// The audit log on PostgreSQL: `verify` (live and offline) and `export` rates and
     /// peak RSS at growing log sizes, and appends with and without the hash chain.
     Audit(AuditArgs),
+    /// The double-entry ledger: `ledger_postings` catch-up alone, then the trial balance
+    /// (now and at a cursor) and a usage report over a million postings or more.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Postings the ledger holds at least (32 per user of the realistic mix).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub postings: usize,
+    /// Events per projector transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Timed runs of each read.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -204,6 +223,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Limiter(args) => limiter(args).await,
         BenchCommand::Http(args) => http::run(args).await,
         BenchCommand::Audit(args) => audit::audit(args).await,
+        BenchCommand::Ledger(args) => ledger::ledger(args).await,
     }
 }
 
