@@ -70,6 +70,27 @@ pub enum Command {
     /// Write the event log as NDJSON, one event a line in global order, secrets as their
     /// commitments (docs/AUDIT.md). Logs go to standard error.
     Export(ExportArgs),
+    /// Read the double-entry ledger (docs/PROJECTIONS.md, `ledger_postings`).
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
+}
+
+/// The double-entry ledger.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Print every account's balance at a point of the log, their total (0) and the cursor
+    /// answered. Brings the ledger up to the log first, as a server's projector would.
+    TrialBalance {
+        /// A cursor (`txid:position`) or an RFC 3339 time (the last event recorded at or
+        /// before it); default: the whole log.
+        #[arg(long, value_name = "CURSOR|RFC3339")]
+        at: Option<crate::credits::input::Point>,
+        /// Print the JSON `GET /api/v1/admin/ledger/trial-balance` answers instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The event catalogue, generated from the code.
@@ -152,8 +173,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return events_command(action);
     }
     let config = Config::from_env()?;
-    // An export may write its data to standard output: keep the logs out of it.
-    let logs_to_stderr = matches!(cli.command, Some(Command::Export(_)));
+    // An export or a ledger report may write its data to standard output: keep the logs out of it.
+    let logs_to_stderr = matches!(cli.command, Some(Command::Export(_) | Command::Ledger { .. }));
     init_tracing(config.log_format, &config.log_filter, logs_to_stderr)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
@@ -171,6 +192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export_command(config, args).await,
         Command::Replay(args) => replay_command(config, args).await,
         Command::AnalyticsRole { action } => analytics_role_command(config, action).await,
+        Command::Ledger { action } => ledger_command(config, action).await,
         Command::Events { action } => events_command(&action),
     }
 }
@@ -267,6 +289,46 @@ async fn projections_command(config: Config, action: ProjectionsAction) -> anyho
         }
     }
     db.close().await;
+    Ok(())
+}
+
+async fn ledger_command(config: Config, action: LedgerAction) -> anyhow::Result<()> {
+    use crate::credits::{analytics, input::Point};
+    use crate::projections::ledger_postings::LedgerPostings;
+    let LedgerAction::TrialBalance { at, json } = action;
+    let db = Db::connect(&config.database, 4).await?;
+    db.migrate().await?;
+    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let settings = ProjectorSettings {
+        batch_size: config.projection_batch_size.max(1_000),
+        poll_interval: config.projection_poll_interval,
+    };
+    // Only the ledger's own projection; safe beside servers (its lock is taken per batch).
+    let projector =
+        Projector::new(store.clone(), Arc::new(SystemClock), settings, vec![Arc::new(LedgerPostings)]);
+    projector.init().await?;
+    projector.catch_up().await?;
+    let balance =
+        analytics::trial_balance(&store, &projector, at.unwrap_or(Point::Now), std::time::Duration::ZERO)
+            .await;
+    db.close().await;
+    let balance = balance?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&balance)?);
+        return Ok(());
+    }
+    let width = balance.accounts.iter().map(|a| a.account.len()).max().unwrap_or(0).max(7);
+    println!("{:<width$}  {:>14}", "account", "balance");
+    for account in &balance.accounts {
+        println!("{:<width$}  {:>14}", account.account, account.balance.to_string());
+    }
+    println!("{:<width$}  {:>14}", "total", balance.total.to_string());
+    match &balance.requested_cursor {
+        Some(requested) if *requested != balance.cursor => {
+            println!("at cursor {} (asked for {requested}: the readable log ends before it)", balance.cursor);
+        }
+        _ => println!("at cursor {}", balance.cursor),
+    }
     Ok(())
 }
 

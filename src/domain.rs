@@ -28,6 +28,12 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
+/// Whether `id` is an app id: 1 to 64 characters of `[A-Za-z0-9._-]` (the `appId` of a
+/// spend, and the apps services are bound to).
+pub fn valid_app_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// A UUIDv7 stamped with the clock service's time: a session id carries its start.
 /// (No monotonic context: it would move a timestamp forward after a clock step back,
 /// and a session's start must be exact for user-wide revocation.)

@@ -152,6 +152,16 @@ async fn analytics_roles_read_the_read_models_only_and_app_roles_only_their_apps
     );
     assert_eq!(count(&mut as_chat, "SELECT count(*) FROM usage_stats WHERE app_id <> 'chat'").await, 0);
     assert!(count(&mut as_chat, "SELECT count(*) FROM usage_stats").await > 0);
+    assert!(count(&mut as_chat, "SELECT count(*) FROM ledger_postings").await > 0);
+    assert_eq!(
+        count(&mut as_chat, "SELECT count(*) FROM ledger_postings WHERE app_id IS DISTINCT FROM 'chat'")
+            .await,
+        0
+    );
+    assert_eq!(
+        count(&mut as_all, "SELECT count(*) FROM ledger_postings").await,
+        count(&mut owner, "SELECT count(*) FROM ledger_postings").await
+    );
     assert_eq!(
         count(&mut as_all, "SELECT count(*) FROM usage_stats").await,
         count(&mut owner, "SELECT count(*) FROM usage_stats").await

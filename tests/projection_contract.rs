@@ -10,8 +10,8 @@ use common::{ENGINES, Engine, TestDb};
 use sqlx::Connection;
 
 /// The documented columns per table: a heading names its table (the last `name` in
-/// backticks on the line); the first cell of each row of the table under it names
-/// columns (every `name` in backticks).
+/// backticks on the line); the first cell of each row of a Markdown table under it whose
+/// header is `Column` names columns (every `name` in backticks).
 fn documented() -> BTreeMap<String, BTreeSet<String>> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/PROJECTIONS.md");
     let doc = std::fs::read_to_string(path).expect("docs/PROJECTIONS.md");
@@ -19,15 +19,27 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
         |text: &str| -> Vec<String> { text.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
     let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut current: Option<String> = None;
+    // Whether the Markdown table being read is a column table (its header says `Column`);
+    // other tables (the chart of accounts, examples) are not.
+    let mut columns_table = false;
+    let mut in_table = false;
     for line in doc.lines() {
         if line.starts_with('#') {
             current = ticked(line).pop();
             continue;
         }
-        let Some(table) = &current else { continue };
-        let Some(row) = line.strip_prefix('|') else { continue };
+        let Some(row) = line.strip_prefix('|') else {
+            in_table = false;
+            continue;
+        };
         let first = row.split('|').next().unwrap_or_default();
-        if first.trim() == "Column" || first.contains("---") {
+        if !in_table {
+            in_table = true;
+            columns_table = first.trim() == "Column";
+            continue;
+        }
+        let Some(table) = &current else { continue };
+        if !columns_table || first.contains("---") {
             continue;
         }
         tables.entry(table.clone()).or_default().extend(ticked(first));

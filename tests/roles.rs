@@ -101,6 +101,12 @@ fn routes() -> Vec<AdminRoute> {
                 json!({"transactionId": t.spend_id, "amount": 1, "reason": "roles", "idempotencyKey": key()}),
             )
         }),
+        route("Admin reads", Method::GET, "/api/v1/admin/ledger/trial-balance", S::OK, |_| None),
+        // The service is bound to `chat` (SERVICE_APPS) and asks for its own figures.
+        AdminRoute {
+            admits_narrowed: Some("its own app only"),
+            ..route("Usage analytics", Method::GET, "/api/v1/admin/usage", S::OK, |_| None)
+        },
     ]
 }
 
@@ -207,6 +213,14 @@ async fn every_admin_route_answers_each_role_exactly_what_the_documented_table_s
         for role in ROLES {
             tokens.push((role, signed_in(&app, &api, role).await));
         }
+        // The service speaks for `chat` (usage analytics: its own app only).
+        let service = &tokens.iter().find(|(role, _)| *role == Role::Service).expect("a service").1;
+        let service_id = api.validate(service).await["payload"]["sub"].as_str().expect("sub").to_owned();
+        app.stop().await;
+        let mut config = db.app_config();
+        config.service_apps.insert(service_id, "chat".to_owned());
+        let app = TestApp::spawn(config).await;
+        let api = Api::new(&app.base);
 
         for route in routes() {
             let what = format!("{engine:?} {} {}", route.method, route.path);

@@ -378,6 +378,12 @@ pub(super) async fn verify_catchup(
             "credit_transactions",
             users * (1 + mana_core_auth::events::mix::SPENDS_PER_USER),
         ),
+        // Two postings per transaction (every spend of the mix is from the free pool).
+        (
+            "ledger_postings",
+            "ledger_postings",
+            2 * users * (1 + mana_core_auth::events::mix::SPENDS_PER_USER),
+        ),
     ];
     for (projection, table, rows) in expected {
         if !names.contains(&projection) {

@@ -12,6 +12,7 @@ mod ceilings;
 mod foundation;
 mod http;
 mod http_client;
+mod ledger;
 mod process;
 mod replay;
 mod stats;
@@ -66,6 +67,24 @@ pub enum BenchCommand {
     /// Replay on PostgreSQL: `replay --verify` rate and `replay --apply` time and peak RSS
     /// over a realistic log, beside the projector's own catch-up over the same log.
     Replay(ReplayArgs),
+    /// The double-entry ledger: `ledger_postings` catch-up alone, then the trial balance
+    /// (now and at a cursor) and a usage report over a million postings or more.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Postings the ledger holds at least (32 per user of the realistic mix).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub postings: usize,
+    /// Events per projector transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Timed runs of each read.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -262,6 +281,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Audit(args) => audit::audit(args).await,
         BenchCommand::BalanceAt(args) => balance_at::balance_at_bench(args).await,
         BenchCommand::Replay(args) => replay::replay(args).await,
+        BenchCommand::Ledger(args) => ledger::ledger(args).await,
     }
 }
 

@@ -12,6 +12,7 @@ ALTER TABLE public.security_events SET SCHEMA read;
 ALTER TABLE public.balances SET SCHEMA read;
 ALTER TABLE public.credit_transactions SET SCHEMA read;
 ALTER TABLE public.usage_stats SET SCHEMA read;
+ALTER TABLE public.ledger_postings SET SCHEMA read;
 
 -- Unqualified names keep working for the service, operators' SQL and connections through
 -- PgBouncer (where a per-connection SET is not possible): the database's own setting.

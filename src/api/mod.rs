@@ -12,6 +12,7 @@ mod credits;
 pub mod error;
 pub mod extract;
 mod health;
+mod ledger;
 mod limits;
 pub mod middleware;
 mod openapi;
@@ -73,6 +74,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(admin_users::router())
         .merge(audit_keys::router())
         .merge(audit::router())
+        .merge(ledger::router())
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

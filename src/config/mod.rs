@@ -119,6 +119,9 @@ pub struct Config {
     pub smtp_from: String,
     /// Where links in e-mails point (reset and verification pages).
     pub frontend_url: String,
+    /// The app each service account speaks for (`SERVICE_APPS`): service user id → app id.
+    /// A service caller of the usage figures sees only its app's; without an entry, none.
+    pub service_apps: HashMap<String, String>,
 }
 
 /// A variable that could not be parsed. Its `Display` is the one line printed at start-up.
@@ -256,6 +259,7 @@ impl Config {
                 .into_iter()
                 .next()
                 .unwrap_or_else(|| "http://localhost:3000".to_owned()),
+            service_apps: parse_service_apps(env.get("SERVICE_APPS").unwrap_or(""))?,
         })
     }
 
@@ -426,6 +430,30 @@ fn parse_proxies(raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         .collect()
 }
 
+/// `SERVICE_APPS`: a comma-separated list of `<service user id>=<appId>`, one app per
+/// service. Ids are UUIDs (stored in their lowercase hyphenated form, as tokens carry
+/// them); app ids follow the rule of `appId` in spends ([`crate::domain::valid_app_id`]).
+fn parse_service_apps(raw: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let bad = |reason: String| ConfigError { variable: "SERVICE_APPS", reason };
+    let mut apps = HashMap::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, app) = entry
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{entry:?} is not <service user id>=<appId>")))?;
+        let id = uuid::Uuid::parse_str(id.trim())
+            .map_err(|_| bad(format!("{:?} is not a user id (a UUID)", id.trim())))?
+            .to_string();
+        let app = app.trim();
+        if !crate::domain::valid_app_id(app) {
+            return Err(bad(format!("{app:?} is not an app id (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')")));
+        }
+        if apps.insert(id.clone(), app.to_owned()).is_some() {
+            return Err(bad(format!("{id} is bound twice: a service speaks for one app")));
+        }
+    }
+    Ok(apps)
+}
+
 fn parse_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
     let mut origins = Vec::new();
     for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
@@ -529,6 +557,24 @@ mod tests {
         assert_eq!(limit(&set), Some(Limit { max: 5, window: Duration::from_secs(10) }));
         let err = Config::from_vars(&vars(&[("RATE_LIMIT_REFRESH_IP", "lots")])).unwrap_err();
         assert_eq!(err.variable, "RATE_LIMIT_REFRESH_IP");
+    }
+
+    #[test]
+    fn service_apps_bind_each_service_user_to_one_app() {
+        let id = "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B";
+        let config = Config::from_vars(&vars(&[("SERVICE_APPS", &format!(" {id}=chat , "))])).unwrap();
+        assert_eq!(config.service_apps.get(&id.to_lowercase()).map(String::as_str), Some("chat"));
+        assert!(Config::from_vars(&HashMap::new()).unwrap().service_apps.is_empty());
+        for bad in [
+            "chat".to_owned(),
+            "not-a-uuid=chat".to_owned(),
+            format!("{id}=no spaces"),
+            format!("{id}="),
+            format!("{id}=chat,{id}=picture"),
+        ] {
+            let err = Config::from_vars(&vars(&[("SERVICE_APPS", &bad)])).unwrap_err();
+            assert_eq!(err.variable, "SERVICE_APPS", "{bad}");
+        }
     }
 
     #[test]

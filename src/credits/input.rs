@@ -4,15 +4,17 @@
 //! every fingerprint of a spend or an admin operation is computed by [`fingerprint`].
 
 mod admin;
+mod analytics;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::domain::Credits;
+use crate::domain::{Credits, valid_app_id};
 
 pub use admin::{AdminAdjust, AdminGrant, AdminOperation, AdminRefund, AdminRequest, GrantBody, RefundBody};
+pub use analytics::Point;
 
 /// The largest amount one request may move.
 pub const MAX_AMOUNT: i64 = 1_000_000;
@@ -167,10 +169,6 @@ fn parse_key(raw: &str) -> Result<String, String> {
     } else {
         Err("idempotencyKey must be 1 to 255 printable ASCII characters".into())
     }
-}
-
-fn valid_app_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// The fingerprint of a request: the SHA-256 of the canonical form (object keys sorted,

@@ -8,6 +8,7 @@
 //! An admin operation appends its operator's key (`commands::operator_key`) in the same
 //! unit of work as the account's event, so admin keys are scoped to the operator.
 
+pub mod analytics;
 pub mod history;
 pub mod input;
 

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use postgres_es::PostgresEventRepository;
+use sqlx::Row;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::personal::PersonalKeys;
 use super::stamp::Stamper;
 use super::{LogCursor, LogSignal, NewEvent, OutgoingMail, RecordedEvent, chain, postgres, sqlite};
-use crate::db::{Db, DbTx};
+use crate::db::{Db, DbTime, DbTx};
 use crate::telemetry::Metrics;
 
 /// The event log of one deployment.
@@ -222,6 +223,31 @@ impl EventStore {
             Db::Postgres(pool) => postgres::head(pool).await,
             Db::Sqlite { reader, .. } => sqlite::head(reader).await,
         }
+    }
+
+    /// The cursor of the last event in global order recorded at or before `at`
+    /// ([`LogCursor::START`] when none was): what "the log at a time" means for readers
+    /// that answer as of a cursor. Recorded times follow the global order only up to clock
+    /// skew between processes, so an event recorded after `at` may precede the answer.
+    pub async fn cursor_recorded_by(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<LogCursor, StoreError> {
+        let row = match &self.inner.db {
+            Db::Postgres(pool) => {
+                let sql = "SELECT txid, position FROM events WHERE recorded_at <= $1 \
+                           ORDER BY txid DESC, position DESC LIMIT 1";
+                let row = sqlx::query(sql).bind(DbTime(at)).fetch_optional(pool).await?;
+                row.map(|r| Ok::<_, sqlx::Error>(LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? }))
+            }
+            Db::Sqlite { reader, .. } => {
+                // One writer: position order is the global order (txid is always 0).
+                let sql = "SELECT txid, position FROM events WHERE recorded_at <= $1 ORDER BY position DESC LIMIT 1";
+                let row = sqlx::query(sql).bind(DbTime(at)).fetch_optional(reader).await?;
+                row.map(|r| Ok(LogCursor { txid: r.try_get(0)?, position: r.try_get(1)? }))
+            }
+        };
+        Ok(row.transpose()?.unwrap_or(LogCursor::START))
     }
 
     /// The cursor of the newest committed event, readable yet or not: once the projector

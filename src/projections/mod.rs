@@ -8,9 +8,11 @@
 //! as a second guard. [`Projector::wait_for`] gives requests read-your-writes.
 
 pub mod balances;
+pub mod chart;
 pub mod credit_transactions;
 mod group;
 pub mod ledger;
+pub mod ledger_postings;
 mod projector;
 pub mod security_events;
 pub mod sessions;
@@ -65,5 +67,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(balances::BalancesProjection),
         std::sync::Arc::new(credit_transactions::CreditTransactions),
         std::sync::Arc::new(usage_stats::UsageStats),
+        std::sync::Arc::new(ledger_postings::LedgerPostings),
     ]
 }
