@@ -18,6 +18,7 @@ use common::{ENGINES, Engine, ServerProcess, TestApp, TestDb, eventually, open_s
 use mana_core_auth::audit::record::ExportRecord;
 use mana_core_auth::config::{EventStreamConfig, Secret};
 use mana_core_auth::events::{LogCursor, RecordedEvent, mix};
+use mana_core_auth::feed::follow::sequence_after;
 use mana_core_auth::feed::{CURSOR_HEADER, subject_of};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -214,6 +215,38 @@ async fn assert_stream_is_the_log(stream: &TestStream, db: &TestDb, within: Dura
     assert_eq!(sequences, (1..=log.len() as u64).collect::<Vec<_>>(), "gaps in the stream");
 }
 
+/// `feed::follow::sequence_after` finds where to start after any cursor, and an ordered
+/// consumer started there (as examples/follow_feed.rs does) gets exactly the later events.
+async fn a_consumer_follows_from_any_cursor(stream: &TestStream, log: &[RecordedEvent]) {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt;
+    let js = jetstream::new(async_nats::connect(&stream.url).await.expect("connect"));
+    let mut nats_stream = js.get_stream(&stream.name).await.expect("the stream");
+    let n = log.len();
+    let cases = [(LogCursor::START, 1), (log[n / 2].cursor, n / 2 + 2), (log[n - 1].cursor, n + 1)];
+    for (after, expected) in cases {
+        let start_sequence = sequence_after(&mut nats_stream, after).await.expect("sequence after");
+        assert_eq!(start_sequence, expected as u64, "after {after}");
+    }
+    let after = log[n / 2].cursor;
+    let start_sequence = sequence_after(&mut nats_stream, after).await.expect("sequence after");
+    let config = OrderedConfig {
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
+        ..Default::default()
+    };
+    let consumer = nats_stream.create_consumer(config).await.expect("a consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut followed = Vec::new();
+    while followed.len() < n - (n / 2 + 1) {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+        let message = next.expect("a message in time").expect("a message").expect("no error");
+        let headers = message.headers.as_ref().expect("headers");
+        followed.push(headers.get(CURSOR_HEADER).map(|v| v.to_string()).unwrap_or_default());
+    }
+    let expected: Vec<String> = log[n / 2 + 1..].iter().map(|e| e.cursor.to_string()).collect();
+    assert_eq!(followed, expected);
+}
+
 async fn ready(app: &TestApp) -> (StatusCode, serde_json::Value) {
     let answer = Api::new(&app.base).get("/api/v1/ready").await;
     (answer.status, answer.body)
@@ -232,6 +265,7 @@ async fn every_committed_event_reaches_the_stream_once_in_global_order_as_its_ex
             activity(&api).await;
         }
         assert_stream_is_the_log(&stream, &db, Duration::from_secs(20)).await;
+        a_consumer_follows_from_any_cursor(&stream, &log_of(&db).await).await;
 
         // Readiness and the metrics show the feed caught up.
         let caught_up = eventually(Duration::from_secs(5), || async {

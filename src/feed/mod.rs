@@ -19,6 +19,7 @@
 //! service stays ready meanwhile unless `EVENT_STREAM_REQUIRED=true`.
 
 pub mod checkpoint;
+pub mod follow;
 mod publisher;
 
 use std::sync::Arc;
