@@ -8,6 +8,7 @@
 
 mod audit;
 mod ceilings;
+mod feed;
 mod foundation;
 mod http;
 mod http_client;
@@ -56,6 +57,30 @@ pub enum BenchCommand {
     /// The audit log on PostgreSQL: `verify` (live and offline) and `export` rates and
     /// peak RSS at growing log sizes, and appends with and without the hash chain.
     Audit(AuditArgs),
+    /// The change feed on NATS JetStream: catch-up throughput over a pre-filled log, and
+    /// commit-to-consumer lag at a steady append rate.
+    Feed(FeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FeedArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// JetStream to publish to (a stream of the benchmark's own, deleted at the end).
+    #[arg(long, env = "BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Events in the log before the publisher starts (the catch-up).
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// `EVENT_STREAM_BATCH_SIZE`.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Appends per second in the lag phase.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of the lag phase.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -204,6 +229,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Limiter(args) => limiter(args).await,
         BenchCommand::Http(args) => http::run(args).await,
         BenchCommand::Audit(args) => audit::audit(args).await,
+        BenchCommand::Feed(args) => feed::feed(args).await,
     }
 }
 
