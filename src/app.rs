@@ -103,6 +103,17 @@ impl Application {
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
         let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys()), Arc::clone(&audit_keys)).await?;
         projector.spawn(&mut tasks, &background);
+        let feed = match &config.event_stream {
+            Some(settings) => {
+                let feed = crate::feed::Feed::new(settings.clone(), store.clone(), clock.clone())
+                    .await
+                    .context("cannot start the event stream")?;
+                let feed = Arc::new(feed);
+                feed.spawn(&mut tasks, &background);
+                Some(feed)
+            }
+            None => None,
+        };
         let transport: Arc<dyn crate::mail::Transport> = match &config.smtp_url {
             Some(url) => Arc::new(crate::mail::Smtp::new(url, &config.smtp_from).context("SMTP_URL")?),
             None => {
@@ -123,7 +134,8 @@ impl Application {
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-        let state = AppState::new(config, clock, store, projector, auth, credits, limiter, audit_keys);
+        let state = AppState::new(config, clock, store, projector, auth, credits, limiter, audit_keys)
+            .with_feed(feed);
         Ok(Self { state, listener, tasks, background, scheduler })
     }
 

@@ -13,6 +13,7 @@ pub mod credits;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod feed;
 pub mod jobs;
 pub mod mail;
 pub mod projections;

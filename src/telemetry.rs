@@ -90,6 +90,40 @@ pub struct Metrics {
     rate_limited: Family<RuleLabels, Counter>,
     rate_limiter_degraded: Gauge,
     http_connections_open: Gauge,
+    event_stream: EventStreamMetrics,
+}
+
+/// The change feed's metrics (`event_stream_*`).
+#[derive(Default)]
+struct EventStreamMetrics {
+    published: Counter,
+    errors: Counter,
+    position: Gauge,
+    lag_events: Gauge,
+    lag_seconds: FloatGauge,
+    publishing: Gauge,
+    connected: Gauge,
+}
+
+impl EventStreamMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let stream = registry.sub_registry_with_prefix("event_stream");
+        stream.register("published", "Events this process published to the stream", self.published.clone());
+        stream.register("errors", "Failed publish attempts (retried)", self.errors.clone());
+        stream.register("position", "Global position of the last event in the stream", self.position.clone());
+        stream.register(
+            "lag_events",
+            "Readable events not in the stream yet (capped)",
+            self.lag_events.clone(),
+        );
+        stream.register(
+            "lag_seconds",
+            "Age of the oldest event not in the stream yet",
+            self.lag_seconds.clone(),
+        );
+        stream.register("publishing", "1 while this process holds the feed's lease", self.publishing.clone());
+        stream.register("connected", "1 while this process reaches NATS", self.connected.clone());
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +155,8 @@ impl Metrics {
         let rate_limited = Family::<RuleLabels, Counter>::default();
         let rate_limiter_degraded = Gauge::default();
         let http_connections_open = Gauge::default();
+        let event_stream = EventStreamMetrics::default();
+        event_stream.register(&mut registry);
         registry.register(
             "http_connections_open",
             "Client connections open now (at most HTTP_MAX_CONNECTIONS)",
@@ -183,7 +219,35 @@ impl Metrics {
             rate_limited,
             rate_limiter_degraded,
             http_connections_open,
+            event_stream,
         }
+    }
+
+    /// Counts events this process published to the change feed.
+    pub fn event_stream_published(&self, events: u64) {
+        self.event_stream.published.inc_by(events);
+    }
+
+    /// Counts a failed publish attempt of the change feed.
+    pub fn event_stream_error(&self) {
+        self.event_stream.errors.inc();
+    }
+
+    /// Publishes the change feed's position, lag and state in this process.
+    pub fn event_stream(
+        &self,
+        position: i64,
+        lag_events: i64,
+        lag_seconds: f64,
+        publishing: bool,
+        connected: bool,
+    ) {
+        let feed = &self.event_stream;
+        feed.position.set(position);
+        feed.lag_events.set(lag_events);
+        feed.lag_seconds.set(lag_seconds);
+        feed.publishing.set(i64::from(publishing));
+        feed.connected.set(i64::from(connected));
     }
 
     /// Counts a request refused by a rate limit.

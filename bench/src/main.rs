@@ -9,6 +9,7 @@
 mod audit;
 mod balance_at;
 mod ceilings;
+mod feed;
 mod foundation;
 mod http;
 mod http_client;
@@ -70,6 +71,9 @@ pub enum BenchCommand {
     /// The double-entry ledger: `ledger_postings` catch-up alone, then the trial balance
     /// (now and at a cursor) and a usage report over a million postings or more.
     Ledger(LedgerArgs),
+    /// The change feed on NATS JetStream: catch-up throughput over a pre-filled log, and
+    /// commit-to-consumer lag at a steady append rate.
+    Feed(FeedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +89,27 @@ pub struct LedgerArgs {
     /// Timed runs of each read.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FeedArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// JetStream to publish to (a stream of the benchmark's own, deleted at the end).
+    #[arg(long, env = "BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Events in the log before the publisher starts (the catch-up).
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// `EVENT_STREAM_BATCH_SIZE`.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Appends per second in the lag phase.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of the lag phase.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
 }
 
 /// Where a benchmark keeps its scratch database.
@@ -282,6 +307,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::BalanceAt(args) => balance_at::balance_at_bench(args).await,
         BenchCommand::Replay(args) => replay::replay(args).await,
         BenchCommand::Ledger(args) => ledger::ledger(args).await,
+        BenchCommand::Feed(args) => feed::feed(args).await,
     }
 }
 

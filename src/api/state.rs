@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::credits::CreditService;
 use crate::db::Db;
 use crate::events::EventStore;
+use crate::feed::Feed;
 use crate::projections::Projector;
 use crate::security::audit_keys::AuditKeys;
 use crate::security::rate_limit::RateLimiter;
@@ -31,6 +32,7 @@ struct Shared {
     credits: Arc<CreditService>,
     limiter: Arc<RateLimiter>,
     audit_keys: Arc<AuditKeys>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl AppState {
@@ -46,8 +48,23 @@ impl AppState {
         limiter: Arc<RateLimiter>,
         audit_keys: Arc<AuditKeys>,
     ) -> Self {
-        let shared = Shared { config, clock, store, projector, auth, credits, limiter, audit_keys };
+        let shared =
+            Shared { config, clock, store, projector, auth, credits, limiter, audit_keys, feed: None };
         Self { inner: Arc::new(shared) }
+    }
+
+    /// The same state with the change feed (`EVENT_STREAM_URL`); built before it is shared.
+    #[must_use]
+    pub fn with_feed(mut self, feed: Option<Arc<Feed>>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.inner) {
+            shared.feed = feed;
+        }
+        self
+    }
+
+    /// The change feed of this process, when `EVENT_STREAM_URL` is set.
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        self.inner.feed.as_ref()
     }
 
     /// The configuration the process started with.

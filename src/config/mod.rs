@@ -122,6 +122,29 @@ pub struct Config {
     /// The app each service account speaks for (`SERVICE_APPS`): service user id → app id.
     /// A service caller of the usage figures sees only its app's; without an entry, none.
     pub service_apps: HashMap<String, String>,
+    /// The change feed on NATS JetStream (`EVENT_STREAM_URL`); `None`: no feed.
+    pub event_stream: Option<EventStreamConfig>,
+}
+
+/// The change feed: where and how the log is published (`EVENT_STREAM_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventStreamConfig {
+    /// `nats://host:port` (may carry credentials, hence a secret).
+    pub url: Secret,
+    /// The JetStream stream (`EVENT_STREAM_NAME`).
+    pub name: String,
+    /// Subjects are `<prefix>.<aggregate_type>.<event_type>` (`EVENT_STREAM_SUBJECT_PREFIX`).
+    pub subject_prefix: String,
+    /// Readiness fails while the feed is down (`EVENT_STREAM_REQUIRED`).
+    pub required: bool,
+    /// The stream's duplicate window, set on the stream when it is created
+    /// (`EVENT_STREAM_DUPLICATE_WINDOW_SECS`).
+    pub duplicate_window: Duration,
+    /// How long a publisher's claim lasts without renewal: the longest pause of the feed
+    /// after its publishing process dies (`EVENT_STREAM_LEASE_SECS`).
+    pub lease: Duration,
+    /// Events published per batch at most (`EVENT_STREAM_BATCH_SIZE`).
+    pub batch_size: usize,
 }
 
 /// A variable that could not be parsed. Its `Display` is the one line printed at start-up.
@@ -260,6 +283,7 @@ impl Config {
                 .next()
                 .unwrap_or_else(|| "http://localhost:3000".to_owned()),
             service_apps: parse_service_apps(env.get("SERVICE_APPS").unwrap_or(""))?,
+            event_stream: parse_event_stream(&env)?,
         })
     }
 
@@ -408,6 +432,45 @@ fn parse_smtp(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
         });
     }
     Ok(Some(Secret::new(url)))
+}
+
+fn parse_event_stream(env: &Env<'_>) -> Result<Option<EventStreamConfig>, ConfigError> {
+    let Some(url) = env.get("EVENT_STREAM_URL") else { return Ok(None) };
+    let rest = url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+        return Err(ConfigError {
+            variable: "EVENT_STREAM_URL",
+            reason: "expected nats://host:port (value not shown)".into(),
+        });
+    }
+    let name = env.non_empty("EVENT_STREAM_NAME", "MANA_EVENTS")?;
+    // JetStream refuses these in a stream name.
+    if name.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\')) {
+        return Err(env.bad("EVENT_STREAM_NAME", &name, "no spaces, '.', '*', '>', '/' or '\\'"));
+    }
+    let subject_prefix = env.non_empty("EVENT_STREAM_SUBJECT_PREFIX", "mana.events")?;
+    let token_ok = |t: &str| !t.is_empty() && !t.chars().any(|c| c.is_whitespace() || c == '*' || c == '>');
+    if !subject_prefix.split('.').all(token_ok) {
+        return Err(env.bad(
+            "EVENT_STREAM_SUBJECT_PREFIX",
+            &subject_prefix,
+            "expected dot-separated tokens without spaces or wildcards, e.g. mana.events",
+        ));
+    }
+    Ok(Some(EventStreamConfig {
+        url: Secret::new(url),
+        name,
+        subject_prefix,
+        required: env.parse_bool("EVENT_STREAM_REQUIRED", false)?,
+        duplicate_window: Duration::from_secs(env.parse_range(
+            "EVENT_STREAM_DUPLICATE_WINDOW_SECS",
+            "600",
+            1,
+            7 * 86_400,
+        )?),
+        lease: Duration::from_secs(env.parse_range("EVENT_STREAM_LEASE_SECS", "10", 1, 3600)?),
+        batch_size: env.parse_range("EVENT_STREAM_BATCH_SIZE", "1000", 1, 100_000)?,
+    }))
 }
 
 /// Hashing threads by default: every core but one, at least one.
@@ -574,6 +637,29 @@ mod tests {
         ] {
             let err = Config::from_vars(&vars(&[("SERVICE_APPS", &bad)])).unwrap_err();
             assert_eq!(err.variable, "SERVICE_APPS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_event_stream_is_off_by_default_and_its_settings_are_checked() {
+        assert!(Config::from_vars(&HashMap::new()).unwrap().event_stream.is_none());
+        let on = Config::from_vars(&vars(&[("EVENT_STREAM_URL", "nats://127.0.0.1:4222")])).unwrap();
+        let stream = on.event_stream.unwrap();
+        assert_eq!((stream.name.as_str(), stream.subject_prefix.as_str()), ("MANA_EVENTS", "mana.events"));
+        assert!(!stream.required);
+        assert_eq!(stream.duplicate_window, Duration::from_secs(600));
+        for (name, value) in [
+            ("EVENT_STREAM_URL", "http://127.0.0.1:4222"),
+            ("EVENT_STREAM_NAME", "MANA.EVENTS"),
+            ("EVENT_STREAM_SUBJECT_PREFIX", "mana.>"),
+            ("EVENT_STREAM_SUBJECT_PREFIX", "mana..events"),
+            ("EVENT_STREAM_REQUIRED", "maybe"),
+            ("EVENT_STREAM_LEASE_SECS", "0"),
+        ] {
+            let mut set = vars(&[("EVENT_STREAM_URL", "nats://127.0.0.1:4222")]);
+            set.insert(name.to_owned(), value.to_owned());
+            let err = Config::from_vars(&set).unwrap_err();
+            assert_eq!(err.variable, name, "{name}={value}");
         }
     }
 
