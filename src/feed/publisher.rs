@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::context::Context;
+use async_nats::jetstream::context::{Context, PublishAckFuture};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub(super) async fn run(feed: Arc<Feed>, shutdown: CancellationToken) {
     let mut wake = feed.store.signal().subscribe_events();
     // Where the stream stands, while this process leads and is in step with it.
     let mut at: Option<FeedPoint> = None;
+    // The batch after `at`, read while the previous batch's acknowledgements came in.
+    let mut ahead: Vec<RecordedEvent> = Vec::new();
     let mut renewed: Option<Instant> = None;
     let mut failures = 0_u32;
     while !shutdown.is_cancelled() {
@@ -88,12 +90,13 @@ pub(super) async fn run(feed: Arc<Feed>, shutdown: CancellationToken) {
             continue;
         }
         let step = match at {
-            Some(point) => publish_next(&feed, &js, point).await,
-            None => resync(&feed, &js).await.map(|point| Step::Published(point, 0)),
+            Some(point) => publish_next(&feed, &js, point, std::mem::take(&mut ahead)).await,
+            None => resync(&feed, &js).await.map(|point| Step::Published(point, 0, Vec::new())),
         };
         match step {
-            Ok(Step::Published(point, count)) => {
+            Ok(Step::Published(point, count, next)) => {
                 at = Some(point);
+                ahead = next;
                 renewed = Some(Instant::now());
                 failures = 0;
                 feed.failing.store(false, Ordering::Relaxed);
@@ -131,8 +134,9 @@ pub(super) async fn run(feed: Arc<Feed>, shutdown: CancellationToken) {
 
 /// What one step of a leading publisher did.
 enum Step {
-    /// The stream now ends at the point; this many events were published.
-    Published(FeedPoint, u64),
+    /// The stream now ends at the point; this many events were published; the events
+    /// after it read meanwhile (possibly none).
+    Published(FeedPoint, u64, Vec<RecordedEvent>),
     /// Nothing new to publish.
     CaughtUp,
     /// Another process took the lease over (nothing was recorded).
@@ -155,30 +159,38 @@ async fn connect(feed: &Feed) -> anyhow::Result<async_nats::Client> {
         .map_err(|e| anyhow::anyhow!("EVENT_STREAM_URL: {}", e.kind()))
 }
 
-/// Publishes the next batch after `from` and records it; or reports that there is none.
-async fn publish_next(feed: &Feed, js: &Context, from: FeedPoint) -> anyhow::Result<Step> {
-    let events = feed.store.read_after(from.cursor, feed.settings.batch_size).await?;
-    if events.is_empty() {
+/// Publishes the next batch after `from` (`ahead`, if it was read already) and records
+/// it; or reports that there is none. The batch after it is read while JetStream
+/// acknowledges this one, so the two waits overlap.
+async fn publish_next(
+    feed: &Feed,
+    js: &Context,
+    from: FeedPoint,
+    ahead: Vec<RecordedEvent>,
+) -> anyhow::Result<Step> {
+    let batch = feed.settings.batch_size;
+    let events = if ahead.is_empty() { feed.store.read_after(from.cursor, batch).await? } else { ahead };
+    let Some(last) = events.last().map(|e| e.cursor) else {
         return Ok(Step::CaughtUp);
-    }
-    let to = publish(feed, js, from, &events).await?;
+    };
+    let acks = send(feed, js, from, &events).await?;
+    let (acked, next) = tokio::join!(acknowledged(acks, from, &events), feed.store.read_after(last, batch));
+    let to = acked?;
     if !feed.row.advance(&feed.holder, to, feed.settings.lease).await? {
         return Ok(Step::LostLease);
     }
-    Ok(Step::Published(to, events.len() as u64))
+    // A failed read ahead only loses its head start.
+    Ok(Step::Published(to, events.len() as u64, next.unwrap_or_default()))
 }
 
-/// Publishes `events` after `from`, pipelined, and waits for every acknowledgement. Each
-/// message must land right after the one before: `Nats-Expected-Last-Sequence` makes
-/// JetStream refuse it otherwise, and an acknowledgement at another sequence or of a
-/// duplicate means the stream is not where this publisher thought; both are errors (the
-/// caller gets in step again).
-async fn publish(
+/// Sends `events` after `from`, pipelined, without waiting. Each message must land right
+/// after the one before: `Nats-Expected-Last-Sequence` makes JetStream refuse it otherwise.
+async fn send(
     feed: &Feed,
     js: &Context,
     from: FeedPoint,
     events: &[RecordedEvent],
-) -> anyhow::Result<FeedPoint> {
+) -> anyhow::Result<Vec<PublishAckFuture>> {
     let prefix = &feed.settings.subject_prefix;
     let mut acks = Vec::with_capacity(events.len());
     for (expected_last, event) in (from.stream_sequence..).zip(events) {
@@ -191,6 +203,17 @@ async fn publish(
         let subject = subject_of(prefix, &event.aggregate_type, &event.event_type);
         acks.push(js.send_publish(subject, message).await.context("publishing")?);
     }
+    Ok(acks)
+}
+
+/// Waits for every acknowledgement, in order. One at another sequence than the next, or
+/// of a duplicate, means the stream is not where this publisher thought: an error (the
+/// caller gets in step again).
+async fn acknowledged(
+    acks: Vec<PublishAckFuture>,
+    from: FeedPoint,
+    events: &[RecordedEvent],
+) -> anyhow::Result<FeedPoint> {
     let mut at = from;
     for (ack, event) in acks.into_iter().zip(events) {
         let ack = ack.await.with_context(|| format!("the acknowledgement of event {}", event.cursor))?;
