@@ -91,7 +91,10 @@ pub(super) async fn run(feed: Arc<Feed>, shutdown: CancellationToken) {
         }
         let step = match at {
             Some(point) => publish_next(&feed, &js, point, std::mem::take(&mut ahead)).await,
-            None => resync(&feed, &js).await.map(|point| Step::Published(point, 0, Vec::new())),
+            None => resync(&feed, &js).await.map(|point| match point {
+                Some(point) => Step::Published(point, 0, Vec::new()),
+                None => Step::LostLease,
+            }),
         };
         match step {
             Ok(Step::Published(point, count, next)) => {
@@ -232,8 +235,9 @@ async fn acknowledged(
 
 /// Gets in step with the stream (creating it if absent) and records where it stands:
 /// after the cursor of its last message; at the start of the log for a stream that never
-/// held a message; at the stored checkpoint for a purged one.
-async fn resync(feed: &Feed, js: &Context) -> anyhow::Result<FeedPoint> {
+/// held a message; at the stored checkpoint for a purged one. `None` when another process
+/// took the lease over meanwhile.
+async fn resync(feed: &Feed, js: &Context) -> anyhow::Result<Option<FeedPoint>> {
     let settings = &feed.settings;
     let config = stream::Config {
         name: settings.name.clone(),
@@ -271,14 +275,13 @@ async fn resync(feed: &Feed, js: &Context) -> anyhow::Result<FeedPoint> {
         })
     };
     let point = FeedPoint { cursor, stream_sequence: last };
-    anyhow::ensure!(
-        feed.row.advance(&feed.holder, point, settings.lease).await?,
-        "another process took the event stream over"
-    );
+    if !feed.row.advance(&feed.holder, point, settings.lease).await? {
+        return Ok(None);
+    }
     if point != stored {
         tracing::info!(stream = settings.name, %cursor, sequence = last, "event stream in step");
     }
-    Ok(point)
+    Ok(Some(point))
 }
 
 /// Gives the lease up (best effort: it runs out anyway).
