@@ -53,86 +53,121 @@ pub(super) async fn run(feed: Arc<Feed>, shutdown: CancellationToken) {
         }
     };
     let js = async_nats::jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client.clone());
-    let lease = feed.settings.lease;
+    let mut publisher =
+        Publisher { feed: &feed, js, at: None, ahead: Vec::new(), renewed: None, failures: 0 };
     let mut wake = feed.store.signal().subscribe_events();
-    // Where the stream stands, while this process leads and is in step with it.
-    let mut at: Option<FeedPoint> = None;
-    // The batch after `at`, read while the previous batch's acknowledgements came in.
-    let mut ahead: Vec<RecordedEvent> = Vec::new();
-    let mut renewed: Option<Instant> = None;
-    let mut failures = 0_u32;
     while !shutdown.is_cancelled() {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         feed.connected.store(connected, Ordering::Relaxed);
-        if !connected {
-            // Let a process that reaches NATS take over.
-            if renewed.take().is_some() {
-                release(&feed).await;
-            }
-            at = None;
-            pause(&shutdown, Duration::from_millis(100)).await;
-            continue;
+        let pause = if connected { publisher.step().await } else { publisher.disconnected().await };
+        match pause {
+            Pause::No => {}
+            Pause::For(duration) => sleep_unless(&shutdown, duration).await,
+            Pause::UntilNewEvents => tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(POLL.min(feed.settings.lease / 3)) => {}
+                () = shutdown.cancelled() => {}
+            },
         }
-        if renewed.is_none_or(|t| t.elapsed() >= lease / 3) {
+    }
+    if publisher.renewed.is_some() {
+        release(&feed).await;
+    }
+}
+
+/// The state of one process's publisher between steps.
+struct Publisher<'a> {
+    feed: &'a Feed,
+    js: Context,
+    /// Where the stream stands, while this process leads and is in step with it.
+    at: Option<FeedPoint>,
+    /// The batch after `at`, read while the previous batch's acknowledgements came in.
+    ahead: Vec<RecordedEvent>,
+    /// When the lease was last taken or renewed; `None` while another process leads.
+    renewed: Option<Instant>,
+    failures: u32,
+}
+
+/// What the loop waits for before the next step.
+enum Pause {
+    No,
+    For(Duration),
+    UntilNewEvents,
+}
+
+impl Publisher<'_> {
+    /// NATS is unreachable: give the lease up so that a process that reaches it takes over.
+    async fn disconnected(&mut self) -> Pause {
+        if self.renewed.take().is_some() {
+            release(self.feed).await;
+        }
+        self.at = None;
+        Pause::For(Duration::from_millis(100))
+    }
+
+    /// Takes or renews the lease when due; then, leading, publishes one batch (or gets in
+    /// step with the stream first).
+    async fn step(&mut self) -> Pause {
+        let feed = self.feed;
+        let lease = feed.settings.lease;
+        if self.renewed.is_none_or(|t| t.elapsed() >= lease / 3) {
             match feed.row.claim(&feed.holder, lease).await {
-                Ok(true) => renewed = Some(Instant::now()),
-                Ok(false) => (renewed, at) = (None, None),
+                Ok(true) => self.renewed = Some(Instant::now()),
+                Ok(false) => self.stand_by(),
                 Err(error) => {
                     tracing::warn!(%error, "the event stream's lease could not be renewed");
-                    (renewed, at) = (None, None);
+                    self.stand_by();
                 }
             }
         }
-        feed.leading.store(renewed.is_some(), Ordering::Relaxed);
-        if renewed.is_none() {
+        feed.leading.store(self.renewed.is_some(), Ordering::Relaxed);
+        if self.renewed.is_none() {
             feed.failing.store(false, Ordering::Relaxed);
-            pause(&shutdown, lease / 3).await;
-            continue;
+            return Pause::For(lease / 3);
         }
-        let step = match at {
-            Some(point) => publish_next(&feed, &js, point, std::mem::take(&mut ahead)).await,
-            None => resync(&feed, &js).await.map(|point| match point {
+        let step = match self.at {
+            Some(point) => publish_next(feed, &self.js, point, std::mem::take(&mut self.ahead)).await,
+            None => resync(feed, &self.js).await.map(|point| match point {
                 Some(point) => Step::Published(point, 0, Vec::new()),
                 None => Step::LostLease,
             }),
         };
         match step {
             Ok(Step::Published(point, count, next)) => {
-                at = Some(point);
-                ahead = next;
-                renewed = Some(Instant::now());
-                failures = 0;
+                (self.at, self.ahead, self.failures) = (Some(point), next, 0);
+                self.renewed = Some(Instant::now());
                 feed.failing.store(false, Ordering::Relaxed);
                 feed.store.metrics().event_stream_published(count);
+                Pause::No
             }
             Ok(Step::CaughtUp) => {
                 feed.failing.store(false, Ordering::Relaxed);
-                tokio::select! {
-                    _ = wake.changed() => {}
-                    () = tokio::time::sleep(POLL.min(lease / 3)) => {}
-                    () = shutdown.cancelled() => {}
-                }
+                Pause::UntilNewEvents
             }
-            Ok(Step::LostLease) => (renewed, at) = (None, None),
+            Ok(Step::LostLease) => {
+                self.stand_by();
+                Pause::No
+            }
             Err(error) => {
-                failures += 1;
-                at = None;
+                self.failures += 1;
+                self.at = None;
                 feed.failing.store(true, Ordering::Relaxed);
                 feed.store.metrics().event_stream_error();
                 tracing::warn!(
                     stream = feed.settings.name,
-                    failures,
+                    failures = self.failures,
                     error = format!("{error:#}"),
                     "the event stream could not be published to; retrying"
                 );
-                pause(&shutdown, backoff(failures)).await;
+                Pause::For(backoff(self.failures))
             }
         }
     }
-    if renewed.is_some() {
-        release(&feed).await;
+
+    fn stand_by(&mut self) {
+        (self.renewed, self.at) = (None, None);
+        self.ahead.clear();
     }
-    feed.leading.store(false, Ordering::Relaxed);
 }
 
 /// What one step of a leading publisher did.
@@ -292,7 +327,7 @@ async fn release(feed: &Feed) {
     feed.leading.store(false, Ordering::Relaxed);
 }
 
-async fn pause(shutdown: &CancellationToken, duration: Duration) {
+async fn sleep_unless(shutdown: &CancellationToken, duration: Duration) {
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
         () = shutdown.cancelled() => {}
