@@ -283,6 +283,9 @@ async fn every_committed_event_reaches_the_stream_once_in_global_order_as_its_ex
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse::<u64>().ok());
         assert_eq!(published, Some(stream.count().await), "{engine:?}: {metrics}");
+        let openapi = Api::new(&app.base).get("/api/v1/openapi.json").await.body;
+        let schema = &openapi["components"]["schemas"]["EventStreamStatus"]["properties"];
+        assert!(schema["lagSeconds"].is_object(), "readiness's eventStream is in the OpenAPI document");
         app.stop().await;
     }
 }
@@ -402,4 +405,39 @@ async fn two_processes_publish_each_event_once_and_one_of_them_at_a_time() {
     }
     states.sort();
     assert_eq!(states, ["publishing", "standby"]);
+}
+
+#[tokio::test]
+async fn a_deleted_stream_gets_the_whole_log_again_and_a_purged_one_goes_on_after_its_checkpoint() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let stream = TestStream::on(&shared_nats_url());
+    let mut config = db.app_config();
+    config.event_stream = Some(stream.settings());
+    let app = TestApp::spawn(config).await;
+    let api = Api::new(&app.base);
+    activity(&api).await;
+    assert_stream_is_the_log(&stream, &db, Duration::from_secs(20)).await;
+
+    let js = jetstream::new(async_nats::connect(&stream.url).await.expect("connect"));
+    js.delete_stream(&stream.name).await.expect("delete the stream");
+    activity(&api).await;
+    assert_stream_is_the_log(&stream, &db, Duration::from_secs(20)).await;
+
+    let before = log_of(&db).await.len();
+    js.get_stream(&stream.name).await.expect("the stream").purge().await.expect("purge");
+    activity(&api).await;
+    let log = log_of(&db).await;
+    let later = log.len() - before;
+    let published =
+        eventually(Duration::from_secs(20), || async { stream.count().await >= later as u64 }).await;
+    assert!(published, "the purged stream holds {} of {later} new events", stream.count().await);
+    let messages = stream.messages().await;
+    let cursors: Vec<String> = messages
+        .iter()
+        .map(|m| m.headers.get(CURSOR_HEADER).map(|v| v.to_string()).unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = log[before..].iter().map(|e| e.cursor.to_string()).collect();
+    assert_eq!(cursors, expected, "after a purge, only the events after the checkpoint, once each");
+    assert_eq!(messages.first().map(|m| m.sequence), Some(before as u64 + 1), "the sequence goes on");
+    app.stop().await;
 }

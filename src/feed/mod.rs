@@ -1,9 +1,10 @@
 //! The change feed: every committed event, in global order, published to a NATS
 //! JetStream stream, so that jobs react to changes without polling (docs/FEED.md).
 //!
-//! Each message is the audit export's record ([`ExportRecord`]: the same fields and the
-//! same redaction) on the subject `<prefix>.<aggregate_type>.<event_type>`, with
-//! `Nats-Msg-Id` = the event's position and `Mana-Cursor` = its cursor.
+//! Each message is the audit export's record
+//! ([`ExportRecord`](crate::audit::record::ExportRecord): the same fields and the same
+//! redaction) on the subject `<prefix>.<aggregate_type>.<event_type>`, with `Nats-Msg-Id`
+//! = the event's position and `Mana-Cursor` = its cursor.
 //!
 //! **Exactly once, in order.** Every process runs a [`Feed`]; one at a time publishes
 //! (a lease in `event_feed`, [`checkpoint`]). The stream itself is the record of what is

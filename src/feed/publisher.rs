@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::context::Context;
+use async_nats::jetstream::context::{Context, PublishAckFuture};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream;
 use tokio_util::sync::CancellationToken;
@@ -53,86 +53,128 @@ pub(super) async fn run(feed: Arc<Feed>, shutdown: CancellationToken) {
         }
     };
     let js = async_nats::jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client.clone());
-    let lease = feed.settings.lease;
+    let mut publisher =
+        Publisher { feed: &feed, js, at: None, ahead: Vec::new(), renewed: None, failures: 0 };
     let mut wake = feed.store.signal().subscribe_events();
-    // Where the stream stands, while this process leads and is in step with it.
-    let mut at: Option<FeedPoint> = None;
-    let mut renewed: Option<Instant> = None;
-    let mut failures = 0_u32;
     while !shutdown.is_cancelled() {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         feed.connected.store(connected, Ordering::Relaxed);
-        if !connected {
-            // Let a process that reaches NATS take over.
-            if renewed.take().is_some() {
-                release(&feed).await;
-            }
-            at = None;
-            pause(&shutdown, Duration::from_millis(100)).await;
-            continue;
+        let pause = if connected { publisher.step().await } else { publisher.disconnected().await };
+        match pause {
+            Pause::No => {}
+            Pause::For(duration) => sleep_unless(&shutdown, duration).await,
+            Pause::UntilNewEvents => tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(POLL.min(feed.settings.lease / 3)) => {}
+                () = shutdown.cancelled() => {}
+            },
         }
-        if renewed.is_none_or(|t| t.elapsed() >= lease / 3) {
+    }
+    if publisher.renewed.is_some() {
+        release(&feed).await;
+    }
+}
+
+/// The state of one process's publisher between steps.
+struct Publisher<'a> {
+    feed: &'a Feed,
+    js: Context,
+    /// Where the stream stands, while this process leads and is in step with it.
+    at: Option<FeedPoint>,
+    /// The batch after `at`, read while the previous batch's acknowledgements came in.
+    ahead: Vec<RecordedEvent>,
+    /// When the lease was last taken or renewed; `None` while another process leads.
+    renewed: Option<Instant>,
+    failures: u32,
+}
+
+/// What the loop waits for before the next step.
+enum Pause {
+    No,
+    For(Duration),
+    UntilNewEvents,
+}
+
+impl Publisher<'_> {
+    /// NATS is unreachable: give the lease up so that a process that reaches it takes over.
+    async fn disconnected(&mut self) -> Pause {
+        if self.renewed.take().is_some() {
+            release(self.feed).await;
+        }
+        self.at = None;
+        Pause::For(Duration::from_millis(100))
+    }
+
+    /// Takes or renews the lease when due; then, leading, publishes one batch (or gets in
+    /// step with the stream first).
+    async fn step(&mut self) -> Pause {
+        let feed = self.feed;
+        let lease = feed.settings.lease;
+        if self.renewed.is_none_or(|t| t.elapsed() >= lease / 3) {
             match feed.row.claim(&feed.holder, lease).await {
-                Ok(true) => renewed = Some(Instant::now()),
-                Ok(false) => (renewed, at) = (None, None),
+                Ok(true) => self.renewed = Some(Instant::now()),
+                Ok(false) => self.stand_by(),
                 Err(error) => {
                     tracing::warn!(%error, "the event stream's lease could not be renewed");
-                    (renewed, at) = (None, None);
+                    self.stand_by();
                 }
             }
         }
-        feed.leading.store(renewed.is_some(), Ordering::Relaxed);
-        if renewed.is_none() {
+        feed.leading.store(self.renewed.is_some(), Ordering::Relaxed);
+        if self.renewed.is_none() {
             feed.failing.store(false, Ordering::Relaxed);
-            pause(&shutdown, lease / 3).await;
-            continue;
+            return Pause::For(lease / 3);
         }
-        let step = match at {
-            Some(point) => publish_next(&feed, &js, point).await,
-            None => resync(&feed, &js).await.map(|point| Step::Published(point, 0)),
+        let step = match self.at {
+            Some(point) => publish_next(feed, &self.js, point, std::mem::take(&mut self.ahead)).await,
+            None => resync(feed, &self.js).await.map(|point| match point {
+                Some(point) => Step::Published(point, 0, Vec::new()),
+                None => Step::LostLease,
+            }),
         };
         match step {
-            Ok(Step::Published(point, count)) => {
-                at = Some(point);
-                renewed = Some(Instant::now());
-                failures = 0;
+            Ok(Step::Published(point, count, next)) => {
+                (self.at, self.ahead, self.failures) = (Some(point), next, 0);
+                self.renewed = Some(Instant::now());
                 feed.failing.store(false, Ordering::Relaxed);
                 feed.store.metrics().event_stream_published(count);
+                Pause::No
             }
             Ok(Step::CaughtUp) => {
                 feed.failing.store(false, Ordering::Relaxed);
-                tokio::select! {
-                    _ = wake.changed() => {}
-                    () = tokio::time::sleep(POLL.min(lease / 3)) => {}
-                    () = shutdown.cancelled() => {}
-                }
+                Pause::UntilNewEvents
             }
-            Ok(Step::LostLease) => (renewed, at) = (None, None),
+            Ok(Step::LostLease) => {
+                self.stand_by();
+                Pause::No
+            }
             Err(error) => {
-                failures += 1;
-                at = None;
+                self.failures += 1;
+                self.at = None;
                 feed.failing.store(true, Ordering::Relaxed);
                 feed.store.metrics().event_stream_error();
                 tracing::warn!(
                     stream = feed.settings.name,
-                    failures,
+                    failures = self.failures,
                     error = format!("{error:#}"),
                     "the event stream could not be published to; retrying"
                 );
-                pause(&shutdown, backoff(failures)).await;
+                Pause::For(backoff(self.failures))
             }
         }
     }
-    if renewed.is_some() {
-        release(&feed).await;
+
+    fn stand_by(&mut self) {
+        (self.renewed, self.at) = (None, None);
+        self.ahead.clear();
     }
-    feed.leading.store(false, Ordering::Relaxed);
 }
 
 /// What one step of a leading publisher did.
 enum Step {
-    /// The stream now ends at the point; this many events were published.
-    Published(FeedPoint, u64),
+    /// The stream now ends at the point; this many events were published; the events
+    /// after it read meanwhile (possibly none).
+    Published(FeedPoint, u64, Vec<RecordedEvent>),
     /// Nothing new to publish.
     CaughtUp,
     /// Another process took the lease over (nothing was recorded).
@@ -155,30 +197,38 @@ async fn connect(feed: &Feed) -> anyhow::Result<async_nats::Client> {
         .map_err(|e| anyhow::anyhow!("EVENT_STREAM_URL: {}", e.kind()))
 }
 
-/// Publishes the next batch after `from` and records it; or reports that there is none.
-async fn publish_next(feed: &Feed, js: &Context, from: FeedPoint) -> anyhow::Result<Step> {
-    let events = feed.store.read_after(from.cursor, feed.settings.batch_size).await?;
-    if events.is_empty() {
+/// Publishes the next batch after `from` (`ahead`, if it was read already) and records
+/// it; or reports that there is none. The batch after it is read while JetStream
+/// acknowledges this one, so the two waits overlap.
+async fn publish_next(
+    feed: &Feed,
+    js: &Context,
+    from: FeedPoint,
+    ahead: Vec<RecordedEvent>,
+) -> anyhow::Result<Step> {
+    let batch = feed.settings.batch_size;
+    let events = if ahead.is_empty() { feed.store.read_after(from.cursor, batch).await? } else { ahead };
+    let Some(last) = events.last().map(|e| e.cursor) else {
         return Ok(Step::CaughtUp);
-    }
-    let to = publish(feed, js, from, &events).await?;
+    };
+    let acks = send(feed, js, from, &events).await?;
+    let (acked, next) = tokio::join!(acknowledged(acks, from, &events), feed.store.read_after(last, batch));
+    let to = acked?;
     if !feed.row.advance(&feed.holder, to, feed.settings.lease).await? {
         return Ok(Step::LostLease);
     }
-    Ok(Step::Published(to, events.len() as u64))
+    // A failed read ahead only loses its head start.
+    Ok(Step::Published(to, events.len() as u64, next.unwrap_or_default()))
 }
 
-/// Publishes `events` after `from`, pipelined, and waits for every acknowledgement. Each
-/// message must land right after the one before: `Nats-Expected-Last-Sequence` makes
-/// JetStream refuse it otherwise, and an acknowledgement at another sequence or of a
-/// duplicate means the stream is not where this publisher thought; both are errors (the
-/// caller gets in step again).
-async fn publish(
+/// Sends `events` after `from`, pipelined, without waiting. Each message must land right
+/// after the one before: `Nats-Expected-Last-Sequence` makes JetStream refuse it otherwise.
+async fn send(
     feed: &Feed,
     js: &Context,
     from: FeedPoint,
     events: &[RecordedEvent],
-) -> anyhow::Result<FeedPoint> {
+) -> anyhow::Result<Vec<PublishAckFuture>> {
     let prefix = &feed.settings.subject_prefix;
     let mut acks = Vec::with_capacity(events.len());
     for (expected_last, event) in (from.stream_sequence..).zip(events) {
@@ -191,6 +241,17 @@ async fn publish(
         let subject = subject_of(prefix, &event.aggregate_type, &event.event_type);
         acks.push(js.send_publish(subject, message).await.context("publishing")?);
     }
+    Ok(acks)
+}
+
+/// Waits for every acknowledgement, in order. One at another sequence than the next, or
+/// of a duplicate, means the stream is not where this publisher thought: an error (the
+/// caller gets in step again).
+async fn acknowledged(
+    acks: Vec<PublishAckFuture>,
+    from: FeedPoint,
+    events: &[RecordedEvent],
+) -> anyhow::Result<FeedPoint> {
     let mut at = from;
     for (ack, event) in acks.into_iter().zip(events) {
         let ack = ack.await.with_context(|| format!("the acknowledgement of event {}", event.cursor))?;
@@ -209,8 +270,9 @@ async fn publish(
 
 /// Gets in step with the stream (creating it if absent) and records where it stands:
 /// after the cursor of its last message; at the start of the log for a stream that never
-/// held a message; at the stored checkpoint for a purged one.
-async fn resync(feed: &Feed, js: &Context) -> anyhow::Result<FeedPoint> {
+/// held a message; at the stored checkpoint for a purged one. `None` when another process
+/// took the lease over meanwhile.
+async fn resync(feed: &Feed, js: &Context) -> anyhow::Result<Option<FeedPoint>> {
     let settings = &feed.settings;
     let config = stream::Config {
         name: settings.name.clone(),
@@ -248,14 +310,13 @@ async fn resync(feed: &Feed, js: &Context) -> anyhow::Result<FeedPoint> {
         })
     };
     let point = FeedPoint { cursor, stream_sequence: last };
-    anyhow::ensure!(
-        feed.row.advance(&feed.holder, point, settings.lease).await?,
-        "another process took the event stream over"
-    );
+    if !feed.row.advance(&feed.holder, point, settings.lease).await? {
+        return Ok(None);
+    }
     if point != stored {
         tracing::info!(stream = settings.name, %cursor, sequence = last, "event stream in step");
     }
-    Ok(point)
+    Ok(Some(point))
 }
 
 /// Gives the lease up (best effort: it runs out anyway).
@@ -266,7 +327,7 @@ async fn release(feed: &Feed) {
     feed.leading.store(false, Ordering::Relaxed);
 }
 
-async fn pause(shutdown: &CancellationToken, duration: Duration) {
+async fn sleep_unless(shutdown: &CancellationToken, duration: Duration) {
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
         () = shutdown.cancelled() => {}
