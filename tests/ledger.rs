@@ -292,6 +292,12 @@ async fn the_trial_balance_is_zero_now_at_a_past_time_and_at_a_cursor_and_users_
 
 /// `mana-core-auth ledger trial-balance --json [args]` on the test's database.
 fn cli(db: &TestDb, args: &[&str]) -> (Value, String) {
+    // The wait leaves this runtime's other tasks (the in-process server) running: a server
+    // frozen mid-batch would hold the locks the command's own catch-up waits for.
+    tokio::task::block_in_place(|| cli_blocking(db, args))
+}
+
+fn cli_blocking(db: &TestDb, args: &[&str]) -> (Value, String) {
     let run = |json: bool| {
         let output = std::process::Command::new(binary())
             .args(["ledger", "trial-balance"])

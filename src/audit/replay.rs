@@ -89,26 +89,67 @@ pub struct ApplyReport {
 /// live database; the scratch copy is removed afterwards, also on failure.
 pub async fn verify(live: &Db, clock: SharedClock, settings: ReplaySettings) -> anyhow::Result<VerifyReport> {
     let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match verify_once(live, clock.clone(), settings).await {
+            // SQLite answers "busy" at once where waiting cannot help (a snapshot went
+            // stale); the verification only reads the live file, so it starts again.
+            Err(error) if attempt < SQLITE_BUSY_ATTEMPTS && sqlite_busy(&error) => {
+                tracing::warn!(attempt, "the live SQLite file was busy; verifying again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            outcome => {
+                let mut report = outcome?;
+                report.elapsed = started.elapsed();
+                return Ok(report);
+            }
+        }
+    }
+}
+
+async fn verify_once(
+    live: &Db,
+    clock: SharedClock,
+    settings: ReplaySettings,
+) -> anyhow::Result<VerifyReport> {
     let models = projections::all();
     let scratch = Scratch::create(live, &model_tables(&models)).await.context("creating the scratch copy")?;
     let outcome = verify_in(&scratch, live, clock, settings, &models).await;
     let removed = scratch.remove().await;
-    let mut report = outcome?;
+    let report = outcome?;
     removed?;
-    report.elapsed = started.elapsed();
     Ok(report)
 }
 
 /// Rebuilds every read model aside and swaps it in without downtime.
 pub async fn apply(live: &Db, clock: SharedClock, settings: ReplaySettings) -> anyhow::Result<ApplyReport> {
     let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match apply_once(live, clock.clone(), settings).await {
+            // Nothing is swapped unless the whole swap commits: start again.
+            Err(error) if attempt < SQLITE_BUSY_ATTEMPTS && sqlite_busy(&error) => {
+                tracing::warn!(attempt, "the live SQLite file was busy; replaying again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            outcome => {
+                let mut report = outcome?;
+                report.elapsed = started.elapsed();
+                return Ok(report);
+            }
+        }
+    }
+}
+
+async fn apply_once(live: &Db, clock: SharedClock, settings: ReplaySettings) -> anyhow::Result<ApplyReport> {
     let models = projections::all();
     let scratch = Scratch::create(live, &model_tables(&models)).await.context("creating the scratch copy")?;
     let outcome = apply_in(&scratch, live, clock, settings, &models).await;
     let removed = scratch.remove().await;
-    let mut report = outcome?;
+    let report = outcome?;
     removed?;
-    report.elapsed = started.elapsed();
     Ok(report)
 }
 
@@ -232,7 +273,10 @@ async fn apply_in(
     let live_store = EventStore::new(live.clone(), LogSignal::new(), Arc::new(Metrics::new()));
     let project_settings =
         ProjectorSettings { batch_size: settings.batch_size, poll_interval: Duration::from_secs(1) };
-    Projector::new(live_store, clock.clone(), project_settings, models.to_vec()).init().await?;
+    Projector::new(live_store, clock.clone(), project_settings, models.to_vec())
+        .init()
+        .await
+        .context("the live checkpoints")?;
 
     let projector = scratch_projector(scratch, clock, settings, models.to_vec());
     projector.init().await.context("starting the rebuild")?;
@@ -266,25 +310,24 @@ async fn apply_in(
         Db::Sqlite { writer, .. } => {
             let uri = scratch.sqlite_attach_uri().unwrap_or_default().replace('\'', "''");
             let mut conn = writer.acquire().await?;
-            sqlx::query(&format!("ATTACH DATABASE '{uri}' AS scratch")).execute(&mut *conn).await?;
-            let outcome = async {
-                // The write lock stops every writer of the live file, appends included, so
-                // the head cannot move until the swap commits. It is taken by a first write
-                // rather than `BEGIN IMMEDIATE`, which would also start the read of the
-                // attached scratch file now, before the last catch-up it must see.
-                let mut tx = conn.begin().await?;
-                let first = CHECKPOINTS;
-                sqlx::query(&format!(
-                    "UPDATE main.{first} SET updated_at = updated_at WHERE name = 'streams'"
-                ))
-                .execute(&mut *tx)
-                .await?;
-                let added = build(&projector).await?;
-                let done = swap(&mut Exec::Sqlite(&mut tx), &tables, &checkpoints, &names).await?;
-                tx.commit().await?;
-                anyhow::Ok((added, done))
-            }
-            .await;
+            sqlx::query(&format!("ATTACH DATABASE '{uri}' AS scratch"))
+                .execute(&mut *conn)
+                .await
+                .context("attaching the scratch file")?;
+            // A busy answer (another writer committed between this transaction's first read
+            // and its write, which SQLite reports at once instead of waiting) rolls the swap
+            // back whole; it is tried again, a few times.
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                match sqlite_swap(&mut conn, &projector, &tables, &checkpoints, &names).await {
+                    Err(error) if attempt < SQLITE_BUSY_ATTEMPTS && sqlite_busy(&error) => {
+                        tracing::warn!(attempt, "the live SQLite file was busy; swapping again");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                    outcome => break outcome,
+                }
+            };
             sqlx::query("DETACH DATABASE scratch").execute(&mut *conn).await?;
             let (added, done) = outcome?;
             events += added;
@@ -302,6 +345,57 @@ async fn apply_in(
 }
 
 type Swapped = (Vec<(&'static str, u64, u64)>, Vec<(&'static str, LogCursor)>);
+
+/// How many times a replay step on SQLite is tried when the file is busy.
+const SQLITE_BUSY_ATTEMPTS: u64 = 5;
+
+/// Whether an error is SQLite's "busy" or "locked" (primary codes 5 and 6).
+fn sqlite_busy(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(e)) => {
+            e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                && e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    })
+}
+
+/// The SQLite swap on a live connection with the scratch file attached as `scratch`: the
+/// final catch-up and the swap, under the live file's write lock. Rolled back whole on any
+/// error.
+async fn sqlite_swap(
+    conn: &mut sqlx::SqliteConnection,
+    projector: &Projector,
+    tables: &[Table],
+    checkpoints: &Table,
+    names: &[&'static str],
+) -> anyhow::Result<(u64, Swapped)> {
+    // The write lock stops every writer of the live file, appends included, so the head
+    // cannot move until the swap commits. It is taken by a first write rather than `BEGIN
+    // IMMEDIATE`, which would also start the read of the attached scratch file now, before
+    // the last catch-up it must see.
+    let mut tx = conn.begin().await?;
+    let outcome = async {
+        sqlx::query(&format!("UPDATE main.{CHECKPOINTS} SET updated_at = updated_at WHERE name = 'streams'"))
+            .execute(&mut *tx)
+            .await
+            .context("taking the live file's write lock")?;
+        let added = build(projector).await.context("the final catch-up")?;
+        let done = swap(&mut Exec::Sqlite(&mut tx), tables, checkpoints, names).await.context("the swap")?;
+        anyhow::Ok((added, done))
+    }
+    .await;
+    match outcome {
+        Ok(done) => {
+            tx.commit().await?;
+            Ok(done)
+        }
+        Err(error) => {
+            tx.rollback().await?;
+            Err(error)
+        }
+    }
+}
 
 /// Makes every live table equal to its rebuilt copy and moves the live checkpoints to
 /// the rebuild's, inside the caller's transaction.
