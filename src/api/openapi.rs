@@ -18,7 +18,7 @@ use super::error::{ErrorBody, ErrorCode, Message};
         (name = "auth", description = "Registration, login, tokens and keys"),
         (name = "sessions", description = "The caller's sessions and security events"),
         (name = "credits", description = "The caller's credits: balance, spends, history"),
-        (name = "admin", description = "Operators' routes: credit operations (admin and service tokens) and reads of a user (admin and auditor tokens; service: a user's transactions)"),
+        (name = "admin", description = "Operators' routes: credit operations (admin and service tokens), reads of a user (admin and auditor tokens; service: a user's transactions), the ledger's trial balance (admin and auditor) and usage figures (admin and auditor; service: its own app)"),
         (name = "audit", description = "What auditors use: the event log (admin and auditor tokens) and the audit keys"),
     ),
     modifiers(&BearerAuth),
