@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::api::{Api, unique_email};
-use common::{TestApp, TestDb};
+use common::{TestApp, TestDb, run_cli};
 use mana_core_auth::audit::replay::{self, ReplaySettings};
 use mana_core_auth::auth::UserChange;
 use mana_core_auth::clock::SystemClock;
@@ -19,17 +19,7 @@ use sqlx::{Connection, PgConnection};
 
 /// `mana-core-auth analytics-role ...`: exit code, standard output and error.
 fn role_binary(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mana-core-auth"))
-        .arg("analytics-role")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db.url())
-        .env("KEY_ENCRYPTION_SECRET", db.secret())
-        .output()
-        .expect("the binary runs");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    run_cli(db, &[&["analytics-role"], args].concat())
 }
 
 /// A connection as `role` (the test server trusts local connections).

@@ -5,7 +5,7 @@
 mod common;
 
 use common::api::{Api, PASSWORD, unique_email};
-use common::{ENGINES, Engine, TestApp, TestDb};
+use common::{ENGINES, Engine, TestApp, TestDb, run_cli, tamper};
 use mana_core_auth::audit::record::ExportRecord;
 use mana_core_auth::audit::verify::{AuditKeys, Report, verify_export, verify_live};
 use mana_core_auth::events::LogCursor;
@@ -66,32 +66,6 @@ async fn offline(app: &TestApp) -> Report {
     verify_export(export(app).await.as_bytes(), AuditKeys::default()).expect("verify runs")
 }
 
-/// Runs SQL as the table's owner with the append-only triggers out of the way.
-async fn tamper(db: &TestDb, statements: &[String]) {
-    match db.engine {
-        Engine::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
-            sqlx::query("SET session_replication_role = replica")
-                .execute(&mut conn)
-                .await
-                .expect("no triggers");
-            for sql in statements {
-                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-        }
-        Engine::Sqlite => {
-            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.expect("connect");
-            for sql in ["DROP TRIGGER IF EXISTS events_no_update", "DROP TRIGGER IF EXISTS events_no_delete"]
-            {
-                sqlx::query(sql).execute(&mut conn).await.expect("drop trigger");
-            }
-            for sql in statements {
-                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-        }
-    }
-}
-
 async fn positions(db: &TestDb, sql: &str) -> Vec<i64> {
     match db.engine {
         Engine::Postgres => {
@@ -107,6 +81,13 @@ async fn positions(db: &TestDb, sql: &str) -> Vec<i64> {
 
 /// Asserts that both live and offline verification fail first at `position`.
 async fn found_at(app: &TestApp, position: i64, what: &str, engine: Engine) {
+    // A row written by hand is readable once no older transaction is open anywhere in the
+    // cluster (other tests' servers have some): wait for it, as every reader of the log does.
+    let readable = common::eventually(std::time::Duration::from_secs(5), || async {
+        app.state.store().head().await.is_ok_and(|head| head.position >= position)
+    })
+    .await;
+    assert!(readable, "{engine:?}: the tampered row at {position} never became readable");
     for (mode, report) in [("live", live(app).await), ("export", offline(app).await)] {
         let failure = report.failure.unwrap_or_else(|| panic!("{engine:?} {mode}: {what} was not detected"));
         assert_eq!(failure.position, position, "{engine:?} {mode}: {what}: {failure}");
@@ -265,19 +246,9 @@ async fn changed_commitments_are_found_at_their_event() {
     }
 }
 
-/// `mana-core-auth verify` as a user runs it: its exit code, standard output and error.
+/// `mana-core-auth verify` as a user runs it.
 fn verify_binary(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mana-core-auth"))
-        .arg("verify")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db.url())
-        .env("KEY_ENCRYPTION_SECRET", db.secret())
-        .output()
-        .expect("the binary runs");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    run_cli(db, &[&["verify"], args].concat())
 }
 
 #[tokio::test]

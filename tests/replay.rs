@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::api::{Api, PASSWORD, unique_email};
-use common::{ENGINES, Engine, ServerProcess, TestApp, TestDb};
+use common::{ENGINES, Engine, ServerProcess, TestApp, TestDb, run_cli, tamper};
 use mana_core_auth::audit::replay::{self, ReplaySettings, RowDifference, VerifyReport};
 use mana_core_auth::auth::UserChange;
 use mana_core_auth::clock::SystemClock;
@@ -71,32 +71,6 @@ async fn realistic(app: &TestApp) -> Vec<String> {
 
 async fn verify(app: &TestApp) -> VerifyReport {
     replay::verify(app.state.store().db(), Arc::new(SystemClock), SETTINGS).await.expect("replay runs")
-}
-
-/// Runs SQL as the tables' owner, with the log's append-only triggers out of the way.
-async fn tamper(db: &TestDb, statements: &[String]) {
-    match db.engine {
-        Engine::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
-            sqlx::query("SET session_replication_role = replica")
-                .execute(&mut conn)
-                .await
-                .expect("no triggers");
-            for sql in statements {
-                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-        }
-        Engine::Sqlite => {
-            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.expect("connect");
-            for sql in ["DROP TRIGGER IF EXISTS events_no_update", "DROP TRIGGER IF EXISTS events_no_delete"]
-            {
-                sqlx::query(sql).execute(&mut conn).await.expect("drop trigger");
-            }
-            for sql in statements {
-                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-        }
-    }
 }
 
 async fn scalar(db: &TestDb, sql: &str) -> i64 {
@@ -271,21 +245,7 @@ async fn a_stream_whose_first_event_is_deleted_is_found() {
 /// server frozen in the middle of a projector batch would hold the very locks `--apply`
 /// waits for.
 fn replay_binary(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    tokio::task::block_in_place(|| run_replay_binary(db, args))
-}
-
-fn run_replay_binary(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mana-core-auth"))
-        .arg("replay")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db.url())
-        .env("KEY_ENCRYPTION_SECRET", db.secret())
-        .output()
-        .expect("the binary runs");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    tokio::task::block_in_place(|| run_cli(db, &[&["replay"], args].concat()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,24 +373,8 @@ async fn replay_apply_under_load_loses_no_request_and_keeps_grants_and_policies(
             "{engine:?}: the load runs"
         );
         let replay_started = Instant::now();
-        let (code, out, err) = {
-            let db_url = db.url();
-            let secret = db.secret();
-            tokio::task::spawn_blocking(move || {
-                let output = std::process::Command::new(env!("CARGO_BIN_EXE_mana-core-auth"))
-                    .args(["replay", "--apply"])
-                    .env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default())
-                    .env("DATABASE_URL", db_url)
-                    .env("KEY_ENCRYPTION_SECRET", secret)
-                    .output()
-                    .expect("the binary runs");
-                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-                (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
-            })
-            .await
-            .expect("replay")
-        };
+        // The load's tasks keep running on the runtime's other threads meanwhile.
+        let (code, out, err) = tokio::task::block_in_place(|| run_cli(&db, &["replay", "--apply"]));
         let replay_ended = Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);

@@ -512,3 +512,47 @@ pub fn token_in(body: &str) -> String {
     let start = body.find("token=").expect("a token link") + "token=".len();
     body[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
 }
+
+/// `mana-core-auth <args>` as an operator runs it against `db` (its `DATABASE_URL` and
+/// server secret, nothing else): exit code, standard output and standard error. Blocks the
+/// calling thread; beside an in-process server, call it through `block_in_place` on a
+/// multi-thread runtime, or the server freezes with whatever locks it holds.
+pub fn run_cli(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .env("KEY_ENCRYPTION_SECRET", db.secret())
+        .output()
+        .expect("the binary runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+/// Runs SQL as the tables' owner with the log's append-only triggers out of the way (what
+/// an attacker with the database could do).
+pub async fn tamper(db: &TestDb, statements: &[String]) {
+    match db.engine {
+        Engine::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
+            sqlx::query("SET session_replication_role = replica")
+                .execute(&mut conn)
+                .await
+                .expect("no triggers");
+            for sql in statements {
+                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+        Engine::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.expect("connect");
+            for sql in ["DROP TRIGGER IF EXISTS events_no_update", "DROP TRIGGER IF EXISTS events_no_delete"]
+            {
+                sqlx::query(sql).execute(&mut conn).await.expect("drop trigger");
+            }
+            for sql in statements {
+                sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+}
