@@ -51,6 +51,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Print the OpenAPI document the server publishes at `/api/v1/openapi.json` (needs
+    /// no database; CI lints it).
+    Openapi,
     /// Print the event catalogue (needs no database).
     Events {
         #[command(subcommand)]
@@ -172,6 +175,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Events { action }) = &cli.command {
         return events_command(action);
     }
+    if let Some(Command::Openapi) = &cli.command {
+        return openapi_command();
+    }
     let config = Config::from_env()?;
     // An export or a ledger report may write its data to standard output: keep the logs out of it.
     let logs_to_stderr = matches!(cli.command, Some(Command::Export(_) | Command::Ledger { .. }));
@@ -194,11 +200,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::AnalyticsRole { action } => analytics_role_command(config, action).await,
         Command::Ledger { action } => ledger_command(config, action).await,
         Command::Events { action } => events_command(&action),
+        Command::Openapi => openapi_command(),
     }
 }
 
+fn openapi_command() -> anyhow::Result<()> {
+    let mut json = serde_json::to_string_pretty(&crate::api::openapi_document())?;
+    json.push('\n');
+    print(&json)
+}
+
 fn events_command(action: &EventsAction) -> anyhow::Result<()> {
-    use std::io::Write;
     let text = match action {
         EventsAction::Schema => {
             let mut json = serde_json::to_string_pretty(&crate::events::schemas::schema_document())?;
@@ -207,6 +219,12 @@ fn events_command(action: &EventsAction) -> anyhow::Result<()> {
         }
         EventsAction::Markdown => crate::events::schemas::markdown(),
     };
+    print(&text)
+}
+
+/// Writes `text` to standard output.
+fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         // A reader that stops early (`| head`) is not an error.
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),

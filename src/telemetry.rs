@@ -271,7 +271,7 @@ impl Metrics {
     }
 
     /// Records one finished HTTP request.
-    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn http_request(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         let labels =
             HttpLabels { method: method.to_owned(), route: route.to_owned(), status: status.to_string() };
         self.http_requests.get_or_create(&labels).inc();

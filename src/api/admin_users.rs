@@ -106,7 +106,7 @@ struct BalanceQuery {
 
 /// A user's balance and totals at a moment, computed from the account's events in the log
 /// (those recorded at or before the time, or at or before the cursor).
-#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/balance", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/balance", tag = "admin", operation_id = "admin_user_balance", security(("bearer" = [])),
     params(
         ("userId" = String, Path, description = "The user's id"),
         ("at" = Option<String>, Query, description = "An RFC 3339 time, or a log cursor `<txid>:<position>` (an exported event's `cursor`); default: every event so far"),
@@ -134,11 +134,11 @@ async fn balance(
 }
 
 /// A user's transactions, as `GET /credits/transactions` shows them to that user.
-#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/transactions", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/transactions", tag = "admin", operation_id = "admin_user_transactions", security(("bearer" = [])),
     params(
         ("userId" = String, Path, description = "The user's id"),
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 50"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 2_147_483_647, description = "0 or more, default 0"),
     ),
     responses(
         (status = 200, description = "Newest first in the order the account applied them", body = [TransactionBody]),
@@ -168,11 +168,11 @@ async fn transactions(
 }
 
 /// A user's security events, as `GET /auth/security-events` shows them to that user.
-#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/security-events", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/security-events", tag = "admin", operation_id = "admin_user_security_events", security(("bearer" = [])),
     params(
         ("userId" = String, Path, description = "The user's id"),
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 50"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 2_147_483_647, description = "0 or more, default 0"),
     ),
     responses(
         (status = 200, description = "Newest first", body = [SecurityEventBody]),
@@ -206,11 +206,11 @@ pub struct AdminSessionBody {
 }
 
 /// Every session of a user, revoked and expired ones too, newest first.
-#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/sessions", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/users/{userId}/sessions", tag = "admin", operation_id = "admin_user_sessions", security(("bearer" = [])),
     params(
         ("userId" = String, Path, description = "The user's id"),
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 50"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 2_147_483_647, description = "0 or more, default 0"),
     ),
     responses(
         (status = 200, description = "Newest first, with `revokedAt` and `revokedReason`", body = [AdminSessionBody]),

@@ -18,7 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The public audit keys (JWKS): every key that ever signed a seal, retired ones included.
 #[utoipa::path(get, path = "/api/v1/audit/keys", tag = "audit",
-    responses((status = 200, description = "`{keys:[{kty:\"OKP\",crv:\"Ed25519\",x,kid,use:\"sig\",alg:\"EdDSA\"}]}`, cacheable for 5 minutes")))]
+    responses((status = 200, description = "`{keys:[{kty:\"OKP\",crv:\"Ed25519\",x,kid,use:\"sig\",alg:\"EdDSA\"}]}`, cacheable for 5 minutes", body = super::openapi::Jwks)))]
 async fn audit_keys(State(state): State<AppState>) -> Response {
     let cache = format!("public, max-age={AUDIT_JWKS_MAX_AGE_SECS}");
     let cache = HeaderValue::from_str(&cache).unwrap_or(HeaderValue::from_static("public, max-age=300"));

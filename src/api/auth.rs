@@ -285,14 +285,14 @@ fn reason(error: TokenError) -> String {
 
 /// The public signing keys (JWKS).
 #[utoipa::path(get, path = "/api/v1/auth/jwks", tag = "auth",
-    responses((status = 200, description = "`{keys:[{kty,crv,x,kid,alg,use}]}`, cacheable for 5 minutes")))]
+    responses((status = 200, description = "The signing keys, cacheable for 5 minutes", body = super::openapi::Jwks)))]
 async fn jwks(State(state): State<AppState>) -> Response {
     jwks_response(&state)
 }
 
 /// The public signing keys at the well-known path.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
-    responses((status = 200, description = "The same document as `/api/v1/auth/jwks`")))]
+    responses((status = 200, description = "The same document as `/api/v1/auth/jwks`", body = super::openapi::Jwks)))]
 async fn well_known_jwks(State(state): State<AppState>) -> Response {
     jwks_response(&state)
 }

@@ -1,5 +1,6 @@
 //! Extractors that reject bad input in the one error shape.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -7,9 +8,12 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ErrorCode};
 
-/// A JSON body. Malformed JSON → 400 `INVALID_JSON`; a body that does not fit the type
-/// (missing, unknown or mistyped fields) → 400 `VALIDATION_FAILED` naming the field; a
-/// wrong content type → 415; a body over the limit → 413.
+/// A JSON body, which must be a JSON object. Malformed JSON → 400 `INVALID_JSON`; an
+/// array, a string, a number, `true`/`false` or `null` → 400 `VALIDATION_FAILED` (serde
+/// would otherwise read an array into a struct field by field); a body that does not fit
+/// the type (unknown or mistyped fields) → 400 `VALIDATION_FAILED` naming the field, in
+/// words about JSON rather than Rust types; a wrong content type → 415; a body over the
+/// limit → 413.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -21,24 +25,61 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::code(ErrorCode::UnsupportedMediaType));
         }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::code(ErrorCode::PayloadTooLarge)
+            } else {
+                ApiError::new(ErrorCode::InvalidJson, "Request body could not be read")
+            }
+        })?;
+        parse_object(&bytes).map(Self)
+    }
+}
+
+/// The message for a body that is valid JSON but not an object.
+pub const NOT_AN_OBJECT: &str = "The request body must be a JSON object";
+
+/// Parses a body that must be a JSON object into `T`.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => ApiError::validation(vec![NOT_AN_OBJECT.to_owned()]),
+            Err(error) => ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("Request body is not valid JSON: {}", without_type_names(&error.to_string())),
+            ),
+        });
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => Err(json_rejection(rejection)),
+    }
+}
+
+/// `application/json` or any `application/*+json`, parameters ignored (what axum's own
+/// `Json` accepts).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
     }
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::code(ErrorCode::UnsupportedMediaType),
         JsonRejection::JsonSyntaxError(error) => ApiError::new(
             ErrorCode::InvalidJson,
             format!("Request body is not valid JSON: {}", serde_detail(&error.body_text())),
         ),
         JsonRejection::JsonDataError(error) => ApiError::validation(vec![serde_detail(&error.body_text())]),
-        JsonRejection::BytesRejection(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::code(ErrorCode::PayloadTooLarge)
-        }
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::code(ErrorCode::PayloadTooLarge)
         }
@@ -47,13 +88,71 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 }
 
 /// serde's own words about the input (field path, expected type, line and column),
-/// without axum's prefix. It describes the client's input only, never our internals.
+/// without axum's prefix and without Rust type names. It describes the client's input
+/// only, never our internals.
 fn serde_detail(text: &str) -> String {
     let detail = text
         .strip_prefix("Failed to deserialize the JSON body into the target type: ")
         .or_else(|| text.strip_prefix("Failed to parse the request body as JSON: "))
         .unwrap_or(text);
-    detail.chars().take(300).collect()
+    without_type_names(detail).chars().take(300).collect()
+}
+
+/// Rewrites serde's Rust vocabulary into JSON's: `expected struct LoginBody with 7
+/// elements` → `expected an object`, `expected enum Pool` → `expected one of the
+/// documented values`, `expected u64` → `expected an integer`, `expected f64` → `expected
+/// a number`.
+fn without_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("expected ") {
+        let (before, after) = rest.split_at(at + "expected ".len());
+        out.push_str(before);
+        let (replacement, consumed) = json_words(after);
+        out.push_str(replacement.unwrap_or_default());
+        rest = &after[consumed..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The JSON words for the Rust type named at the start of `text`, and how many bytes
+/// of `text` they replace (none: keep the text).
+fn json_words(text: &str) -> (Option<&'static str>, usize) {
+    let word_end = |s: &str| s.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(s.len());
+    for (kind, words) in [
+        ("tuple struct ", "an object"),
+        ("unit struct ", "an object"),
+        ("struct variant ", "an object"),
+        ("tuple variant ", "an object"),
+        ("struct ", "an object"),
+        ("enum ", "one of the documented values"),
+    ] {
+        if let Some(name) = text.strip_prefix(kind) {
+            let mut consumed = kind.len() + word_end(name);
+            let tail = &text[consumed..];
+            if let Some(count) = tail.strip_prefix(" with ") {
+                let digits = count.find(|c: char| !c.is_ascii_digit()).unwrap_or(count.len());
+                let rest = &count[digits..];
+                for unit in [" elements", " element"] {
+                    if digits > 0 && rest.starts_with(unit) {
+                        consumed += " with ".len() + digits + unit.len();
+                        break;
+                    }
+                }
+            }
+            return (Some(words), consumed);
+        }
+    }
+    let word = &text[..word_end(text)];
+    let words = match word {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "char" => "a single character",
+        _ => return (None, 0),
+    };
+    (Some(words), word.len())
 }
 
 #[cfg(test)]
@@ -66,6 +165,45 @@ mod tests {
             serde_detail("Failed to deserialize the JSON body into the target type: amount: invalid type"),
             "amount: invalid type"
         );
+    }
+
+    #[test]
+    fn rust_type_names_become_json_words() {
+        assert_eq!(
+            without_type_names("invalid type: sequence, expected struct LoginBody with 7 elements"),
+            "invalid type: sequence, expected an object"
+        );
+        assert_eq!(
+            without_type_names("pool: invalid type: integer `1`, expected enum Pool at line 1 column 9"),
+            "pool: invalid type: integer `1`, expected one of the documented values at line 1 column 9"
+        );
+        assert_eq!(
+            without_type_names("invalid value: integer `-1`, expected u64"),
+            "invalid value: integer `-1`, expected a non-negative integer"
+        );
+        assert_eq!(
+            without_type_names("unknown field `x`, expected one of `a`, `b`"),
+            "unknown field `x`, expected one of `a`, `b`"
+        );
+        assert_eq!(without_type_names("expected a string"), "expected a string");
+    }
+
+    #[test]
+    fn only_objects_are_accepted_as_bodies() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Body {
+            #[expect(dead_code, reason = "only its presence matters")]
+            a: Option<String>,
+        }
+        assert!(parse_object::<Body>(br#" {"a":"x"}"#).is_ok());
+        for body in [&br#"["x"]"#[..], b"\"x\"", b"1", b"true", b"null", b" [ ] "] {
+            let error = parse_object::<Body>(body).expect_err("not an object");
+            assert_eq!(error.error_code(), ErrorCode::ValidationFailed, "{body:?}");
+        }
+        for body in [&b"[x"[..], b"", b"  ", b"{"] {
+            let error = parse_object::<Body>(body).expect_err("not JSON");
+            assert_eq!(error.error_code(), ErrorCode::InvalidJson, "{body:?}");
+        }
     }
 }
 

@@ -27,6 +27,12 @@ const EXEMPT: &[&str] = &[
     "/metrics",
 ];
 
+/// Whether the rate limiter counts requests to `route` (a route template); the OpenAPI
+/// document lists 429 on exactly these.
+pub fn is_limited(route: &str) -> bool {
+    !EXEMPT.contains(&route)
+}
+
 /// The rate-limit middleware: the IP-keyed rules and the default per-user rule, before the
 /// body is read (rules keyed by the body run in their handlers).
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {

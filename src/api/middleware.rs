@@ -40,6 +40,27 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("x-xss-protection", "0"),
 ];
 
+/// The route label of a request that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The method label of metrics and spans: one of the standard methods (RFC 9110 and
+/// PATCH), or `other` for any extension method a client invents, so that clients cannot
+/// create new metric series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
 /// Accepts a client's request id only if it is short and plain (it ends up in logs).
 fn accepted_request_id(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(&X_REQUEST_ID)?.to_str().ok()?;
@@ -56,13 +77,20 @@ pub async fn envelope(State(state): State<AppState>, mut request: Request, next:
     request.extensions_mut().insert(RequestId(request_id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let span = tracing::info_span!("http", %method, route = %route, request_id = %request_id);
+    // The route label is the matched route's template (a fixed set) or `unmatched`,
+    // never the path: metric series stay bounded whatever clients send.
+    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let route = matched.clone().unwrap_or_else(|| UNMATCHED.to_owned());
+    let span =
+        tracing::info_span!("http", method = method_label(&method), route = %route, request_id = %request_id);
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = if method == Method::OPTIONS && matched.is_none() {
+        // A preflight to a path that does not exist: no route, so 404 like any other
+        // method (the CORS layer would otherwise answer it as if the path existed).
+        super::error::ApiError::code(ErrorCode::NotFound).into_response()
+    } else {
+        next.run(request).instrument(span.clone()).await
+    };
 
     if method == Method::OPTIONS && response.status() == StatusCode::OK {
         // CORS preflight (allowed or not): 204, as the original answered.
@@ -79,7 +107,7 @@ pub async fn envelope(State(state): State<AppState>, mut request: Request, next:
     }
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    state.metrics().http_request(method.as_str(), &route, status, seconds);
+    state.metrics().http_request(method_label(&method), &route, status, seconds);
     span.in_scope(|| tracing::debug!(status, latency_ms = seconds * 1000.0, "request"));
     response
 }

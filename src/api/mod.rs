@@ -37,7 +37,8 @@ pub use openapi::ApiDoc;
 /// Every route of the service with its middleware, and the OpenAPI document built
 /// from the same route definitions.
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = api_routes().split_for_parts();
+    let (routes, mut openapi) = api_routes().split_for_parts();
+    openapi::finish(&mut openapi, limits::is_limited);
     let openapi = std::sync::Arc::new(openapi);
     let config = state.config();
     let envelope = axum::middleware::from_fn_with_state(state.clone(), middleware::envelope);
@@ -60,6 +61,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::code(ErrorCode::MethodNotAllowed) })
         .layer(layers)
         .with_state(state)
+}
+
+/// The OpenAPI document the server publishes at `/api/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut openapi) = api_routes().split_for_parts();
+    openapi::finish(&mut openapi, limits::is_limited);
+    openapi
 }
 
 /// The documented routes (everything but the OpenAPI document itself).

@@ -142,8 +142,8 @@ pub struct SecurityEventBody {
 /// The caller's security events, newest first.
 #[utoipa::path(get, path = "/api/v1/auth/security-events", tag = "sessions", security(("bearer" = [])),
     params(
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 50"),
-        ("offset" = Option<i64>, Query, description = "0 or more, default 0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 50"),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 2_147_483_647, description = "0 or more, default 0"),
     ),
     responses(
         (status = 200, description = "Newest first", body = [SecurityEventBody]),

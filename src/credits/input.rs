@@ -26,16 +26,20 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UseBody {
     /// Integer from 1 to 1,000,000.
-    #[schema(value_type = i64)]
+    #[schema(value_type = i64, required = true, minimum = 1, maximum = 1_000_000)]
     amount: Option<Value>,
     /// 1 to 64 characters of `[A-Za-z0-9._-]`.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     app_id: Option<String>,
     /// At most 500 characters.
+    #[schema(value_type = String, required = true, max_length = 500)]
     description: Option<String>,
     /// A JSON object of at most 4 KiB.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
-    /// Also accepted as the `Idempotency-Key` header.
+    /// 1 to 255 printable ASCII characters; also accepted as the `Idempotency-Key` header
+    /// (both must then agree).
+    #[schema(pattern = "^[!-~]{1,255}$")]
     idempotency_key: Option<String>,
 }
 

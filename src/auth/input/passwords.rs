@@ -10,8 +10,10 @@ use super::{Email, Password};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ChangePasswordBody {
+    #[schema(value_type = String, required = true)]
     current_password: Option<String>,
     /// 12 to 128 characters.
+    #[schema(value_type = String, required = true, min_length = 12, max_length = 128)]
     new_password: Option<String>,
 }
 
@@ -37,6 +39,7 @@ impl TryFrom<ChangePasswordBody> for PasswordChange {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForgotPasswordBody {
+    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
     email: Option<String>,
     /// Where the link in the message points: an absolute URL on an allowed origin
     /// (`CORS_ORIGINS`, `FRONTEND_URL`), URL characters only, no credentials or fragment.
@@ -65,7 +68,10 @@ impl TryFrom<ForgotPasswordBody> for PasswordResetRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResetPasswordBody {
+    #[schema(value_type = String, required = true)]
     token: Option<String>,
+    /// 12 to 128 characters.
+    #[schema(value_type = String, required = true, min_length = 12, max_length = 128)]
     new_password: Option<String>,
 }
 
@@ -90,6 +96,7 @@ impl TryFrom<ResetPasswordBody> for PasswordReset {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyEmailBody {
+    #[schema(value_type = String, required = true)]
     token: Option<String>,
 }
 

@@ -11,10 +11,13 @@ use crate::security::refresh::RefreshToken;
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Trimmed and lower-cased; at most 254 characters.
+    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
     email: Option<String>,
     /// 12 to 128 characters (after NFC normalisation).
+    #[schema(value_type = String, required = true, min_length = 12, max_length = 128)]
     password: Option<String>,
     /// Optional display name, at most 255 characters.
+    #[schema(max_length = 255)]
     name: Option<String>,
 }
 
@@ -47,9 +50,14 @@ impl TryFrom<RegisterBody> for Registration {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoginBody {
+    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
     email: Option<String>,
+    /// At most 512 characters.
+    #[schema(value_type = String, required = true, max_length = 512)]
     password: Option<String>,
+    #[schema(max_length = 255)]
     device_id: Option<String>,
+    #[schema(max_length = 255)]
     device_name: Option<String>,
     /// The refresh token lasts 30 days instead of 7.
     remember_me: Option<bool>,
@@ -107,6 +115,7 @@ impl TryFrom<LoginBody> for LoginInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RefreshBody {
+    #[schema(value_type = String, required = true)]
     refresh_token: Option<String>,
 }
 

@@ -14,13 +14,19 @@ use crate::events::credits::Pool;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrantBody {
+    #[schema(value_type = String, required = true, min_length = 1)]
     user_id: Option<String>,
     /// Grant: 1 to 1,000,000. Adjust: non-zero, ±1,000,000.
-    #[schema(value_type = i64)]
+    #[schema(value_type = i64, required = true, minimum = -1_000_000, maximum = 1_000_000)]
     amount: Option<Value>,
+    #[schema(value_type = Pool, required = true)]
     pool: Option<Pool>,
+    /// 1 to 500 characters, not only spaces.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 500, pattern = "\\S")]
     reason: Option<String>,
-    /// Required; scoped to the calling operator, whichever account the request targets.
+    /// 1 to 255 printable ASCII characters; scoped to the calling operator, whichever
+    /// account the request targets.
+    #[schema(value_type = String, required = true, pattern = "^[!-~]{1,255}$")]
     idempotency_key: Option<String>,
 }
 
@@ -28,12 +34,17 @@ pub struct GrantBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RefundBody {
+    #[schema(value_type = String, required = true, min_length = 1)]
     transaction_id: Option<String>,
-    /// At most what is left of the spend; all of it when absent.
-    #[schema(value_type = Option<i64>)]
+    /// 1 to 1,000,000 and at most what is left of the spend; all of it when absent.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
     amount: Option<Value>,
+    /// 1 to 500 characters, not only spaces.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 500, pattern = "\\S")]
     reason: Option<String>,
-    /// Required; scoped to the calling operator, whichever account the request targets.
+    /// 1 to 255 printable ASCII characters; scoped to the calling operator, whichever
+    /// account the request targets.
+    #[schema(value_type = String, required = true, pattern = "^[!-~]{1,255}$")]
     idempotency_key: Option<String>,
 }
 
