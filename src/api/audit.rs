@@ -61,8 +61,8 @@ impl TryFrom<Option<&str>> for PageQuery {
 /// when the page is empty: poll again later).
 #[utoipa::path(get, path = "/api/v1/admin/events", tag = "audit", security(("bearer" = [])),
     params(
-        ("after" = Option<String>, Query, description = "Continue after this cursor (the `cursor` field of an exported event); default: the start of the log"),
-        ("limit" = Option<u32>, Query, description = "Events in the page, 1 to 10,000; default 1,000"),
+        ("after" = Option<String>, Query, pattern = "^-?[0-9]{1,18}:-?[0-9]{1,18}$", description = "Continue after this cursor (the `cursor` field of an exported event); default: the start of the log"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10_000, description = "Events in the page, 1 to 10,000; default 1,000"),
     ),
     responses(
         (status = 200, description = "The page as `application/x-ndjson`, one exported event a line (docs/AUDIT.md); the next cursor in `X-Next-Cursor`",

@@ -46,10 +46,10 @@ async fn trial_balance(
 /// Credits used and refunded over `[from, to)`, per day, app or user.
 #[utoipa::path(get, path = "/api/v1/admin/usage", tag = "admin", security(("bearer" = [])),
     params(
-        ("appId" = Option<String>, Query, description = "One app; default every app (a service: its own)"),
+        ("appId" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "One app; default every app (a service: its own)"),
         ("from" = Option<String>, Query, description = "Start, inclusive: an RFC 3339 time or a date (midnight UTC)"),
         ("to" = Option<String>, Query, description = "End, exclusive: an RFC 3339 time or a date (midnight UTC)"),
-        ("groupBy" = Option<String>, Query, description = "`day` (UTC, the default), `app` or `user`"),
+        ("groupBy" = Option<String>, Query, pattern = "^(day|app|user)$", description = "`day` (UTC, the default), `app` or `user`"),
     ),
     responses(
         (status = 200, body = UsageReport),

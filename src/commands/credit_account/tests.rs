@@ -5,6 +5,7 @@ use cqrs_es::Aggregate;
 use super::*;
 
 mod fixtures;
+mod properties;
 
 use fixtures::*;
 
