@@ -12,3 +12,4 @@ pub mod refresh;
 pub mod revocations;
 pub mod secrets;
 pub mod tokens;
+pub mod verified;

@@ -7,7 +7,9 @@
 //! against the clock service (with a small leeway), not against the system clock, and
 //! refuses a token that claims a longer life than this service gives (`exp − iat` over
 //! the lifetime plus leeway) or a `sid` that is not a UUID. Whether the session is still
-//! alive is the caller's next check (`security::revocations`).
+//! alive is the caller's next check (`security::revocations`). A token that passed is
+//! remembered (`security::verified`): its signature is not checked again, its key and
+//! times are, on every request.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeyService;
+use super::verified::{Verified, VerifiedTokens};
 use crate::clock::SharedClock;
 use crate::events::auth::Role;
 
@@ -145,7 +148,22 @@ impl ClaimRules {
         Self { validation, leeway_secs }
     }
 
+    /// Every check at once (what the unit tests run; the service splits them around its
+    /// cache of verified tokens).
+    #[cfg(test)]
     fn check(&self, token: &str, key: &DecodingKey, now: i64) -> Result<AccessClaims, TokenError> {
+        let (claims, nbf) = self.check_signed(token, key)?;
+        self.check_times(&claims, nbf, now)?;
+        Ok(claims)
+    }
+
+    /// Everything that does not depend on the time: signature, issuer, audience,
+    /// lifetime and session id. Returns the claims and the optional `nbf`.
+    fn check_signed(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+    ) -> Result<(AccessClaims, Option<i64>), TokenError> {
         let data =
             jsonwebtoken::decode::<Presented>(token, key, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::InvalidSignature,
@@ -157,13 +175,18 @@ impl ClaimRules {
                 _ => TokenError::Malformed,
             })?;
         let Presented { claims, nbf } = data.claims;
-        let leeway = self.leeway_secs;
         if !canonical_uuid(&claims.sid) {
             return Err(TokenError::Malformed);
         }
-        if claims.exp.saturating_sub(claims.iat) > ACCESS_TOKEN_TTL_SECS + leeway {
+        if claims.exp.saturating_sub(claims.iat) > ACCESS_TOKEN_TTL_SECS + self.leeway_secs {
             return Err(TokenError::LifetimeTooLong);
         }
+        Ok((claims, nbf))
+    }
+
+    /// Expiry and not-before against `now`, with the leeway.
+    fn check_times(&self, claims: &AccessClaims, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
+        let leeway = self.leeway_secs;
         if now > claims.exp.saturating_add(leeway) {
             return Err(TokenError::Expired);
         }
@@ -171,7 +194,7 @@ impl ClaimRules {
         if not_before > now.saturating_add(leeway) {
             return Err(TokenError::NotYetValid);
         }
-        Ok(claims)
+        Ok(())
     }
 }
 
@@ -187,6 +210,7 @@ pub struct TokenService {
     issuer: String,
     audience: String,
     rules: ClaimRules,
+    verified: VerifiedTokens,
 }
 
 impl TokenService {
@@ -199,7 +223,8 @@ impl TokenService {
         leeway_secs: i64,
     ) -> Self {
         let rules = ClaimRules::new(&issuer, &audience, leeway_secs);
-        Self { keys, clock, issuer, audience, rules }
+        let verified = VerifiedTokens::new(leeway_secs);
+        Self { keys, clock, issuer, audience, rules, verified }
     }
 
     /// The key service behind this token service.
@@ -240,8 +265,22 @@ impl TokenService {
     }
 
     /// Checks a token's form, algorithm, type, key, signature, issuer, audience, times,
-    /// lifetime and session id.
+    /// lifetime and session id. A token checked before skips the header and signature
+    /// checks (the same bytes, by SHA-256); its key and times are checked again.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let digest = VerifiedTokens::digest(token);
+        let now = self.clock.now().timestamp();
+        if let Some(hit) = self.verified.get(&digest)
+            && self.keys.keys().verifying.contains_key(&hit.kid)
+        {
+            return match self.rules.check_times(&hit.claims, hit.nbf, now) {
+                Ok(()) => Ok(hit.claims.clone()),
+                Err(error) => {
+                    self.verified.remove(&digest);
+                    Err(error)
+                }
+            };
+        }
         let kid = checked_header(token)?;
         let mut keys = self.keys.keys();
         if !keys.verifying.contains_key(&kid) {
@@ -249,7 +288,10 @@ impl TokenService {
             keys = self.keys.keys();
         }
         let key = keys.verifying.get(&kid).ok_or(TokenError::UnknownKey)?;
-        self.rules.check(token, key, self.clock.now().timestamp())
+        let (claims, nbf) = self.rules.check_signed(token, key)?;
+        self.rules.check_times(&claims, nbf, now)?;
+        self.verified.insert(digest, Verified { kid, claims: claims.clone(), nbf });
+        Ok(claims)
     }
 }
 
