@@ -371,3 +371,32 @@ async fn refusals_are_recorded_at_most_once_per_client_and_minute() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_login_records_its_success_and_starts_its_session_in_one_append_after_the_attempt_began() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let app = TestApp::spawn(db.app_config()).await;
+        let api = Api::new(&app.base);
+        let email = unique_email("one-append");
+        api.register(&email).await;
+        let login = api.login(&email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{engine:?}");
+        let store = common::open_store(&db).await;
+        let events = common::read_all(&store, 1).await;
+        let last_of = |event_type: &str| {
+            events.iter().rev().find(|e| e.event_type == event_type).map(|e| e.cursor).expect(event_type)
+        };
+        let began = last_of("LoginCheckStarted");
+        let succeeded = last_of("LoginCheckSucceeded");
+        let started = last_of("SessionStarted");
+        assert!(began < succeeded, "{engine:?}: the attempt began before the check's success");
+        assert_eq!(started.position.abs_diff(succeeded.position), 1, "{engine:?}: adjacent in the log");
+        // One append is one transaction: PostgreSQL shows it (SQLite has no transaction ids).
+        if engine == Engine::Postgres {
+            assert_eq!(succeeded.txid, started.txid, "success and session in one transaction");
+            assert_ne!(began.txid, succeeded.txid, "the attempt began in an earlier transaction");
+        }
+        app.stop().await;
+    }
+}

@@ -127,14 +127,15 @@ impl AuthService {
             policy: AttemptPolicy::login(self.settings.lockout),
             personal: personal.clone(),
         };
-        let Some(user) = self.guarded_check(guarded, user, input.password, client).await? else {
+        let Some((user, attempt)) = self.guarded_verify(guarded, user, input.password, client).await? else {
             return Err(AuthError::InvalidCredentials);
         };
+        let user_id = user.id.clone().unwrap_or_default();
         if self.settings.require_verified_email && !user.email_verified {
+            attempt.finish(Some(Ok(user_id)), self.now()).await?;
             return Err(AuthError::EmailNotVerified);
         }
         let now = self.now();
-        let user_id = user.id.clone().unwrap_or_default();
         let session_id = uuid_at(now);
         let refresh = RefreshToken::generate(session_id);
         let session_id = session_id.to_string();
@@ -148,8 +149,20 @@ impl AuthService {
             at: now,
         };
         let ctx = CommandContext::for_client(client, &user_id, now);
-        let started = self.aggregates.sessions.execute(&session_id, start, &ctx).await.map_err(infra)?;
-        self.settle(started.cursor).await;
+        // The check's success and the session it starts: one append. The attempt's start
+        // was committed before the password check (the queue and the lease need it).
+        let cursor = with_retries(self.store.metrics(), "login", || async {
+            let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
+            let finish = |at| attempt.command(Some(Ok(user_id.clone())), at);
+            unit.execute_at(&self.aggregates.attempts, attempt.stream(), finish, |_| ())
+                .await
+                .map_err(infra)?;
+            unit.execute(&self.aggregates.sessions, &session_id, start.clone()).await.map_err(infra)?;
+            unit.commit().await.map_err(|e| infra(commit_error::<SessionError>(e)))
+        })
+        .await?;
+        attempt.close();
+        self.settle(cursor).await;
         self.signed_in(&user, &session_id, refresh)
     }
 

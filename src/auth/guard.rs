@@ -47,6 +47,26 @@ impl AuthService {
         password: Password,
         client: &ClientInfo,
     ) -> Result<Option<User>, AuthError> {
+        let Some((user, attempt)) = self.guarded_verify(guarded, user, password, client).await? else {
+            return Ok(None);
+        };
+        let user_id = user.id.clone().unwrap_or_default();
+        attempt.finish(Some(Ok(user_id)), self.now()).await?;
+        Ok(Some(user))
+    }
+
+    /// [`Self::guarded_check`] up to a right password: a failed check is recorded and
+    /// answers `Ok(None)`; a right one answers the user with the attempt still open, for
+    /// the caller to record its success together with what the success does (a login
+    /// starts its session in the same append). An attempt dropped unfinished is recorded
+    /// as abandoned.
+    pub(super) async fn guarded_verify(
+        &self,
+        guarded: Guarded<'_>,
+        user: Option<User>,
+        password: Password,
+        client: &ClientInfo,
+    ) -> Result<Option<(User, Attempt)>, AuthError> {
         let user_id = user.as_ref().and_then(|u| u.id.clone());
         let attempt = self.admit(&guarded, user_id.clone(), client).await?;
         let password = password.into_inner();
@@ -67,13 +87,14 @@ impl AuthService {
             Some(user) if user.disabled => Err(LoginFailure::Disabled),
             Some(_) => Ok(user_id.clone().unwrap_or_default()),
         };
-        let failed = outcome.is_err();
-        let cursor = attempt.finish(Some(outcome), self.now()).await?;
-        if failed {
-            self.settle(cursor).await;
-            return Ok(None);
+        match (outcome, user) {
+            (Ok(_), Some(user)) => Ok(Some((user, attempt))),
+            (outcome, _) => {
+                let cursor = attempt.finish(Some(outcome), self.now()).await?;
+                self.settle(cursor).await;
+                Ok(None)
+            }
         }
-        Ok(user)
     }
 
     /// Waits for a turn and begins an attempt: the attempt in flight of its class, or a
@@ -145,7 +166,7 @@ impl AuthService {
 /// An attempt in flight. If it is dropped unfinished (the client went away while the
 /// password was being checked), it is finished as abandoned in the background, so its
 /// class is not held busy; if the process dies, its lease runs out.
-struct Attempt {
+pub(super) struct Attempt {
     attempts: CommandBus<LoginAttempts>,
     stream: String,
     attempt_id: String,
@@ -159,7 +180,13 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn command(
+    /// The login-attempts stream the attempt is on.
+    pub(super) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The command that finishes the attempt with `outcome` at `at`.
+    pub(super) fn command(
         &self,
         outcome: Option<Result<String, LoginFailure>>,
         at: DateTime<Utc>,
@@ -174,7 +201,7 @@ impl Attempt {
         }
     }
 
-    async fn finish(
+    pub(super) async fn finish(
         mut self,
         outcome: Option<Result<String, LoginFailure>>,
         at: DateTime<Utc>,
@@ -184,6 +211,11 @@ impl Attempt {
         let ctx = CommandContext { now: at, ..self.ctx.clone() };
         let committed = self.attempts.execute(&self.stream, command, &ctx).await.map_err(infra)?;
         Ok(committed.cursor)
+    }
+
+    /// Marks the attempt finished by the caller's own append of [`Self::command`].
+    pub(super) fn close(mut self) {
+        self.open = false;
     }
 }
 
