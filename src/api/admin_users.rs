@@ -68,7 +68,7 @@ struct UserQuery {
 
 /// Look a user up by e-mail address (normalised as registration and login normalise it).
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", security(("bearer" = [])),
-    params(("email" = String, Query, min_length = 1, max_length = 254, description = "The address; case and surrounding spaces do not matter")),
+    params(("email" = String, Query, max_length = 254, pattern = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", description = "The address; case and surrounding spaces do not matter")),
     responses(
         (status = 200, description = "The user registered under the address, or an empty list", body = UsersBody),
         (status = 400, description = "`VALIDATION_FAILED`: no address, or not an e-mail address", body = ErrorBody),

@@ -39,7 +39,7 @@ impl TryFrom<ChangePasswordBody> for PasswordChange {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForgotPasswordBody {
-    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
+    #[schema(value_type = String, required = true, max_length = 254, pattern = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     email: Option<String>,
     /// Where the link in the message points: an absolute URL on an allowed origin
     /// (`CORS_ORIGINS`, `FRONTEND_URL`), URL characters only, no credentials or fragment.

@@ -11,13 +11,13 @@ use crate::security::refresh::RefreshToken;
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Trimmed and lower-cased; at most 254 characters.
-    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
+    #[schema(value_type = String, required = true, max_length = 254, pattern = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     email: Option<String>,
     /// 12 to 128 characters (after NFC normalisation).
     #[schema(value_type = String, required = true, min_length = 12, max_length = 128)]
     password: Option<String>,
-    /// Optional display name, at most 255 characters.
-    #[schema(max_length = 255)]
+    /// Optional display name, at most 255 characters, no control characters.
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     name: Option<String>,
 }
 
@@ -50,14 +50,16 @@ impl TryFrom<RegisterBody> for Registration {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoginBody {
-    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
+    #[schema(value_type = String, required = true, max_length = 254, pattern = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     email: Option<String>,
     /// At most 512 characters.
     #[schema(value_type = String, required = true, max_length = 512)]
     password: Option<String>,
-    #[schema(max_length = 255)]
+    /// At most 255 characters, no control characters.
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     device_id: Option<String>,
-    #[schema(max_length = 255)]
+    /// At most 255 characters, no control characters.
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     device_name: Option<String>,
     /// The refresh token lasts 30 days instead of 7.
     remember_me: Option<bool>,
