@@ -268,3 +268,23 @@ async fn a_fresh_access_token_is_typed_at_jwt_and_other_types_and_claims_are_ref
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_token_checked_before_is_still_checked_for_its_session_and_its_expiry_on_every_request() {
+    let db = TestDb::sqlite();
+    let clock = ManualClock::new(Utc::now());
+    let (app, api) = app_at(&db, &clock).await;
+    let first = api.register(&unique_email("cached")).await.text("accessToken");
+    let second = api.register(&unique_email("cached-2")).await.text("accessToken");
+    for _ in 0..3 {
+        assert_eq!(api.validate(&first).await["valid"], true, "checked, then found in the cache");
+        assert_eq!(api.validate(&second).await["valid"], true);
+    }
+    let out = api.post_auth("/api/v1/auth/logout", &first, json!({})).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert_eq!(api.validate(&first).await["error"], "session revoked", "revocation is checked every time");
+    assert_eq!(api.validate(&second).await["valid"], true, "another session is untouched");
+    clock.advance(Duration::minutes(16));
+    assert_eq!(api.validate(&second).await["error"], "token expired", "expiry is checked every time");
+    app.stop().await;
+}
