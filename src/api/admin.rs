@@ -15,7 +15,7 @@ use super::access::{Allowed, family::CreditOperations};
 use super::credits::{Replayed, TransactionBody};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, Client};
-use crate::credits::input::{AdminAdjust, AdminGrant, AdminRefund, GrantBody, RefundBody};
+use crate::credits::input::{AdjustBody, AdminAdjust, AdminGrant, AdminRefund, GrantBody, RefundBody};
 use crate::projections::ledger::Transaction;
 
 /// The admin credit routes: grant, adjust and refund.
@@ -58,7 +58,7 @@ async fn grant(
 }
 
 /// Correct a user's pool by a signed amount (never below zero).
-#[utoipa::path(post, path = "/api/v1/admin/credits/adjust", tag = "admin", security(("bearer" = [])), request_body = GrantBody,
+#[utoipa::path(post, path = "/api/v1/admin/credits/adjust", tag = "admin", security(("bearer" = [])), request_body = AdjustBody,
     responses(
         (status = 201, body = AdminBody),
         (status = 400, description = "`VALIDATION_FAILED`, `INSUFFICIENT_CREDITS` (the pool would go below zero)", body = ErrorBody),

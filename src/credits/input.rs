@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 
 use crate::domain::{Credits, valid_app_id};
 
-pub use admin::{AdminAdjust, AdminGrant, AdminOperation, AdminRefund, AdminRequest, GrantBody, RefundBody};
+pub use admin::{
+    AdjustBody, AdminAdjust, AdminGrant, AdminOperation, AdminRefund, AdminRequest, GrantBody, RefundBody,
+};
 pub use analytics::Point;
 
 /// The largest amount one request may move.

@@ -10,14 +10,16 @@ use super::{fingerprint, parse_amount, parse_key, parse_signed_amount};
 use crate::domain::Credits;
 use crate::events::credits::Pool;
 
-/// `POST /admin/credits/grant` and `/adjust` body.
+/// `POST /admin/credits/grant` body.
+// Also the adjustment's body as the server reads it; the document shows that one as
+// `AdjustBody`, whose amount is signed.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrantBody {
     #[schema(value_type = String, required = true, min_length = 1)]
     user_id: Option<String>,
-    /// Grant: 1 to 1,000,000. Adjust: non-zero, ±1,000,000.
-    #[schema(value_type = i64, required = true, minimum = -1_000_000, maximum = 1_000_000)]
+    /// 1 to 1,000,000.
+    #[schema(value_type = i64, required = true, minimum = 1, maximum = 1_000_000)]
     amount: Option<Value>,
     #[schema(value_type = Pool, required = true)]
     pool: Option<Pool>,
@@ -28,6 +30,27 @@ pub struct GrantBody {
     /// account the request targets.
     #[schema(value_type = String, required = true, pattern = "^[!-~]{1,255}$")]
     idempotency_key: Option<String>,
+}
+
+/// `POST /admin/credits/adjust` body: a grant's fields with a signed amount.
+// Only the OpenAPI document's: the server reads this body as a `GrantBody`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[expect(dead_code, reason = "documents the adjustment's body; GrantBody reads it")]
+pub struct AdjustBody {
+    #[schema(min_length = 1)]
+    user_id: String,
+    /// Non-zero, −1,000,000 to 1,000,000; the pool may not go below zero.
+    #[schema(minimum = -1_000_000, maximum = 1_000_000)]
+    amount: i64,
+    pool: Pool,
+    /// 1 to 500 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
+    reason: String,
+    /// 1 to 255 printable ASCII characters; scoped to the calling operator, whichever
+    /// account the request targets.
+    #[schema(pattern = "^[!-~]{1,255}$")]
+    idempotency_key: String,
 }
 
 /// `POST /admin/credits/refund` body.
