@@ -111,10 +111,10 @@ async fn the_fixture_log_of_release_0_x_migrates_and_replays_into_the_same_read_
         // The operator's rebuild (`replay --apply`), then the auditor's proof (`--verify`).
         let replay_clock: mana_core_auth::clock::SharedClock = std::sync::Arc::new(clock.clone());
         let settings = mana_core_auth::audit::replay::ReplaySettings { batch_size: 50 };
-        mana_core_auth::audit::replay::apply(app.state.db(), replay_clock.clone(), settings)
+        mana_core_auth::audit::replay::apply(app.state.store(), replay_clock.clone(), settings)
             .await
             .expect("replay --apply");
-        let proof = mana_core_auth::audit::replay::verify(app.state.db(), replay_clock, settings)
+        let proof = mana_core_auth::audit::replay::verify(app.state.store(), replay_clock, settings)
             .await
             .expect("replay --verify");
         assert!(proof.clean(), "{engine:?}: {:?} {:?}", proof.differences, proof.findings);

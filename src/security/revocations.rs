@@ -192,7 +192,12 @@ fn apply(state: &mut State, event: &RecordedEvent) {
         }
         (
             "user",
-            "UserRoleChanged" | "UserDisabled" | "UserEnabled" | "PasswordChanged" | "PasswordResetCompleted",
+            "UserRoleChanged"
+            | "UserDisabled"
+            | "UserEnabled"
+            | "PasswordChanged"
+            | "PasswordResetCompleted"
+            | "UserErased",
         ) => {
             let user = event.aggregate_id.clone();
             match event.decode::<UserEvent>() {
@@ -209,6 +214,11 @@ fn apply(state: &mut State, event: &RecordedEvent) {
                 }
                 Ok(UserEvent::UserEnabled { .. }) => {
                     state.disabled.remove(&user);
+                }
+                // An erased account is disabled for good (its sessions and tokens die).
+                Ok(UserEvent::UserErased { sessions_revoked_before, .. }) => {
+                    state.disabled.insert(user.clone());
+                    state.cut(user, sessions_revoked_before, None);
                 }
                 _ => {}
             }

@@ -322,6 +322,7 @@ pub async fn open_store(db: &TestDb) -> mana_core_auth::events::EventStore {
         handle,
         mana_core_auth::events::LogSignal::new(),
         Arc::new(mana_core_auth::telemetry::Metrics::new()),
+        mana_core_auth::security::secrets::ServerSecret::from_text(&db.secret()).key_wrap(),
     )
 }
 
