@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::api::{Answer, Api, PASSWORD, unique_email};
-use common::{ENGINES, Engine, TestApp, TestDb, api_from, eventually, run_cli};
+use common::{ENGINES, TestApp, TestDb, api_from, eventually, run_cli, whole_database};
 use mana_core_auth::auth::UserChange;
 use mana_core_auth::events::auth::Role;
 use reqwest::StatusCode;
@@ -81,31 +81,6 @@ async fn admin(app: &TestApp, api: &Api) -> String {
     app.state.auth().change_user(&email, UserChange::SetRole(Role::Admin)).await.expect("role");
     tokio::time::sleep(Duration::from_millis(5)).await;
     api.login(&email, PASSWORD).await.text("accessToken")
-}
-
-/// Everything the database holds, as text: `pg_dump`, or the SQLite files' bytes.
-fn whole_database(db: &TestDb) -> String {
-    match db.engine {
-        Engine::Postgres => {
-            let output = std::process::Command::new("pg_dump")
-                .arg("--no-owner")
-                .arg(db.url())
-                .output()
-                .expect("pg_dump runs");
-            assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        }
-        Engine::Sqlite => {
-            let path = db.url().trim_start_matches("sqlite://").to_owned();
-            let mut text = String::new();
-            for suffix in ["", "-wal", "-shm"] {
-                if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
-                    text.push_str(&String::from_utf8_lossy(&bytes));
-                }
-            }
-            text
-        }
-    }
 }
 
 /// The figures an erasure must not change.

@@ -42,3 +42,11 @@ ALTER TABLE users ADD COLUMN erased_at TEXT;
 -- The events an erasure must scrub: those written before sealing, by subject.
 CREATE INDEX events_plaintext_subject ON events (json_extract(commitments, '$.key'))
  WHERE commitments IS NOT NULL AND json_extract(commitments, '$.sealed') IS NULL;
+
+-- One-off maintenance steps the service runs outside migrations (a VACUUM cannot run in
+-- a transaction): `vacuum-secure-delete` rewrites a file created before secure_delete, so
+-- that no free page keeps content deleted earlier.
+CREATE TABLE maintenance (
+    step    TEXT PRIMARY KEY,
+    done_at TEXT NOT NULL
+);

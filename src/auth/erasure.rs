@@ -121,13 +121,25 @@ impl AuthService {
             legacy_claim_id: legacy,
             email: Some(email),
         };
-        let scrubbed = self.store.scrub(&erasure).await.map_err(store)?;
+        let scrubbed = self.scrub(&erasure).await?;
         tracing::info!(user_id, plaintext_events, scrubbed = scrubbed.events, "user erased");
         // Once the projections blanked the person, their old column values go from the
         // SQLite file's write-ahead log too.
         self.settle(cursor).await;
         self.store.checkpoint().await.map_err(store)?;
         Ok(Erased { user_id: user_id.to_owned(), erased_at: now, plaintext_events, scrubbed })
+    }
+
+    /// The storage side, then the stream list's rows of renamed legacy streams.
+    async fn scrub(&self, erasure: &Erasure) -> Result<Scrubbed, AuthError> {
+        let scrubbed = self.store.scrub(erasure).await.map_err(store)?;
+        if let Some(legacy) = &erasure.legacy_claim_id {
+            let renamed = format!("erased:{}", erasure.user_id);
+            crate::projections::streams::rename_erased(self.store.db(), legacy, &renamed)
+                .await
+                .map_err(|e| AuthError::Internal(e.context("renaming the erased person's legacy streams")))?;
+        }
+        Ok(scrubbed)
     }
 
     /// Finishes the storage side of an erasure whose append is recorded.
@@ -145,7 +157,7 @@ impl AuthService {
             legacy_claim_id: legacy_used.then_some(legacy),
             email: Some(email.to_owned()),
         };
-        let scrubbed = self.store.scrub(&erasure).await.map_err(store)?;
+        let scrubbed = self.scrub(&erasure).await?;
         tracing::info!(user_id, scrubbed = scrubbed.events, "interrupted erasure completed");
         Ok(Erased {
             user_id: user_id.to_owned(),

@@ -557,3 +557,26 @@ pub async fn tamper(db: &TestDb, statements: &[String]) {
         }
     }
 }
+
+/// Everything the database holds, as text: a `pg_dump`, or the bytes of the SQLite files
+/// (database, write-ahead log, shared memory), to search for what must not be there.
+pub fn whole_database(db: &TestDb) -> String {
+    match db.engine {
+        Engine::Postgres => {
+            let output =
+                Command::new("pg_dump").arg("--no-owner").arg(db.url()).output().expect("pg_dump runs");
+            assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+        Engine::Sqlite => {
+            let path = db.url().trim_start_matches("sqlite://").to_owned();
+            let mut text = String::new();
+            for suffix in ["", "-wal", "-shm"] {
+                if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+            text
+        }
+    }
+}
