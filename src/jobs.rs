@@ -51,17 +51,25 @@ pub async fn start(
     let job = Job::new_async(DAY_KEY_SCHEDULE, move |_, _| {
         let (store, clock) = (store.clone(), clock.clone());
         Box::pin(async move {
-            let before = clock.now().date_naive() - chrono::Duration::days(DAY_KEY_DAYS);
-            match store.personal_keys().destroy_day_keys_before(before).await {
-                Ok(0) => {}
-                Ok(destroyed) => tracing::info!(destroyed, %before, "per-day data keys destroyed"),
-                Err(error) => {
-                    tracing::warn!(error = %error, "destroying expired per-day keys failed; will retry")
-                }
+            if let Err(error) = expire_day_keys(&store, &clock).await {
+                tracing::warn!(error = format!("{error:#}"), "expiring per-day data keys failed; will retry");
             }
         })
     })?;
     scheduler.add(job).await?;
     scheduler.start().await?;
     Ok(scheduler)
+}
+
+/// Destroys the per-day data keys older than [`DAY_KEY_DAYS`] days and blanks what the
+/// read models kept of those days' data; returns the keys destroyed.
+pub async fn expire_day_keys(store: &EventStore, clock: &SharedClock) -> anyhow::Result<u64> {
+    let before = clock.now().date_naive() - chrono::Duration::days(DAY_KEY_DAYS);
+    let destroyed = store.personal_keys().destroy_day_keys_before(before).await?;
+    let blanked = crate::projections::security_events::blank_days_before(store.db(), before).await?;
+    store.checkpoint().await?;
+    if destroyed > 0 || blanked > 0 {
+        tracing::info!(destroyed, blanked, %before, "per-day data keys destroyed, their read-model rows blanked");
+    }
+    Ok(destroyed)
 }

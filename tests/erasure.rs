@@ -300,3 +300,38 @@ async fn the_operator_cli_erases_by_address_and_the_address_keeps_no_sign_in_pro
         app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_on_unknown_addresses_become_unreadable_after_thirty_days_and_the_read_models_agree() {
+    use mana_core_auth::clock::{ManualClock, SharedClock};
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let start = chrono::DateTime::parse_from_rfc3339("2026-11-02T08:00:00Z").expect("time").to_utc();
+        let clock = ManualClock::new(start);
+        let app = TestApp::spawn_with_clock(db.app_config(), clock.clone()).await;
+        let stranger = api_from(&app.base, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 55)));
+        let nobody = unique_email("nobody");
+        let asked = stranger.post("/api/v1/auth/forgot-password", json!({"email": nobody})).await;
+        assert_eq!(asked.status, StatusCode::OK);
+        settled(&app).await;
+        let rows = "SELECT count(*) FROM security_events WHERE ip_address = '127.0.0.55'";
+        assert_eq!(common::count(app.state.db(), rows).await, 1, "{engine:?}: the attempt is on record");
+        let shared: SharedClock = std::sync::Arc::new(clock.clone());
+
+        // Thirty days on, the day's key still reads it.
+        clock.advance(chrono::Duration::days(30));
+        assert_eq!(mana_core_auth::jobs::expire_day_keys(app.state.store(), &shared).await.expect("job"), 0);
+        assert_eq!(common::count(app.state.db(), rows).await, 1, "{engine:?}: kept for 30 days");
+
+        // A day later it is gone from the log's readable form and from the read models.
+        clock.advance(chrono::Duration::days(1));
+        assert_eq!(mana_core_auth::jobs::expire_day_keys(app.state.store(), &shared).await.expect("job"), 1);
+        assert_eq!(common::count(app.state.db(), rows).await, 0, "{engine:?}: the read model forgot it");
+        assert!(!whole_database(&db).contains("127.0.0.55"), "{engine:?}: the address is still readable");
+        let (code, stdout, stderr) = tokio::task::block_in_place(|| run_cli(&db, &["replay", "--verify"]));
+        assert_eq!(code, 0, "{engine:?}: replay --verify: {stdout}{stderr}");
+        let (code, stdout, stderr) = tokio::task::block_in_place(|| run_cli(&db, &["verify"]));
+        assert_eq!(code, 0, "{engine:?}: verify: {stdout}{stderr}");
+        app.stop().await;
+    }
+}

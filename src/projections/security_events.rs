@@ -328,3 +328,26 @@ pub async fn for_user(
         Db::Sqlite { reader, .. } => fetch!(reader),
     })
 }
+
+/// Blanks the client of the rows that belong to no account, recorded before `day`: their
+/// events are sealed under per-day keys, which are destroyed after `DAY_KEY_DAYS` days
+/// (docs/PRIVACY.md), so the read model forgets them too, as a rebuild would.
+pub async fn blank_days_before(db: &Db, day: chrono::NaiveDate) -> anyhow::Result<u64> {
+    let midnight = DbTime(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    let mut tx = db.begin_write().await?;
+    let sql = match &tx {
+        DbTx::Postgres(_) => {
+            "UPDATE security_events SET ip_address = NULL, user_agent = NULL, \
+             metadata = metadata - 'deviceId' - 'deviceName' \
+             WHERE user_id IS NULL AND created_at < $1 AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)"
+        }
+        DbTx::Sqlite(_) => {
+            "UPDATE security_events SET ip_address = NULL, user_agent = NULL, \
+             metadata = json_remove(metadata, '$.deviceId', '$.deviceName') \
+             WHERE user_id IS NULL AND created_at < $1 AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)"
+        }
+    };
+    let blanked = exec!(&mut tx, sql, midnight)?;
+    tx.commit().await?;
+    Ok(blanked)
+}
