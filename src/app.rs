@@ -84,13 +84,16 @@ impl Application {
         let audit_keys = start_audit(&config, &secret, &store, &aggregates, &clock, &mut tasks, &background)
             .await
             .context("cannot start the audit seals")?;
-        let limiter = Arc::new(RateLimiter::new(
-            config.rate_limits.clone(),
-            config.redis_url.as_ref().map(Secret::expose),
-            &config.redis_key_prefix,
-            config.redis_timeout,
-            Arc::clone(store.metrics()),
-        )?);
+        let limiter = Arc::new(
+            RateLimiter::new(
+                config.rate_limits.clone(),
+                config.redis_url.as_ref().map(Secret::expose),
+                &config.redis_key_prefix,
+                config.redis_timeout,
+                Arc::clone(store.metrics()),
+            )?
+            .with_subject_key(secret.derive("rate-limit-subjects/v1")),
+        );
         limiter.warm_up().await;
         let credits = Arc::new(CreditService::new(
             store.clone(),
