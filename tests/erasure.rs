@@ -165,6 +165,17 @@ async fn an_erased_person_is_nowhere_in_the_database_or_an_export_and_the_books_
             "{engine:?}: {}",
             wrong.body
         );
+        for bad in [json!({}), json!({"password": 42}), json!(["password"])] {
+            let answer = api
+                .send(
+                    api.http
+                        .delete(format!("{}/api/v1/auth/account", api.base))
+                        .bearer_auth(&ada.token)
+                        .json(&bad),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{engine:?} {bad}: {}", answer.body);
+        }
         assert_eq!(api.get_auth("/api/v1/credits/balance", &ada.token).await.status, StatusCode::OK);
 
         let erased = erase(&api, &ada.token, NEW_PASSWORD).await;
@@ -332,6 +343,48 @@ async fn attempts_on_unknown_addresses_become_unreadable_after_thirty_days_and_t
         assert_eq!(code, 0, "{engine:?}: replay --verify: {stdout}{stderr}");
         let (code, stdout, stderr) = tokio::task::block_in_place(|| run_cli(&db, &["verify"]));
         assert_eq!(code, 0, "{engine:?}: verify: {stdout}{stderr}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_interrupted_after_its_append_is_completed_by_erasing_again() {
+    use mana_core_auth::auth::ClientInfo;
+    use mana_core_auth::auth::erasure::EraseTarget;
+    use mana_core_auth::commands::user::UserCommand;
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let app = TestApp::spawn(db.app_config()).await;
+        let ada = ada(&app).await;
+        // The process died right after the append: the user is erased in the log, but the
+        // key, the plaintext of older releases and the mailed reset link are still there.
+        let now = app.state.now();
+        let erase = UserCommand::Erase { plaintext_events: 0, legacy_claim: false, at: now };
+        let users = mana_core_auth::commands::Aggregates::new(app.state.store()).users;
+        users.execute(&ada.id, erase, &common::ctx()).await.expect("the append alone");
+        settled(&app).await;
+        assert!(whole_database(&db).contains(&ada.email), "{engine:?}: the outbox still holds the address");
+
+        let operator = ClientInfo::default();
+        let completed = app
+            .state
+            .auth()
+            .erase_user(EraseTarget::Id(&ada.id), &operator, "system")
+            .await
+            .expect("completed");
+        assert!(
+            completed.scrubbed.key_destroyed && completed.scrubbed.messages > 0,
+            "{engine:?}: {completed:?}"
+        );
+        app.state.store().checkpoint().await.expect("checkpoint");
+        assert_nothing_of_ada(&whole_database(&db), &ada, &format!("{engine:?} database"));
+        let reborn = Api::new(&app.base).register(&ada.email).await;
+        assert_ne!(reborn.body["user"]["id"], json!(ada.id), "{engine:?}: the address was released");
+        let again = app.state.auth().erase_user(EraseTarget::Id(&ada.id), &operator, "system").await;
+        assert!(
+            matches!(again, Err(mana_core_auth::auth::AuthError::AlreadyErased)),
+            "{engine:?}: {again:?}"
+        );
         app.stop().await;
     }
 }

@@ -85,10 +85,10 @@ impl AuthService {
         if !user.exists() {
             return Err(AuthError::NotFound);
         }
-        let email = user.email().to_owned();
         if user.erased {
-            return self.complete_erasure(user_id, &email).await;
+            return self.complete_erasure(user_id).await;
         }
+        let email = user.email().to_owned();
         let (claim, holder) = self.claim_of(&email).await?;
         let legacy = (claim == legacy_claim_id(&email)).then(|| claim.clone());
         let plaintext_events =
@@ -143,9 +143,33 @@ impl AuthService {
     }
 
     /// Finishes the storage side of an erasure whose append is recorded.
-    async fn complete_erasure(&self, user_id: &str, email: &str) -> Result<Erased, AuthError> {
+    async fn complete_erasure(&self, user_id: &str) -> Result<Erased, AuthError> {
         if self.store.erasure_complete(user_id).await.map_err(store)? {
             return Err(AuthError::AlreadyErased);
+        }
+        // This process may already have read the erasure and stopped using the key; it
+        // still exists until the step below, which needs the person's address.
+        self.store.personal_keys().recover(&format!("user:{user_id}"));
+        let registered = self.store.read_stream("user", user_id, 0, 1).await.map_err(store)?;
+        let email = match registered.first().map(|e| e.decode::<crate::events::auth::UserEvent>()) {
+            Some(Ok(crate::events::auth::UserEvent::UserRegistered { personal, .. })) => personal.email,
+            _ => return Err(AuthError::NotFound),
+        };
+        let email = email.as_str();
+        // The append may have been the user's alone (a command outside this flow): the
+        // address must still be released and its protection state cleared.
+        let (claim, holder) = self.claim_of(email).await?;
+        if holder.user_id.as_deref() == Some(user_id) {
+            let now = self.now();
+            let ctx = CommandContext::system(now);
+            let mut unit = UnitOfWork::new(self.store.clone(), ctx);
+            let release = EmailClaimCommand::Release { user_id: user_id.to_owned(), at: now };
+            unit.execute(&self.aggregates.claims, &claim, release).await.map_err(infra)?;
+            unit.execute(&self.aggregates.attempts, &claim, LoginAttemptCommand::Clear { at: now })
+                .await
+                .map_err(infra)?;
+            let cursor = unit.commit().await.map_err(|e| infra(commit_error::<UserError>(e)))?;
+            self.settle(cursor).await;
         }
         let legacy = legacy_claim_id(email);
         let legacy_used =

@@ -164,7 +164,7 @@ impl EventStore {
             DbTime(erasure.erased_at)
         )?;
         tx.commit().await?;
-        self.personal_keys().invalidate(&subject);
+        self.personal_keys().forget(&subject);
         self.checkpoint().await?;
         Ok(Scrubbed { events: rewrites.len() as u64, messages, key_destroyed })
     }

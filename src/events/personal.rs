@@ -73,6 +73,9 @@ impl KeyWrap {
     }
 }
 
+/// How long a process remembers that a subject was erased (long after its key row is gone).
+const ERASED_TTL: Duration = Duration::from_secs(86_400);
+
 /// How many days the data of attempts on unknown addresses (per-day keys) stays readable.
 pub const DAY_KEY_DAYS: i64 = 30;
 
@@ -86,6 +89,9 @@ pub struct PersonalKeys {
     db: Db,
     wrap: KeyWrap,
     cache: moka::sync::Cache<String, PersonalKey>,
+    /// Subjects this process knows are erased: never read or cached again, even while
+    /// the erasure's transaction that deletes the key has not committed yet.
+    erased: moka::sync::Cache<String, ()>,
 }
 
 impl PersonalKeys {
@@ -94,6 +100,7 @@ impl PersonalKeys {
             db,
             wrap,
             cache: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build(),
+            erased: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(ERASED_TTL).build(),
         }
     }
 
@@ -106,6 +113,10 @@ impl PersonalKeys {
         let mut found = HashMap::new();
         let mut missing: Vec<String> = Vec::new();
         for name in names {
+            if self.erased.contains_key(name) {
+                found.insert(name.clone(), None);
+                continue;
+            }
             match self.cache.get(name) {
                 Some(key) => {
                     found.insert(name.clone(), Some(key));
@@ -184,6 +195,9 @@ impl PersonalKeys {
 
     /// The key of a subject if it exists (reading never makes one).
     pub async fn existing(&self, name: &str) -> Result<Option<PersonalKey>, StoreError> {
+        if self.erased.contains_key(name) {
+            return Ok(None);
+        }
         if let Some(key) = self.cache.get(name) {
             return Ok(Some(key));
         }
@@ -215,6 +229,10 @@ impl PersonalKeys {
         let mut found = HashMap::with_capacity(names.len());
         let mut missing = Vec::new();
         for name in names {
+            if self.erased.contains_key(name) {
+                found.insert(name.clone(), None);
+                continue;
+            }
             match self.cache.get(name) {
                 Some(key) => {
                     found.insert(name.clone(), Some(key));
@@ -273,8 +291,15 @@ impl PersonalKeys {
         &self.wrap
     }
 
-    /// Forgets a cached key (after it was destroyed).
-    pub fn invalidate(&self, name: &str) {
+    /// Lets this process read a subject's key again while it still exists: only for
+    /// completing an interrupted erasure, which must read the person's address.
+    pub fn recover(&self, name: &str) {
+        self.erased.invalidate(name);
+    }
+
+    /// Forgets a subject's key for good (it is being destroyed by an erasure).
+    pub fn forget(&self, name: &str) {
+        self.erased.insert(name.to_owned(), ());
         self.cache.invalidate(name);
     }
 
