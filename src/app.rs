@@ -58,7 +58,14 @@ impl Application {
         db.migrate().await?;
         let metrics = Arc::new(Metrics::new());
         let signal = LogSignal::new();
-        let store = EventStore::new(db.clone(), signal.clone(), metrics);
+        let secret =
+            ServerSecret::load(config.key_encryption_secret.as_ref(), config.app_env, &config.data_dir())?;
+        let store = EventStore::new(db.clone(), signal.clone(), metrics, secret.key_wrap());
+        let sealed_keys =
+            store.personal_keys().seal_plaintext_keys().await.context("cannot seal the data keys")?;
+        if sealed_keys > 0 {
+            tracing::info!(keys = sealed_keys, "personal data keys written before sealing are now sealed");
+        }
         let backfilled = store.backfill_chain().await.context("cannot backfill the hash chain")?;
         if backfilled > 0 {
             tracing::info!(events = backfilled, "hash chain backfilled for events written before it");
@@ -73,19 +80,20 @@ impl Application {
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let aggregates = Aggregates::new(&store);
-        let secret =
-            ServerSecret::load(config.key_encryption_secret.as_ref(), config.app_env, &config.data_dir())?;
         let auth = build_auth(&config, &secret, &store, &aggregates, &projector, &clock).await?;
         let audit_keys = start_audit(&config, &secret, &store, &aggregates, &clock, &mut tasks, &background)
             .await
             .context("cannot start the audit seals")?;
-        let limiter = Arc::new(RateLimiter::new(
-            config.rate_limits.clone(),
-            config.redis_url.as_ref().map(Secret::expose),
-            &config.redis_key_prefix,
-            config.redis_timeout,
-            Arc::clone(store.metrics()),
-        )?);
+        let limiter = Arc::new(
+            RateLimiter::new(
+                config.rate_limits.clone(),
+                config.redis_url.as_ref().map(Secret::expose),
+                &config.redis_key_prefix,
+                config.redis_timeout,
+                Arc::clone(store.metrics()),
+            )?
+            .with_subject_key(secret.derive("rate-limit-subjects/v1")),
+        );
         limiter.warm_up().await;
         let credits = Arc::new(CreditService::new(
             store.clone(),
@@ -101,7 +109,13 @@ impl Application {
             },
         ));
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
-        let scheduler = crate::jobs::start(Arc::clone(auth.tokens().keys()), Arc::clone(&audit_keys)).await?;
+        let scheduler = crate::jobs::start(
+            Arc::clone(auth.tokens().keys()),
+            Arc::clone(&audit_keys),
+            store.clone(),
+            clock.clone(),
+        )
+        .await?;
         projector.spawn(&mut tasks, &background);
         let feed = match &config.event_stream {
             Some(settings) => {
@@ -254,6 +268,7 @@ async fn build_auth(
         tokens,
         revocations,
         secret.derive("refresh-token-successor/v1"),
+        secret.email_id_key(),
         settings,
     )))
 }

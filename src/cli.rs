@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::events::{EventStore, LogSignal};
 use crate::projections::{self, Projector, ProjectorSettings};
+use crate::security::secrets::ServerSecret;
 use crate::telemetry::{Metrics, init_tracing};
 
 /// The central authentication and credit service.
@@ -161,6 +162,13 @@ pub enum UserAction {
     Disable { email: String },
     /// Let a disabled user sign in again.
     Enable { email: String },
+    /// Erase a person (GDPR Art. 17; docs/PRIVACY.md): destroy their personal data, keep
+    /// the books. Takes the user's e-mail address or id; exits 1 for an unknown or an
+    /// already erased user.
+    Erase {
+        /// The user's e-mail address or id.
+        user: String,
+    },
 }
 
 /// Projection maintenance.
@@ -187,7 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let db = Db::connect(&config.database, 2).await?;
             db.migrate().await?;
-            let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+            let store = open_store(&config, &db).await?;
             let backfilled = store.backfill_chain().await?;
             tracing::info!(engine = db.engine(), backfilled, "migrations applied");
             Ok(())
@@ -208,6 +216,16 @@ fn openapi_command() -> anyhow::Result<()> {
     let mut json = serde_json::to_string_pretty(&crate::api::openapi_document())?;
     json.push('\n');
     print(&json)
+}
+
+/// The log of an operator's command: the same data keys as the servers' (the server
+/// secret from the environment), with keys written before sealing sealed first.
+async fn open_store(config: &Config, db: &Db) -> anyhow::Result<EventStore> {
+    let secret =
+        ServerSecret::load(config.key_encryption_secret.as_ref(), config.app_env, &config.data_dir())?;
+    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()), secret.key_wrap());
+    store.personal_keys().seal_plaintext_keys().await?;
+    Ok(store)
 }
 
 fn events_command(action: &EventsAction) -> anyhow::Result<()> {
@@ -237,7 +255,7 @@ async fn export_command(config: Config, args: ExportArgs) -> anyhow::Result<()> 
     use std::io::IsTerminal;
     let db = Db::connect(&config.database, 2).await?;
     db.migrate().await?;
-    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let store = open_store(&config, &db).await?;
     let after = args.after.unwrap_or(crate::events::LogCursor::ORIGIN);
     let export = Export::plan(&store, after, args.until).await?;
     let bar = if std::io::stderr().is_terminal() {
@@ -286,7 +304,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn projections_command(config: Config, action: ProjectionsAction) -> anyhow::Result<()> {
     let db = Db::connect(&config.database, 4).await?;
     db.migrate().await?;
-    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let store = open_store(&config, &db).await?;
     let settings = ProjectorSettings {
         batch_size: config.projection_batch_size,
         poll_interval: config.projection_poll_interval,
@@ -316,7 +334,7 @@ async fn ledger_command(config: Config, action: LedgerAction) -> anyhow::Result<
     let LedgerAction::TrialBalance { at, json } = action;
     let db = Db::connect(&config.database, 4).await?;
     db.migrate().await?;
-    let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let store = open_store(&config, &db).await?;
     let settings = ProjectorSettings {
         batch_size: config.projection_batch_size.max(1_000),
         poll_interval: config.projection_poll_interval,
@@ -386,7 +404,7 @@ async fn verify_command(
         None => {
             let db = Db::connect(&config.database, 4).await?;
             db.migrate().await?;
-            let store = EventStore::new(db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+            let store = open_store(&config, &db).await?;
             let keys = match keys {
                 Some(keys) => keys,
                 None => crate::audit::published_keys(&store).await?,
@@ -400,8 +418,13 @@ async fn verify_command(
     let sealed = report.sealed_through.as_deref().unwrap_or("nothing");
     eprintln!(
         "checked {} events and {} seals in {seconds:.1} s; sealed through {sealed}, {} events after the last seal; \
-         {} personal values checked, {} without a key",
-        report.events, report.seals, report.unsealed, report.personal_checked, report.personal_without_key
+         {} personal values checked, {} without a key; {} events of erased people's renamed legacy streams",
+        report.events,
+        report.seals,
+        report.unsealed,
+        report.personal_checked,
+        report.personal_without_key,
+        report.redacted
     );
     match report.failure {
         None => {
@@ -418,8 +441,9 @@ async fn replay_command(config: Config, args: ReplayArgs) -> anyhow::Result<()> 
     db.migrate().await?;
     let settings = ReplaySettings { batch_size: config.projection_batch_size.max(1_000) };
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let store = open_store(&config, &db).await?;
     if args.apply {
-        let report = replay::apply(&db, clock, settings).await;
+        let report = replay::apply(&store, clock, settings).await;
         db.close().await;
         let report = report?;
         for (table, deleted, inserted) in &report.swapped {
@@ -434,7 +458,7 @@ async fn replay_command(config: Config, args: ReplayArgs) -> anyhow::Result<()> 
         println!("ok: the read models are rebuilt from the log");
         return Ok(());
     }
-    let report = replay::verify(&db, clock, settings).await;
+    let report = replay::verify(&store, clock, settings).await;
     db.close().await;
     let report = report?;
     for difference in &report.differences {
@@ -535,6 +559,30 @@ async fn analytics_role_command(config: Config, action: AnalyticsRoleAction) -> 
     }
 }
 
+async fn erase_user(app: &Application, user: &str) -> anyhow::Result<()> {
+    use crate::auth::AuthError;
+    use crate::auth::erasure::EraseTarget;
+    let target = if user.contains('@') { EraseTarget::Email(user) } else { EraseTarget::Id(user) };
+    let operator = crate::auth::ClientInfo::default();
+    match app.state().auth().erase_user(target, &operator, crate::events::SYSTEM_ACTOR).await {
+        Ok(erased) => {
+            println!(
+                "{user}: erased user {} at {}; {} events written before sealing scrubbed, {} messages deleted; \
+                 the credit history keeps its amounts",
+                erased.user_id,
+                erased.erased_at.to_rfc3339(),
+                erased.scrubbed.events,
+                erased.scrubbed.messages
+            );
+            Ok(())
+        }
+        Err(AuthError::NotFound) => anyhow::bail!("no user {user}: unknown address or id"),
+        Err(AuthError::AlreadyErased) => anyhow::bail!("{user} was already erased"),
+        Err(AuthError::Validation(messages)) => anyhow::bail!("{}", messages.join("; ")),
+        Err(other) => Err(other.into()),
+    }
+}
+
 async fn user_command(mut config: Config, action: UserAction) -> anyhow::Result<()> {
     use crate::auth::{AuthError, UserChange};
     // The command runs the service's own write path in this process; it does not serve.
@@ -545,6 +593,11 @@ async fn user_command(mut config: Config, action: UserAction) -> anyhow::Result<
         UserAction::SetRole { email, role } => (email, UserChange::SetRole(role)),
         UserAction::Disable { email } => (email, UserChange::Disable),
         UserAction::Enable { email } => (email, UserChange::Enable),
+        UserAction::Erase { user } => {
+            let outcome = erase_user(&app, &user).await;
+            app.run_until(async {}).await?;
+            return outcome;
+        }
     };
     let outcome = app.state().auth().change_user(&email, change).await;
     let stopped = app.run_until(async {}).await;

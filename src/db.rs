@@ -194,6 +194,9 @@ impl Db {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted content is overwritten, not left in free pages: after an erasure the
+            // file holds no plaintext of the person (docs/PRIVACY.md).
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -221,6 +224,9 @@ impl Db {
             MigrateError::VersionMissing(v) => DbError::UnknownMigration(v),
             other => DbError::Migrate(other),
         })?;
+        if let Self::Sqlite { writer, .. } = self {
+            vacuum_once(writer).await.map_err(|e| DbError::Migrate(MigrateError::Execute(e)))?;
+        }
         if let Self::Postgres(pool) = self {
             // Migration 0009 set the database's search_path (read models in `read`) for
             // every new connection; the one connection this pool opened before it (or
@@ -338,4 +344,25 @@ mod db_time {
             Ok(Self(parse_sqlite_time(&text)?))
         }
     }
+}
+
+/// Rewrites a SQLite file once after migration 0010 turned `secure_delete` on: pages freed
+/// by earlier releases may still hold deleted content (delivered mail, old rows); a VACUUM
+/// leaves none, and from then on deleted content is overwritten as it is deleted.
+async fn vacuum_once(writer: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
+    const STEP: &str = "vacuum-secure-delete";
+    let done: Option<String> = sqlx::query_scalar("SELECT done_at FROM maintenance WHERE step = $1")
+        .bind(STEP)
+        .fetch_optional(writer)
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    sqlx::query("VACUUM").execute(writer).await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(writer).await?;
+    sqlx::query("INSERT OR IGNORE INTO maintenance (step, done_at) VALUES ($1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+        .bind(STEP)
+        .execute(writer)
+        .await?;
+    Ok(())
 }

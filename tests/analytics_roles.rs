@@ -169,7 +169,7 @@ async fn analytics_roles_read_the_read_models_only_and_app_roles_only_their_apps
 
     // A replay's swap keeps every grant and policy.
     let settings = ReplaySettings { batch_size: 100 };
-    replay::apply(app.state.db(), Arc::new(SystemClock), settings).await.expect("replay --apply");
+    replay::apply(app.state.store(), Arc::new(SystemClock), settings).await.expect("replay --apply");
     let mut as_chat = connect_as(&db, &chat).await;
     assert_eq!(
         count(&mut as_chat, "SELECT count(*) FROM credit_transactions").await,

@@ -124,3 +124,27 @@ async fn the_user_cli_changes_roles_and_disables_users_for_every_process() {
     let (ok, text) = cli(&["user", "set-role", &email, "root"]);
     assert!(!ok && text.contains("root"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_on_one_process_refuses_the_old_token_on_the_other_within_a_second() {
+    let db = TestDb::postgres().await;
+    let servers = [ServerProcess::spawn(&env(&db)), ServerProcess::spawn(&env(&db))];
+    let (a, b) = (Api::new(&servers[0].base), Api::new(&servers[1].base));
+    let email = unique_email("erased");
+    let token = a.register(&email).await.text("accessToken");
+    assert_eq!(b.validate(&token).await["valid"], true);
+    let erased = a
+        .send(
+            a.http
+                .delete(format!("{}/api/v1/auth/account", a.base))
+                .bearer_auth(&token)
+                .json(&json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.body);
+    let took = refused_within(&b, &token, Duration::from_secs(1)).await;
+    assert!(took.is_some(), "the other process still accepts the erased user's token after 1 s");
+    eprintln!("the erasure reached the other process after {took:?}");
+    assert_eq!(b.get_auth("/api/v1/credits/balance", &token).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.login(&email, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+}

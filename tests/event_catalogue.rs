@@ -209,7 +209,8 @@ fn events_schema_and_markdown_print_the_catalogue_without_a_database() {
     let printed: Value = serde_json::from_str(&run(&["events", "schema"])).expect("one JSON document");
     assert_eq!(printed, schema_document());
     let spent = &printed["CreditsSpent"];
-    assert_eq!((&spent["version"], &spent["aggregateType"]), (&json!("1"), &json!("credit_account")));
+    // Version 2: stored with its personal fields sealed (docs/PRIVACY.md).
+    assert_eq!((&spent["version"], &spent["aggregateType"]), (&json!("2"), &json!("credit_account")));
     assert_eq!(spent["classes"]["/description"], "personal");
     assert_eq!(printed["UserRegistered"]["classes"]["/password_hash"], "secret");
     assert_eq!(

@@ -111,10 +111,10 @@ async fn the_fixture_log_of_release_0_x_migrates_and_replays_into_the_same_read_
         // The operator's rebuild (`replay --apply`), then the auditor's proof (`--verify`).
         let replay_clock: mana_core_auth::clock::SharedClock = std::sync::Arc::new(clock.clone());
         let settings = mana_core_auth::audit::replay::ReplaySettings { batch_size: 50 };
-        mana_core_auth::audit::replay::apply(app.state.db(), replay_clock.clone(), settings)
+        mana_core_auth::audit::replay::apply(app.state.store(), replay_clock.clone(), settings)
             .await
             .expect("replay --apply");
-        let proof = mana_core_auth::audit::replay::verify(app.state.db(), replay_clock, settings)
+        let proof = mana_core_auth::audit::replay::verify(app.state.store(), replay_clock, settings)
             .await
             .expect("replay --verify");
         assert!(proof.clean(), "{engine:?}: {:?} {:?}", proof.differences, proof.findings);
@@ -295,5 +295,99 @@ async fn write_sqlite_file(pool: &sqlx::SqlitePool) {
     sqlx::query("VACUUM INTO ?").bind(path.display().to_string()).execute(pool).await.expect("VACUUM INTO");
     for side in ["log.sqlite-wal", "log.sqlite-shm"] {
         assert!(!fixture_dir().join(side).exists(), "{side} next to the fixture");
+    }
+}
+
+/// Text values a query returns, on either engine.
+async fn texts(db: &Db, sql: &str) -> Vec<String> {
+    match db {
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.expect(sql),
+        Db::Sqlite { reader, .. } => sqlx::query_scalar(sql).fetch_all(reader).await.expect(sql),
+    }
+}
+
+/// A person whose whole history predates sealing (plaintext version-1 events, an unkeyed
+/// claim stream, legacy sign-in attempts with a guesser's address) is erased after the
+/// upgrade: nothing of theirs remains in the database, the log verifies with its seal,
+/// the read models replay, and everyone else keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_of_the_fixture_log_is_erased_with_the_plaintext_they_left_before_sealing() {
+    use mana_core_auth::auth::ClientInfo;
+    use mana_core_auth::auth::erasure::EraseTarget;
+    for engine in ENGINES {
+        let db = load_fixture(engine).await;
+        let clock = ManualClock::new(END);
+        let app = TestApp::spawn_with_clock(config(&db), clock.clone()).await;
+        catch_up_to(app.state.projector(), app.state.store().committed_head().await.expect("head")).await;
+        let olga = &texts(app.state.db(), "SELECT id FROM users WHERE email = 'olga@example.com'").await[0];
+        let hash_sql = match engine {
+            Engine::Postgres => format!(
+                "SELECT payload -> 'UserRegistered' ->> 'password_hash' FROM events \
+                 WHERE aggregate_id = '{olga}' AND event_type = 'UserRegistered'"
+            ),
+            Engine::Sqlite => format!(
+                "SELECT json_extract(payload, '$.UserRegistered.password_hash') FROM events \
+                 WHERE aggregate_id = '{olga}' AND event_type = 'UserRegistered'"
+            ),
+        };
+        let password_hash = texts(app.state.db(), &hash_sql).await.remove(0);
+        let hers = ["olga@example.com", "Olga Olsen", "127.0.1.6", "127.0.2.40", password_hash.as_str()];
+        let before = common::whole_database(&db);
+        for plain in hers {
+            assert!(before.contains(plain), "{engine:?}: the fixture holds {plain:?} before the erasure");
+        }
+
+        let erased = app
+            .state
+            .auth()
+            .erase_user(EraseTarget::Email(scenario::OLGA.email), &ClientInfo::default(), "system")
+            .await
+            .expect("erase olga");
+        assert!(
+            erased.plaintext_events > 0 && erased.scrubbed.events >= erased.plaintext_events,
+            "{erased:?}"
+        );
+        assert!(erased.scrubbed.key_destroyed, "{engine:?}: her data key is gone");
+        catch_up_to(app.state.projector(), app.state.store().committed_head().await.expect("head")).await;
+        app.state.store().checkpoint().await.expect("checkpoint");
+        let after = common::whole_database(&db);
+        for plain in hers {
+            assert!(!after.contains(plain), "{engine:?}: {plain:?} survived the erasure");
+        }
+
+        // The chain verifies (the renamed legacy streams are accounted for by her
+        // UserErased), and the read models rebuild as they are.
+        let clock_service: mana_core_auth::clock::SharedClock = std::sync::Arc::new(clock.clone());
+        mana_core_auth::audit::seal::seal_now(app.state.store(), app.state.audit_keys(), &clock_service)
+            .await
+            .expect("seal");
+        let keys = mana_core_auth::audit::published_keys(app.state.store()).await.expect("audit keys");
+        let report = verify_live(app.state.store(), keys, 1000).await.expect("verify");
+        assert_eq!(report.failure, None, "{engine:?}: the log verifies after the erasure");
+        assert!(report.redacted > 0, "{engine:?}: her legacy streams were renamed: {report:?}");
+        let settings = mana_core_auth::audit::replay::ReplaySettings { batch_size: 50 };
+        let proof = mana_core_auth::audit::replay::verify(app.state.store(), clock_service, settings)
+            .await
+            .expect("replay --verify");
+        assert!(proof.clean(), "{engine:?}: {:?} {:?}", proof.differences, proof.findings);
+
+        // Her address is free again; the others sign in as before.
+        let api = Api::new(&app.base);
+        assert_eq!(
+            api.login(scenario::OLGA.email, scenario::OLGA.password).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        api.register(scenario::OLGA.email).await;
+        for person in scenario::PEOPLE.iter().filter(|p| p.email != scenario::OLGA.email) {
+            clock.advance(Duration::seconds(1));
+            let api = common::api_from(&app.base, std::net::IpAddr::from([127, 0, 1, person.ip]));
+            assert_eq!(
+                api.login(person.email, person.password).await.status,
+                StatusCode::OK,
+                "{}",
+                person.email
+            );
+        }
+        app.stop().await;
     }
 }

@@ -70,7 +70,7 @@ async fn realistic(app: &TestApp) -> Vec<String> {
 }
 
 async fn verify(app: &TestApp) -> VerifyReport {
-    replay::verify(app.state.store().db(), Arc::new(SystemClock), SETTINGS).await.expect("replay runs")
+    replay::verify(app.state.store(), Arc::new(SystemClock), SETTINGS).await.expect("replay runs")
 }
 
 async fn scalar(db: &TestDb, sql: &str) -> i64 {

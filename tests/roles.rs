@@ -107,6 +107,8 @@ fn routes() -> Vec<AdminRoute> {
             admits_narrowed: Some("its own app only"),
             ..route("Usage analytics", Method::GET, "/api/v1/admin/usage", S::OK, |_| None)
         },
+        // Last: it erases the target (only an admin gets through).
+        route("User administration", Method::POST, "/api/v1/admin/users/{userId}/erase", S::OK, |_| None),
     ]
 }
 

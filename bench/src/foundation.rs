@@ -154,10 +154,15 @@ impl Scratch {
         let db = Db::connect(&config, pool_size).await?;
         db.migrate().await?;
         let store = if chained {
-            EventStore::new(db, LogSignal::new(), Arc::new(Metrics::new()))
+            EventStore::new(db, LogSignal::new(), Arc::new(Metrics::new()), bench_key_wrap())
         } else {
             anyhow::ensure!(url.is_some(), "the store without the chain is PostgreSQL only");
-            EventStore::without_chain_for_benchmarks(db, LogSignal::new(), Arc::new(Metrics::new()))
+            EventStore::without_chain_for_benchmarks(
+                db,
+                LogSignal::new(),
+                Arc::new(Metrics::new()),
+                bench_key_wrap(),
+            )
         };
         let create = "CREATE TABLE IF NOT EXISTS bench_rows \
                       (position BIGINT NOT NULL, aggregate_id TEXT NOT NULL, event_type TEXT NOT NULL)";
@@ -571,4 +576,10 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .context("no VmRSS")
+}
+
+/// The data-key wrap of the benchmarks' own stores (their databases are scratch ones).
+pub fn bench_key_wrap() -> mana_core_auth::events::personal::KeyWrap {
+    mana_core_auth::security::secrets::ServerSecret::from_text("mana-core-auth-bench-key-encryption-secret")
+        .key_wrap()
 }

@@ -60,6 +60,10 @@ pub enum HttpScenario {
     SpendDistinct,
     /// `GET /credits/balance`, each worker on its own account.
     Balance,
+    /// Each request erases one user (`DELETE /auth/account` with the password: one argon2
+    /// verification, like a login, plus the erasure); users are registered in setup,
+    /// `--erase-per-worker` per worker.
+    Erase,
     /// Attackers on `--concurrency` loopback source addresses storm one account with wrong
     /// passwords while its owner signs in from a familiar address every 500 ms (run the
     /// server with rate limits off or raised).
@@ -75,6 +79,7 @@ struct Routes {
     session: Uri,
     spend: Uri,
     balance: Uri,
+    account: Uri,
 }
 
 impl Routes {
@@ -87,6 +92,7 @@ impl Routes {
             session: server.uri("/api/v1/auth/session")?,
             spend: server.uri("/api/v1/credits/use")?,
             balance: server.uri("/api/v1/credits/balance")?,
+            account: server.uri("/api/v1/auth/account")?,
         })
     }
 }
@@ -194,6 +200,21 @@ pub(super) async fn run(args: HttpArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        HttpScenario::Erase => {
+            let users = register_users(&server, &routes, n * args.erase_per_worker).await?;
+            let password = Bytes::from(serde_json::to_vec(&serde_json::json!({ "password": PASSWORD }))?);
+            let mut queues: Vec<Vec<hyper::header::HeaderValue>> = vec![Vec::new(); n];
+            for (i, user) in users.iter().enumerate() {
+                queues[i % n]
+                    .push(hyper::header::HeaderValue::from_str(&format!("Bearer {}", user.access_token))?);
+            }
+            let workers = queues
+                .into_iter()
+                .map(|bearers| Erase { uri: routes.account.clone(), body: password.clone(), bearers })
+                .collect();
+            measure("erase", &server, workers, window()).await?;
+            print_argon2_ceiling()
+        }
         HttpScenario::LoginStorm => {
             // Registered from this machine's default address, which the owner keeps using:
             // the owner's client is familiar to the account, the attackers' are not.
@@ -281,6 +302,24 @@ impl Login {
 impl Worker for Login {
     async fn request(&mut self, conn: &mut Connection) -> Outcome {
         Outcome::of_status(conn.post(&self.uri, self.body.clone()).await)
+    }
+}
+
+/// Erases its users one by one, each with its own token and the password.
+struct Erase {
+    uri: Uri,
+    body: Bytes,
+    bearers: Vec<hyper::header::HeaderValue>,
+}
+
+impl Worker for Erase {
+    async fn request(&mut self, conn: &mut Connection) -> Outcome {
+        let Some(bearer) = self.bearers.pop() else {
+            return Outcome::Rejected("no user left to erase: raise --erase-per-worker");
+        };
+        Outcome::of_status(
+            conn.send(hyper::Method::DELETE, &self.uri, Some(self.body.clone()), Some(&bearer)).await,
+        )
     }
 }
 

@@ -214,6 +214,9 @@ pub struct HttpArgs {
     /// Login workers next to the validate workers in `mixed`.
     #[arg(long, default_value_t = 8)]
     pub login_concurrency: usize,
+    /// Users registered per worker for `erase` (each request erases one).
+    #[arg(long, default_value_t = 40)]
+    pub erase_per_worker: usize,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,7 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidRefreshToken => ApiError::code(ErrorCode::InvalidRefreshToken),
             AuthError::Unauthorized(_) => ApiError::code(ErrorCode::Unauthorized),
             AuthError::NotFound => ApiError::code(ErrorCode::NotFound),
+            AuthError::AlreadyErased => ApiError::code(ErrorCode::AlreadyErased),
             AuthError::Busy => {
                 ApiError::new(ErrorCode::ServiceUnavailable, "Too many sign-ins at once; retry shortly")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))

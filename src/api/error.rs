@@ -37,6 +37,7 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     RefundExceedsSpend,
     LoginThrottled,
+    AlreadyErased,
 }
 
 impl ErrorCode {
@@ -62,7 +63,7 @@ impl ErrorCode {
             | Self::InvalidCurrentPassword
             | Self::InsufficientCredits
             | Self::RefundExceedsSpend => StatusCode::BAD_REQUEST,
-            Self::IdempotencyKeyReused => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused | Self::AlreadyErased => StatusCode::CONFLICT,
             Self::LoginThrottled => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -83,6 +84,7 @@ impl ErrorCode {
             Self::InternalError => "INTERNAL_ERROR",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::EmailTaken => "EMAIL_TAKEN",
+            Self::AlreadyErased => "ALREADY_ERASED",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
             Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
@@ -129,6 +131,7 @@ impl ErrorCode {
             Self::InternalError => "Internal server error",
             Self::ServiceUnavailable => "Service temporarily unavailable",
             Self::EmailTaken => "An account with this e-mail address already exists",
+            Self::AlreadyErased => "The user was already erased",
             Self::InvalidCredentials => "Invalid credentials",
             Self::InvalidRefreshToken => "Invalid or expired refresh token",
             Self::EmailNotVerified => "The e-mail address is not verified",

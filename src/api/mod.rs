@@ -3,6 +3,7 @@
 //! map the result.
 
 pub mod access;
+mod account;
 mod admin;
 mod admin_users;
 mod audit;
@@ -80,6 +81,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(credits::router())
         .merge(admin::router())
         .merge(admin_users::router())
+        .merge(account::router())
         .merge(audit_keys::router())
         .merge(audit::router())
         .merge(ledger::router())

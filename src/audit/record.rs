@@ -35,6 +35,8 @@ impl ExportRecord {
     /// The export form of a stored event. Exports whatever is stored: an unreadable
     /// commitments column is exported as `null` (verify reports it).
     pub fn of(event: &RecordedEvent) -> Self {
+        let commitments: Option<Commitments> =
+            event.commitments.clone().and_then(|c| serde_json::from_value(c).ok());
         Self {
             cursor: event.cursor.to_string(),
             position: event.cursor.position,
@@ -44,11 +46,31 @@ impl ExportRecord {
             sequence: event.sequence,
             event_type: event.event_type.clone(),
             event_version: event.event_version.clone(),
-            payload: chain::export_payload(&event.event_type, &event.payload),
+            payload: chain::export_payload(&event.event_type, &event.payload, commitments.as_ref()),
             metadata: event.metadata.clone(),
             hash: event.hash.clone(),
-            commitments: event.commitments.clone().and_then(|c| serde_json::from_value(c).ok()),
+            commitments,
         }
+    }
+
+    /// The record with every personal value replaced by its commitment as well (the change
+    /// feed's form: a broker keeps messages beyond the reach of erasure, so it never gets
+    /// personal data). It verifies like any export: the canonical form covers commitments.
+    pub fn without_personal(mut self) -> Self {
+        let Some(commitments) = &self.commitments else { return self };
+        let mut record = serde_json::json!({ "payload": self.payload, "metadata": self.metadata });
+        for (pointer, commitment) in &commitments.fields {
+            if let Some(slot) = record.pointer_mut(pointer)
+                && !slot.is_null()
+            {
+                *slot = Value::String(commitment.clone());
+            }
+        }
+        if let Value::Object(mut map) = record {
+            self.payload = map.remove("payload").unwrap_or(Value::Null);
+            self.metadata = map.remove("metadata").unwrap_or(Value::Null);
+        }
+        self
     }
 
     /// The parts the canonical form covers (secrets already committed).

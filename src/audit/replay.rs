@@ -32,6 +32,7 @@ use tables::{Exec, Table};
 
 use crate::clock::SharedClock;
 use crate::db::{Db, DbTx};
+use crate::events::personal::KeyWrap;
 use crate::events::{EventStore, LogCursor, LogSignal};
 use crate::projections::{self, BatchOutcome, Projection, Projector, ProjectorSettings};
 use crate::telemetry::Metrics;
@@ -87,12 +88,17 @@ pub struct ApplyReport {
 
 /// Rebuilds every read model aside and compares it with the live one. Read-only for the
 /// live database; the scratch copy is removed afterwards, also on failure.
-pub async fn verify(live: &Db, clock: SharedClock, settings: ReplaySettings) -> anyhow::Result<VerifyReport> {
+pub async fn verify(
+    live: &EventStore,
+    clock: SharedClock,
+    settings: ReplaySettings,
+) -> anyhow::Result<VerifyReport> {
+    let (wrap, live) = (live.key_wrap(), live.db());
     let started = Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match verify_once(live, clock.clone(), settings).await {
+        match verify_once(live, &wrap, clock.clone(), settings).await {
             // SQLite answers "busy" at once where waiting cannot help (a snapshot went
             // stale); the verification only reads the live file, so it starts again.
             Err(error) if attempt < SQLITE_BUSY_ATTEMPTS && sqlite_busy(&error) => {
@@ -110,12 +116,13 @@ pub async fn verify(live: &Db, clock: SharedClock, settings: ReplaySettings) -> 
 
 async fn verify_once(
     live: &Db,
+    wrap: &KeyWrap,
     clock: SharedClock,
     settings: ReplaySettings,
 ) -> anyhow::Result<VerifyReport> {
     let models = projections::all();
     let scratch = Scratch::create(live, &model_tables(&models)).await.context("creating the scratch copy")?;
-    let outcome = verify_in(&scratch, live, clock, settings, &models).await;
+    let outcome = verify_in(&scratch, live, wrap, clock, settings, &models).await;
     let removed = scratch.remove().await;
     let report = outcome?;
     removed?;
@@ -123,12 +130,17 @@ async fn verify_once(
 }
 
 /// Rebuilds every read model aside and swaps it in without downtime.
-pub async fn apply(live: &Db, clock: SharedClock, settings: ReplaySettings) -> anyhow::Result<ApplyReport> {
+pub async fn apply(
+    live: &EventStore,
+    clock: SharedClock,
+    settings: ReplaySettings,
+) -> anyhow::Result<ApplyReport> {
+    let (wrap, live) = (live.key_wrap(), live.db());
     let started = Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match apply_once(live, clock.clone(), settings).await {
+        match apply_once(live, &wrap, clock.clone(), settings).await {
             // Nothing is swapped unless the whole swap commits: start again.
             Err(error) if attempt < SQLITE_BUSY_ATTEMPTS && sqlite_busy(&error) => {
                 tracing::warn!(attempt, "the live SQLite file was busy; replaying again");
@@ -143,10 +155,15 @@ pub async fn apply(live: &Db, clock: SharedClock, settings: ReplaySettings) -> a
     }
 }
 
-async fn apply_once(live: &Db, clock: SharedClock, settings: ReplaySettings) -> anyhow::Result<ApplyReport> {
+async fn apply_once(
+    live: &Db,
+    wrap: &KeyWrap,
+    clock: SharedClock,
+    settings: ReplaySettings,
+) -> anyhow::Result<ApplyReport> {
     let models = projections::all();
     let scratch = Scratch::create(live, &model_tables(&models)).await.context("creating the scratch copy")?;
-    let outcome = apply_in(&scratch, live, clock, settings, &models).await;
+    let outcome = apply_in(&scratch, live, wrap, clock, settings, &models).await;
     let removed = scratch.remove().await;
     let report = outcome?;
     removed?;
@@ -159,11 +176,12 @@ fn model_tables(models: &[Arc<dyn Projection>]) -> Vec<&'static str> {
 
 fn scratch_projector(
     scratch: &Scratch,
+    wrap: &KeyWrap,
     clock: SharedClock,
     settings: ReplaySettings,
     projections: Vec<Arc<dyn Projection>>,
 ) -> Projector {
-    let store = EventStore::new(scratch.db.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let store = EventStore::new(scratch.db.clone(), LogSignal::new(), Arc::new(Metrics::new()), wrap.clone());
     let settings =
         ProjectorSettings { batch_size: settings.batch_size, poll_interval: Duration::from_secs(1) };
     Projector::new(store, clock, settings, projections).with_lock_namespace(&scratch.name)
@@ -188,6 +206,7 @@ async fn build(projector: &Projector) -> anyhow::Result<u64> {
 async fn verify_in(
     scratch: &Scratch,
     live: &Db,
+    wrap: &KeyWrap,
     clock: SharedClock,
     settings: ReplaySettings,
     models: &[Arc<dyn Projection>],
@@ -200,7 +219,7 @@ async fn verify_in(
     let checks = Arc::new(LedgerChecks::default());
     let mut fed: Vec<Arc<dyn Projection>> = models.to_vec();
     fed.push(checks.clone());
-    let projector = scratch_projector(scratch, clock, settings, fed).until(floor);
+    let projector = scratch_projector(scratch, wrap, clock, settings, fed).until(floor);
     projector.init().await.context("starting the rebuild")?;
     build(&projector).await.context("rebuilding")?;
 
@@ -226,11 +245,11 @@ async fn verify_in(
         let to = live_now.get(name).copied().unwrap_or_default();
         let from = rebuilt_now.get(name).copied().unwrap_or_default();
         anyhow::ensure!(from <= to, "the rebuilt {name} passed its live checkpoint");
-        feed(&mut tx, model.as_ref(), from, Some(to), settings.batch_size).await?;
+        feed(projector.store(), &mut tx, model.as_ref(), from, Some(to), settings.batch_size).await?;
         compared_at.push((name, to));
     }
     let from = rebuilt_now.get(checks.name()).copied().unwrap_or_default();
-    feed(&mut tx, checks.as_ref(), from, None, settings.batch_size).await?;
+    feed(projector.store(), &mut tx, checks.as_ref(), from, None, settings.batch_size).await?;
 
     let mut differences = Vec::new();
     let mut rows = Vec::new();
@@ -264,13 +283,14 @@ async fn verify_in(
 async fn apply_in(
     scratch: &Scratch,
     live: &Db,
+    wrap: &KeyWrap,
     clock: SharedClock,
     settings: ReplaySettings,
     models: &[Arc<dyn Projection>],
 ) -> anyhow::Result<ApplyReport> {
     let started = Instant::now();
     // Live checkpoint rows exist for every projection (a fresh database has none yet).
-    let live_store = EventStore::new(live.clone(), LogSignal::new(), Arc::new(Metrics::new()));
+    let live_store = EventStore::new(live.clone(), LogSignal::new(), Arc::new(Metrics::new()), wrap.clone());
     let project_settings =
         ProjectorSettings { batch_size: settings.batch_size, poll_interval: Duration::from_secs(1) };
     Projector::new(live_store, clock.clone(), project_settings, models.to_vec())
@@ -278,7 +298,7 @@ async fn apply_in(
         .await
         .context("the live checkpoints")?;
 
-    let projector = scratch_projector(scratch, clock, settings, models.to_vec());
+    let projector = scratch_projector(scratch, wrap, clock, settings, models.to_vec());
     projector.init().await.context("starting the rebuild")?;
     let mut events = build(&projector).await.context("rebuilding")?;
 
@@ -439,6 +459,7 @@ async fn swap(
 
 /// Feeds `projection` the events after `from` (up to `to`, or all readable) inside `tx`.
 async fn feed(
+    store: &EventStore,
     tx: &mut DbTx,
     projection: &dyn Projection,
     mut from: LogCursor,
@@ -449,7 +470,7 @@ async fn feed(
         if to.is_some_and(|to| from >= to) {
             return Ok(());
         }
-        let mut events = EventStore::read_after_in(tx, from, batch).await?;
+        let mut events = store.read_after_in(tx, from, batch).await?;
         let full = events.len() == batch;
         if let Some(to) = to {
             events.truncate(events.partition_point(|e| e.cursor <= to));

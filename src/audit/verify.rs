@@ -52,6 +52,10 @@ pub struct Report {
     pub personal_checked: u64,
     /// Personal values whose key is gone (erased): their commitments still chain.
     pub personal_without_key: u64,
+    /// Events of legacy e-mail claim and login-protection streams that an erasure renamed
+    /// (`erased:<user id>`): their stated hashes chain and are sealed, their content is
+    /// no longer checked against them (docs/PRIVACY.md).
+    pub redacted: u64,
     pub failure: Option<Failure>,
 }
 
@@ -110,6 +114,11 @@ pub struct Verifier {
     root: Digest32,
     count: u64,
     recent: VecDeque<(LogCursor, Digest32)>,
+    /// Users whose renamed legacy streams were seen, with the first such event, until a
+    /// `UserErased` event that renamed them is seen.
+    redacted_without_erasure: HashMap<String, Failure>,
+    /// Users whose erasure renamed legacy streams.
+    erased_legacy: std::collections::HashSet<String>,
     report: Report,
 }
 
@@ -121,6 +130,8 @@ impl Verifier {
             root: ZERO,
             count: 0,
             recent: VecDeque::with_capacity(1024),
+            redacted_without_erasure: HashMap::new(),
+            erased_legacy: std::collections::HashSet::new(),
             report: Report::default(),
         }
     }
@@ -155,7 +166,19 @@ impl Verifier {
                 )));
             }
         };
-        if chain::event_hash(&previous, &canonical) != stated {
+        let redacted = redacted_user(parts);
+        if let Some(user) = redacted {
+            // Renamed by an erasure: the stated hash stands for the withheld content.
+            self.report.redacted += 1;
+            if !self.erased_legacy.contains(user) {
+                self.redacted_without_erasure.entry(user.to_owned()).or_insert_with(|| {
+                    fail(format!(
+                        "{}/{} is a renamed stream but no UserErased event of that user renamed it",
+                        parts.aggregate_type, parts.aggregate_id
+                    ))
+                });
+            }
+        } else if chain::event_hash(&previous, &canonical) != stated {
             return Err(fail(
                 "the hash does not match the event's content and its stream's previous event: the event was changed"
                     .into(),
@@ -163,6 +186,13 @@ impl Verifier {
         }
         if parts.aggregate_type == SEALS_TYPE {
             self.check_seal(parts.payload).map_err(fail)?;
+        }
+        if parts.aggregate_type == "user"
+            && parts.event_type == "UserErased"
+            && parts.payload.pointer("/UserErased/legacy_claim").and_then(Value::as_bool) == Some(true)
+        {
+            self.redacted_without_erasure.remove(parts.aggregate_id);
+            self.erased_legacy.insert(parts.aggregate_id.to_owned());
         }
         self.streams.insert(stream, (parts.sequence, stated));
         self.root = chain::fold_root(&self.root, &stated);
@@ -221,7 +251,8 @@ impl Verifier {
 
     /// The report of a verification that stopped here (`failure` set when one was found).
     pub fn finish(mut self, failure: Option<Failure>) -> Report {
-        self.report.failure = failure;
+        let unexplained = self.redacted_without_erasure.into_values().min_by_key(|f| f.position);
+        self.report.failure = failure.or(unexplained);
         self.report
     }
 
@@ -234,6 +265,14 @@ impl Verifier {
 impl AuditEvent {
     fn deserialize_payload(payload: &Value) -> Result<Self, String> {
         Self::deserialize(payload).map_err(|e| format!("the seal is unreadable: {e}"))
+    }
+}
+
+/// The user whose erasure renamed this legacy claim or login-protection stream.
+fn redacted_user<'a>(parts: &EventParts<'a>) -> Option<&'a str> {
+    match parts.aggregate_type {
+        "email_claim" | "login_attempts" => parts.aggregate_id.strip_prefix("erased:"),
+        _ => None,
     }
 }
 

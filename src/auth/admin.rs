@@ -3,7 +3,6 @@
 use super::input::Email;
 use super::{AuthError, AuthService, infra};
 use crate::commands::CommandContext;
-use crate::commands::email_claim::claim_id;
 use crate::commands::user::{UserCommand, UserError};
 use crate::events::auth::Role;
 
@@ -20,7 +19,7 @@ impl AuthService {
     /// revokes every session the user has. Returns whether anything changed.
     pub async fn change_user(&self, email: &str, change: UserChange) -> Result<bool, AuthError> {
         let email = Email::parse(email).map_err(|m| AuthError::Validation(vec![m]))?;
-        let (claim, _) = self.aggregates.claims.load(&claim_id(email.as_str())).await.map_err(infra)?;
+        let (_, claim) = self.claim_of(email.as_str()).await?;
         let user_id = claim.user_id.ok_or(AuthError::NotFound)?;
         let now = self.now();
         let command = match change {

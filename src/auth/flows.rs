@@ -7,7 +7,7 @@ use super::input::{LoginInput, Registration};
 use super::{AuthError, AuthService, ClientInfo, SignedIn, UserView, infra, uuid_at};
 use crate::commands::CommandContext;
 use crate::commands::credit_account::CreditCommand;
-use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError, claim_id};
+use crate::commands::email_claim::{EmailClaimCommand, EmailClaimError};
 use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
 use crate::commands::session::{SessionCommand, SessionError};
 use crate::commands::user::{User, UserCommand};
@@ -33,9 +33,8 @@ impl AuthService {
     /// first session and its credit account in one atomic append.
     pub async fn register(&self, input: Registration, client: &ClientInfo) -> Result<Registered, AuthError> {
         let Registration { email, password, name } = input;
-        let claim = claim_id(email.as_str());
         // A cheap early answer for a taken address; the unit of work below decides.
-        let (existing, _) = self.aggregates.claims.load(&claim).await.map_err(infra)?;
+        let (claim, existing) = self.claim_of(email.as_str()).await?;
         if existing.user_id.is_some() {
             return Err(AuthError::EmailTaken);
         }
@@ -111,8 +110,7 @@ impl AuthService {
     /// Signs a user in with e-mail and password. Unknown e-mail, wrong password and a
     /// disabled account answer alike and cost the same (one argon2 verification).
     pub async fn login(&self, input: LoginInput, client: &ClientInfo) -> Result<SignedIn, AuthError> {
-        let claim = claim_id(input.email.as_str());
-        let (holder, _) = self.aggregates.claims.load(&claim).await.map_err(infra)?;
+        let (claim, holder) = self.claim_of(input.email.as_str()).await?;
         let user = match &holder.user_id {
             Some(id) => Some(self.aggregates.users.load(id).await.map_err(infra)?.0),
             None => None,

@@ -9,8 +9,8 @@ mod sign_in;
 use unicode_normalization::UnicodeNormalization;
 
 pub use passwords::{
-    ChangePasswordBody, EmailVerification, ForgotPasswordBody, PasswordChange, PasswordReset,
-    PasswordResetRequest, ResetPasswordBody, VerifyEmailBody,
+    ChangePasswordBody, DeleteAccountBody, EmailVerification, ForgotPasswordBody, PasswordChange,
+    PasswordReset, PasswordResetRequest, ResetPasswordBody, VerifyEmailBody,
 };
 pub use sign_in::{
     LoginBody, LoginInput, RefreshBody, RefreshRequest, RegisterBody, Registration, ValidateBody,

@@ -4,6 +4,7 @@
 //! revocation index; the HTTP handlers only translate to and from it.
 
 mod admin;
+pub mod erasure;
 mod flows;
 mod guard;
 pub mod input;
@@ -22,7 +23,7 @@ use crate::clock::SharedClock;
 pub use crate::commands::ClientInfo;
 use crate::commands::CommandContext;
 use crate::commands::credit_account::CreditAccount;
-use crate::commands::email_claim::EmailClaim;
+use crate::commands::email_claim::{EmailClaim, claim_id, legacy_claim_id};
 use crate::commands::login_attempts::{LockoutPolicy, LoginAttempts};
 use crate::commands::security_notice::{SecurityNotice, SecurityNoticeCommand};
 use crate::commands::session::Session;
@@ -67,6 +68,8 @@ pub enum AuthError {
     InvalidVerificationToken,
     #[error("the current password is wrong")]
     InvalidCurrentPassword,
+    #[error("the user was already erased")]
+    AlreadyErased,
     /// Refused without a password check: another attempt is in flight, the delay after a
     /// failed check has not passed, or the client's class is locked.
     #[error("too many attempts; retry after {retry_after_secs} s")]
@@ -185,6 +188,8 @@ pub struct AuthService {
     tokens: TokenService,
     revocations: Arc<Revocations>,
     successor_key: [u8; 32],
+    /// Keys the e-mail claim ids (`commands::email_claim::claim_id`).
+    email_id_key: [u8; 32],
     settings: AuthSettings,
     /// Local attempts on one address and client class take turns here.
     turns: guard::TurnQueue,
@@ -202,6 +207,7 @@ impl AuthService {
         tokens: TokenService,
         revocations: Arc<Revocations>,
         successor_key: [u8; 32],
+        email_id_key: [u8; 32],
         settings: AuthSettings,
     ) -> Self {
         Self {
@@ -213,9 +219,27 @@ impl AuthService {
             tokens,
             revocations,
             successor_key,
+            email_id_key,
             settings,
             turns: guard::TurnQueue::default(),
         }
+    }
+
+    /// The claim of a normalised address and its stream id: the keyed stream, or the
+    /// unkeyed one of a release before erasure existed while that still holds the address
+    /// (docs/PRIVACY.md). The address's login protection lives under the same id.
+    pub(crate) async fn claim_of(&self, email: &str) -> Result<(String, EmailClaim), AuthError> {
+        let keyed = claim_id(&self.email_id_key, email);
+        let (claim, _) = self.aggregates.claims.load(&keyed).await.map_err(infra)?;
+        if claim.user_id.is_some() {
+            return Ok((keyed, claim));
+        }
+        let legacy = legacy_claim_id(email);
+        let (held, _) = self.aggregates.claims.load(&legacy).await.map_err(infra)?;
+        if held.user_id.is_some() {
+            return Ok((legacy, held));
+        }
+        Ok((keyed, claim))
     }
 
     /// The token service (JWKS, issuing).

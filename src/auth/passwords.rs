@@ -8,7 +8,6 @@ use super::input::{Email, Password};
 use super::links::LinkBase;
 use super::{AuthError, AuthService, ClientInfo, infra, uuid_at};
 use crate::commands::CommandContext;
-use crate::commands::email_claim::claim_id;
 use crate::commands::login_attempts::{AttemptPolicy, LoginAttemptCommand};
 use crate::commands::user::{UserCommand, UserError};
 use crate::commands::{UnitOfWork, commit_error, with_retries};
@@ -71,8 +70,7 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         let base = self.link_base(redirect_to)?;
-        let claim = claim_id(email.as_str());
-        let (holder, _) = self.aggregates.claims.load(&claim).await.map_err(infra)?;
+        let (claim, holder) = self.claim_of(email.as_str()).await?;
         let now = self.now();
         let cursor = match holder.user_id {
             None => {
@@ -116,7 +114,7 @@ impl AuthService {
             return Err(AuthError::InvalidResetToken);
         }
         let password_hash = self.passwords.hash(new.into_inner()).await?;
-        let claim = claim_id(user.email());
+        let (claim, _) = self.claim_of(user.email()).await?;
         let ctx = CommandContext::for_client(client, &user_id, now);
         // The reset and the unlock of the address (every client class) are one append.
         let cursor = with_retries(self.store.metrics(), "password-reset", || async {

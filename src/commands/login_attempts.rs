@@ -107,6 +107,8 @@ pub enum LoginAttemptCommand {
     },
     /// Unlocks every class and clears the failure counts (a completed password reset).
     Unlock { user_id: Option<String>, at: DateTime<Utc> },
+    /// Forgets everything about the address (its holder was erased).
+    Clear { at: DateTime<Utc> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -300,6 +302,8 @@ impl LoginAttempts {
                 }
                 vec![LoginAttemptEvent::AccountUnlocked { user_id, unlocked_at: at }]
             }
+            LoginAttemptCommand::Clear { .. } if *self == Self::default() => Vec::new(),
+            LoginAttemptCommand::Clear { at } => vec![LoginAttemptEvent::AttemptsCleared { cleared_at: at }],
         }
     }
 }
@@ -375,6 +379,7 @@ impl Aggregate for LoginAttempts {
                 self.unfamiliar.reset_failures();
             }
             LoginAttemptEvent::ResetRequestedForUnknownAddress { .. } => {}
+            LoginAttemptEvent::AttemptsCleared { .. } => *self = Self::default(),
             // Written before client classes: the unfamiliar class, as those events meant.
             LoginAttemptEvent::LoginAttemptStarted { attempt_id, started_at } => {
                 let lease_until = started_at + LEGACY_IN_FLIGHT;

@@ -38,6 +38,9 @@ pub struct User {
     pub kept_session: Option<String>,
     pub reset: Option<PendingToken>,
     pub verification: Option<PendingToken>,
+    /// The person was erased: nothing about them is kept, no command is accepted.
+    #[serde(default)]
+    pub erased: bool,
 }
 
 impl User {
@@ -62,6 +65,7 @@ impl User {
     pub fn admits_session(&self, session_id: &str, started_at: DateTime<Utc>) -> bool {
         let kept = self.kept_session.as_deref() == Some(session_id);
         !self.disabled
+            && !self.erased
             && (kept
                 || self
                     .sessions_revoked_before
@@ -115,6 +119,13 @@ pub enum UserCommand {
         token: TokenHash,
         at: DateTime<Utc>,
     },
+    /// Erases the person: `plaintext_events` of theirs predate sealing and
+    /// `legacy_claim` says whether their address still has an unkeyed claim stream.
+    Erase {
+        plaintext_events: u64,
+        legacy_claim: bool,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Refusals.
@@ -124,6 +135,8 @@ pub enum UserError {
     AlreadyRegistered,
     #[error("no such user")]
     NotFound,
+    #[error("the user was erased")]
+    Erased,
     #[error("the reset token is invalid, expired or used")]
     InvalidResetToken,
     #[error("the verification token is invalid, expired or used")]
@@ -166,6 +179,13 @@ impl Aggregate for User {
                 self.disabled = true;
                 self.revoke_sessions(sessions_revoked_before, None);
             }
+            UserEvent::UserErased { sessions_revoked_before, .. } => {
+                self.erased = true;
+                self.revoke_sessions(sessions_revoked_before, None);
+                self.reset = None;
+                self.verification = None;
+                self.password_hash = String::new();
+            }
             UserEvent::UserEnabled { .. } => self.disabled = false,
             UserEvent::PasswordChanged { password_hash, sessions_revoked_before, kept_session } => {
                 self.password_hash = password_hash;
@@ -201,6 +221,9 @@ impl User {
     fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
         if !matches!(command, UserCommand::Register { .. }) && !self.exists() {
             return Err(UserError::NotFound);
+        }
+        if self.erased {
+            return Err(UserError::Erased);
         }
         Ok(vec![match command {
             UserCommand::Register { .. } if self.exists() => return Err(UserError::AlreadyRegistered),
@@ -246,6 +269,12 @@ impl User {
             UserCommand::RequestEmailVerification { token, expires_at, at } => {
                 UserEvent::EmailVerificationRequested { token_hash: token, expires_at, requested_at: at }
             }
+            UserCommand::Erase { plaintext_events, legacy_claim, at } => UserEvent::UserErased {
+                sessions_revoked_before: at,
+                plaintext_events,
+                legacy_claim,
+                erased_at: at,
+            },
             UserCommand::VerifyEmail { token, at } => {
                 if !self.verification.as_ref().is_some_and(|v| v.accepts(&token, at)) {
                     return Err(UserError::InvalidVerificationToken);

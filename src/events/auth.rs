@@ -123,6 +123,18 @@ pub enum UserEvent {
     EmailVerified {
         verified_at: DateTime<Utc>,
     },
+    /// The person was erased (GDPR Art. 17, docs/PRIVACY.md): every session is revoked,
+    /// the data key is destroyed, the address released. `plaintext_events` of their
+    /// events were written before sealing existed; the erasure scrubs their personal and
+    /// secret fields (the hash chain keeps their commitments), and `legacy_claim` says
+    /// whether their e-mail claim and login-protection streams still had an unkeyed id,
+    /// which the scrub renames.
+    UserErased {
+        sessions_revoked_before: DateTime<Utc>,
+        plaintext_events: u64,
+        legacy_claim: bool,
+        erased_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -137,6 +149,7 @@ impl DomainEvent for UserEvent {
             Self::PasswordResetCompleted { .. } => "PasswordResetCompleted",
             Self::EmailVerificationRequested { .. } => "EmailVerificationRequested",
             Self::EmailVerified { .. } => "EmailVerified",
+            Self::UserErased { .. } => "UserErased",
         }
         .to_owned()
     }
@@ -149,12 +162,24 @@ impl DomainEvent for UserEvent {
 /// of the address).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum EmailClaimEvent {
-    EmailClaimed { user_id: String, claimed_at: DateTime<Utc> },
+    EmailClaimed {
+        user_id: String,
+        claimed_at: DateTime<Utc>,
+    },
+    /// The holder was erased: the address may register again, as a new user.
+    EmailReleased {
+        user_id: String,
+        released_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for EmailClaimEvent {
     fn event_type(&self) -> String {
-        "EmailClaimed".to_owned()
+        match self {
+            Self::EmailClaimed { .. } => "EmailClaimed",
+            Self::EmailReleased { .. } => "EmailReleased",
+        }
+        .to_owned()
     }
     fn event_version(&self) -> String {
         super::upcast::current_version(&self.event_type()).to_string()
@@ -324,6 +349,9 @@ pub enum LoginAttemptEvent {
     AccountUnlocked { user_id: Option<String>, unlocked_at: DateTime<Utc> },
     /// A password reset was asked for an address without an account (nothing is sent).
     ResetRequestedForUnknownAddress { personal: SessionPersonal, requested_at: DateTime<Utc> },
+    /// The address's holder was erased: every client class, familiar client and failure
+    /// count is forgotten, so whoever registers the address next inherits nothing.
+    AttemptsCleared { cleared_at: DateTime<Utc> },
     /// An attempt may check the password: the only one in flight for its client class.
     /// If its process dies, the attempt stops holding the class at `lease_until`.
     LoginCheckStarted {
@@ -385,6 +413,7 @@ impl DomainEvent for LoginAttemptEvent {
             Self::AccountLocked { .. } => "AccountLocked",
             Self::AccountUnlocked { .. } => "AccountUnlocked",
             Self::ResetRequestedForUnknownAddress { .. } => "ResetRequestedForUnknownAddress",
+            Self::AttemptsCleared { .. } => "AttemptsCleared",
             Self::LoginCheckStarted { .. } => "LoginCheckStarted",
             Self::LoginCheckFailed { .. } => "LoginCheckFailed",
             Self::LoginCheckSucceeded { .. } => "LoginCheckSucceeded",

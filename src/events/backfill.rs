@@ -6,7 +6,7 @@
 use serde_json::Value;
 use sqlx::Row;
 
-use super::stamp::Stamper;
+use super::stamp::{Mode, Stamper};
 use super::{AppendError, EventStore, NewEvent, StoreError, parse_sqlite_time};
 use crate::db::Db;
 
@@ -50,7 +50,7 @@ impl EventStore {
             if batch.is_empty() {
                 return Ok(filled);
             }
-            let stamps = stamper.stamp(self.db(), &batch).await.map_err(|e| match e {
+            let stamps = stamper.stamp(self.db(), &batch, Mode::AsStored).await.map_err(|e| match e {
                 AppendError::Conflict => {
                     StoreError::Corrupt("an event's stream has a gap: its previous event is missing".into())
                 }

@@ -118,18 +118,26 @@ impl Subject {
     }
 
     /// The subject of an event: the user it names (`user_id` in its body, or the stream
-    /// of a user or credit account), else the day it was recorded.
+    /// of a user or credit account), else the user it was recorded for (the metadata's
+    /// `actor`, when not `system`: an attempt on a known user's address or session, an
+    /// operator's own action), else the day it was recorded.
     pub fn of(
         aggregate_type: &str,
         aggregate_id: &str,
         body: Option<&serde_json::Value>,
+        metadata: &serde_json::Value,
         recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> Self {
         if let Some(user) = body.and_then(|b| b.get("user_id")).and_then(serde_json::Value::as_str) {
             return Self::User(user.to_owned());
         }
-        match aggregate_type {
-            "user" | "credit_account" => Self::User(aggregate_id.to_owned()),
+        if matches!(aggregate_type, "user" | "credit_account") {
+            return Self::User(aggregate_id.to_owned());
+        }
+        match metadata.get("actor").and_then(serde_json::Value::as_str) {
+            Some(actor) if !actor.is_empty() && actor != crate::events::SYSTEM_ACTOR => {
+                Self::User(actor.to_owned())
+            }
             _ => Self::Day(recorded_at.date_naive()),
         }
     }
@@ -168,12 +176,18 @@ mod tests {
     }
 
     #[test]
-    fn the_subject_is_the_named_user_else_the_day() {
+    fn the_subject_is_the_named_user_else_the_acting_user_else_the_day() {
         let at = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().to_utc();
         let body = serde_json::json!({"user_id": "u1"});
-        assert_eq!(Subject::of("session", "s1", Some(&body), at).key_name(), "user:u1");
-        assert_eq!(Subject::of("user", "u2", None, at).key_name(), "user:u2");
+        let system = serde_json::json!({"actor": "system"});
+        assert_eq!(Subject::of("session", "s1", Some(&body), &system, at).key_name(), "user:u1");
+        assert_eq!(Subject::of("user", "u2", None, &system, at).key_name(), "user:u2");
         let anonymous = serde_json::json!({"user_id": null});
-        assert_eq!(Subject::of("login_attempts", "x", Some(&anonymous), at).key_name(), "day:2026-11-29");
+        assert_eq!(
+            Subject::of("login_attempts", "x", Some(&anonymous), &system, at).key_name(),
+            "day:2026-11-29"
+        );
+        let for_u3 = serde_json::json!({"actor": "u3"});
+        assert_eq!(Subject::of("login_attempts", "x", Some(&anonymous), &for_u3, at).key_name(), "user:u3");
     }
 }

@@ -50,8 +50,15 @@ pub enum ChainError {
 /// `hmac-sha256:` commitment. They stay when the value or the key is erased.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commitments {
+    /// The subject's key (`user:<id>`, `day:<date>`); empty when the event has no
+    /// personal field, only secrets committed by an erasure's scrub.
     pub key: String,
     pub fields: BTreeMap<String, String>,
+    /// Whether the event's classified fields are stored sealed ([`super::sealing`]); not
+    /// covered by the hash. Events written before sealing existed lack it: an erasure
+    /// scrubs those of the erased person.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 /// How secret fields appear in the payload given to [`canonical`].
@@ -112,7 +119,7 @@ pub fn personal_commitment(key: &[u8], value: &Value) -> String {
 }
 
 /// Every classified field of an event with its pointer from the record root.
-fn record_fields(payload: &Value, event_type: &str) -> Vec<(String, ClassifiedField)> {
+pub(crate) fn record_fields(payload: &Value, event_type: &str) -> Vec<(String, ClassifiedField)> {
     let variant = match payload {
         Value::Object(map) if map.len() == 1 => map.keys().next().cloned(),
         _ => None,
@@ -144,7 +151,33 @@ fn present(record: &Value, pointer: &str) -> Option<Value> {
 }
 
 /// The commitments of a new event's personal fields under `key` (named `key_name`), or
-/// `None` when it holds no personal value.
+/// `None` when it holds no personal value. With `secrets`, its secret fields' `sha256:`
+/// commitments are stored too: an event whose secrets are sealed (or were scrubbed) is
+/// hashed with them instead of the stored value.
+pub fn commit_fields(
+    key_name: &str,
+    key: &[u8],
+    event_type: &str,
+    payload: &Value,
+    metadata: &Value,
+    secrets: bool,
+) -> Option<Commitments> {
+    let whole = record(payload, metadata);
+    let fields: BTreeMap<String, String> = record_fields(payload, event_type)
+        .into_iter()
+        .filter_map(|(pointer, field)| {
+            let value = present(&whole, &pointer)?;
+            match field.class {
+                FieldClass::Personal => Some((pointer, personal_commitment(key, &value))),
+                FieldClass::Secret if secrets => Some((pointer, secret_commitment(&value))),
+                FieldClass::Secret => None,
+            }
+        })
+        .collect();
+    (!fields.is_empty()).then(|| Commitments { key: key_name.to_owned(), fields, sealed: secrets })
+}
+
+/// [`commit_fields`] without secrets (how the audit backfill commits old events).
 pub fn commit_personal(
     key_name: &str,
     key: &[u8],
@@ -152,13 +185,7 @@ pub fn commit_personal(
     payload: &Value,
     metadata: &Value,
 ) -> Option<Commitments> {
-    let whole = record(payload, metadata);
-    let fields: BTreeMap<String, String> = record_fields(payload, event_type)
-        .into_iter()
-        .filter(|(_, field)| field.class == FieldClass::Personal)
-        .filter_map(|(pointer, _)| present(&whole, &pointer).map(|v| (pointer, personal_commitment(key, &v))))
-        .collect();
-    (!fields.is_empty()).then(|| Commitments { key: key_name.to_owned(), fields })
+    commit_fields(key_name, key, event_type, payload, metadata, false)
 }
 
 /// Checks each readable personal value against its commitment under `key`.
@@ -172,7 +199,11 @@ pub fn check_personal(
     let whole = record(payload, metadata);
     for (pointer, commitment) in &commitments.fields {
         if let Some(value) = present(&whole, pointer) {
-            let expected = personal_commitment(key, &value);
+            let expected = if commitment.starts_with(SECRET_PREFIX) {
+                secret_commitment(&value)
+            } else {
+                personal_commitment(key, &value)
+            };
             if !constant_time_eq(expected.as_bytes(), commitment.as_bytes()) {
                 return Err(ChainError::PersonalMismatch(pointer.clone()));
             }
@@ -188,14 +219,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The payload as exports carry it: secrets replaced by their commitment.
-pub fn export_payload(event_type: &str, payload: &Value) -> Value {
+pub fn export_payload(event_type: &str, payload: &Value, commitments: Option<&Commitments>) -> Value {
     let mut whole = record(payload, &Value::Null);
     for (pointer, field) in record_fields(payload, event_type) {
-        if field.class == FieldClass::Secret
-            && let Some(value) = present(&whole, &pointer)
+        if field.class != FieldClass::Secret {
+            continue;
+        }
+        let stored = commitments.and_then(|c| c.fields.get(&pointer)).cloned();
+        if let Some(commitment) = stored.or_else(|| present(&whole, &pointer).map(|v| secret_commitment(&v)))
             && let Some(slot) = whole.pointer_mut(&pointer)
         {
-            *slot = Value::String(secret_commitment(&value));
+            *slot = Value::String(commitment);
         }
     }
     match whole {
@@ -216,6 +250,9 @@ pub fn canonical(
         let value = lookup(event.payload, event.metadata, &pointer);
         let replacement = match field.class {
             FieldClass::Secret => match (value, secrets) {
+                _ if commitments.is_some_and(|c| c.fields.contains_key(&pointer)) => {
+                    commitments.and_then(|c| c.fields.get(&pointer)).cloned().unwrap_or_default()
+                }
                 (None, _) => continue,
                 (Some(v), Secrets::Stored) => secret_commitment(v),
                 (Some(Value::String(s)), Secrets::Committed) if is_commitment(s, SECRET_PREFIX) => s.clone(),
@@ -248,8 +285,8 @@ pub fn canonical(
     write_replacing(event.payload, &mut path, &replacements, &mut out);
     out.push_str(",\"personalKey\":");
     match commitments {
-        Some(c) => write_string(&c.key, &mut out),
-        None => out.push_str("null"),
+        Some(c) if !c.key.is_empty() => write_string(&c.key, &mut out),
+        _ => out.push_str("null"),
     }
     out.push_str(",\"recordedAt\":");
     write_string(&canonical_time(event.recorded_at), &mut out);
@@ -541,7 +578,7 @@ mod tests {
         assert!(form.contains(&secret_commitment(&json!("$argon2id$v=19$secret"))));
 
         // An export carries the secret's commitment and verifies to the same form.
-        let exported = export_payload("UserRegistered", &payload);
+        let exported = export_payload("UserRegistered", &payload, None);
         assert!(!exported.to_string().contains("argon2id"));
         let offline =
             canonical(&parts(&exported, &metadata), Some(&commitments), Secrets::Committed).unwrap();
@@ -585,7 +622,7 @@ mod tests {
                 canonical(&parts, commitments, Secrets::Stored).unwrap(),
                 canonical_by_cloning(&parts, commitments, Secrets::Stored).unwrap()
             );
-            let exported = export_payload("SessionRefreshed", payload);
+            let exported = export_payload("SessionRefreshed", payload, None);
             let parts = EventParts { payload: &exported, ..parts };
             assert_eq!(
                 canonical(&parts, commitments, Secrets::Committed).unwrap(),

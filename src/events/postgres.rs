@@ -71,8 +71,15 @@ pub(super) async fn append(
     let event_types = column(|e| e.event_type.clone());
     let versions = column(|e| e.event_version.clone());
     let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
-    let payloads: Vec<Value> = events.iter().map(|e| e.payload.clone()).collect();
-    let metadata: Vec<Value> = events.iter().map(|e| e.metadata.clone()).collect();
+    // Sealed forms when stamped (the unchained benchmark store passes no stamps).
+    let stored = |i: usize, e: &NewEvent| {
+        stamps
+            .get(i)
+            .and_then(|s| s.sealed.as_ref())
+            .map_or((e.payload.clone(), e.metadata.clone()), |(p, m)| (p.clone(), m.clone()))
+    };
+    let (payloads, metadata): (Vec<Value>, Vec<Value>) =
+        events.iter().enumerate().map(|(i, e)| stored(i, e)).unzip();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
     let query = sqlx::query(if mail.is_empty() { APPEND } else { APPEND_WITH_MAIL })
         .bind(types)

@@ -1,6 +1,6 @@
-//! Stamping events before they are written: each gets its commitments and its hash,
-//! chained to the previous event of its stream (from this batch, this process's cache of
-//! stream heads, or the log).
+//! Stamping events before they are written: each gets its commitments, its classified
+//! fields sealed ([`super::sealing`]) and its hash, chained to the previous event of its
+//! stream (from this batch, this process's cache of stream heads, or the log).
 
 use std::collections::HashMap;
 
@@ -10,15 +10,26 @@ use sqlx::Row;
 use super::catalogue::{Subject, body_of};
 use super::chain::{self, Digest32, Secrets, ZERO};
 use super::personal::PersonalKeys;
+use super::sealing::{self, Place};
 use super::{AppendError, NewEvent, StoreError};
 use crate::db::Db;
 
-/// What the writer stores beside an event.
+/// What the writer stores: the event's hash and commitments, and its payload and
+/// metadata with the classified fields sealed (`None`: store them as given).
 #[derive(Clone, Debug)]
 pub(super) struct Stamp {
     pub hash: String,
     pub commitments: Option<Value>,
+    pub sealed: Option<(Value, Value)>,
     digest: Digest32,
+}
+
+/// Whether stamping seals the events (new appends) or hashes them as stored (the
+/// backfill of rows written before the chain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    Seal,
+    AsStored,
 }
 
 type StreamKey = (String, String);
@@ -38,7 +49,7 @@ impl Stamper {
     /// Stamps a batch (events keep their order; `recorded_at` must already be in
     /// microseconds). A missing previous event means another writer is behind or ahead:
     /// a conflict the command layer retries.
-    pub async fn stamp(&self, db: &Db, events: &[NewEvent]) -> Result<Vec<Stamp>, AppendError> {
+    pub async fn stamp(&self, db: &Db, events: &[NewEvent], mode: Mode) -> Result<Vec<Stamp>, AppendError> {
         let mut known: HashMap<StreamKey, (i64, Digest32)> = HashMap::new();
         let mut wanted: Vec<(String, String, i64)> = Vec::new();
         let mut in_batch: HashMap<StreamKey, i64> = HashMap::new();
@@ -64,7 +75,14 @@ impl Stamper {
         let named: Vec<String> = events
             .iter()
             .map(|e| {
-                Subject::of(&e.aggregate_type, &e.aggregate_id, body_of(&e.payload), e.recorded_at).key_name()
+                Subject::of(
+                    &e.aggregate_type,
+                    &e.aggregate_id,
+                    body_of(&e.payload),
+                    &e.metadata,
+                    e.recorded_at,
+                )
+                .key_name()
             })
             .collect();
         for name in &named {
@@ -85,22 +103,52 @@ impl Stamper {
                     _ => return Err(AppendError::Conflict),
                 }
             };
-            let personal_key =
-                keys.get(name).ok_or_else(|| StoreError::Repository("no personal key".into()))?;
-            let commitments = chain::commit_personal(
-                name,
-                personal_key.as_slice(),
-                &event.event_type,
-                &event.payload,
-                &event.metadata,
-            );
-            let canonical = chain::canonical(&event.parts(), commitments.as_ref(), Secrets::Stored)
+            let personal_key = keys.get(name).cloned().flatten();
+            let commitments = match (&personal_key, mode) {
+                (Some(key), _) => chain::commit_fields(
+                    name,
+                    key.as_slice(),
+                    &event.event_type,
+                    &event.payload,
+                    &event.metadata,
+                    mode == Mode::Seal,
+                ),
+                (None, Mode::AsStored) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{name} was erased before its events were hashed"
+                    ))
+                    .into());
+                }
+                (None, Mode::Seal) => None,
+            };
+            let sealed = match mode {
+                Mode::AsStored => None,
+                Mode::Seal => {
+                    let place = Place {
+                        aggregate_type: &event.aggregate_type,
+                        aggregate_id: &event.aggregate_id,
+                        sequence: event.sequence,
+                        event_type: &event.event_type,
+                        event_version: &event.event_version,
+                    };
+                    let sealed =
+                        sealing::seal(&place, name, personal_key.as_ref(), &event.payload, &event.metadata)
+                            .map_err(|e| StoreError::Repository(e.to_string()))?;
+                    Some(sealed)
+                }
+            };
+            let parts = match &sealed {
+                Some((payload, metadata)) => chain::EventParts { payload, metadata, ..event.parts() },
+                None => event.parts(),
+            };
+            let canonical = chain::canonical(&parts, commitments.as_ref(), Secrets::Stored)
                 .map_err(|e| StoreError::Repository(e.to_string()))?;
             let digest = chain::event_hash(&previous, &canonical);
             known.insert(key, (event.sequence, digest));
             stamps.push(Stamp {
                 hash: chain::hex(&digest),
                 commitments: commitments.map(|c| serde_json::to_value(c).unwrap_or(Value::Null)),
+                sealed,
                 digest,
             });
         }

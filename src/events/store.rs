@@ -9,8 +9,9 @@ use sqlx::Row;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::personal::PersonalKeys;
-use super::stamp::Stamper;
+use super::personal::{KeyWrap, PersonalKeys};
+use super::sealing::{self, Place};
+use super::stamp::{Mode, Stamper};
 use super::{LogCursor, LogSignal, NewEvent, OutgoingMail, RecordedEvent, chain, postgres, sqlite};
 use crate::db::{Db, DbTime, DbTx};
 use crate::telemetry::Metrics;
@@ -64,14 +65,15 @@ pub enum AppendError {
 }
 
 impl EventStore {
-    /// The store over an opened (and migrated) database.
-    pub fn new(db: Db, signal: LogSignal, metrics: Arc<Metrics>) -> Self {
+    /// The store over an opened (and migrated) database; `wrap` seals the data keys
+    /// (derived from `KEY_ENCRYPTION_SECRET`, `ServerSecret::key_wrap`).
+    pub fn new(db: Db, signal: LogSignal, metrics: Arc<Metrics>, wrap: KeyWrap) -> Self {
         let postgres_es = match &db {
             Db::Postgres(pool) => Some(PostgresEventRepository::new(pool.clone())),
             Db::Sqlite { .. } => None,
         };
         let combiner = tokio::sync::OnceCell::new();
-        let keys = PersonalKeys::new(db.clone());
+        let keys = PersonalKeys::new(db.clone(), wrap);
         let stamper = Some(Stamper::new(keys.clone()));
         Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, keys, stamper, combiner }) }
     }
@@ -80,17 +82,28 @@ impl EventStore {
     /// whose appends skip stamping, so rows get a NULL `hash` and `commitments`. Such a log
     /// fails `verify` and must never be a deployment's. PostgreSQL only.
     #[doc(hidden)]
-    pub fn without_chain_for_benchmarks(db: Db, signal: LogSignal, metrics: Arc<Metrics>) -> Self {
+    pub fn without_chain_for_benchmarks(
+        db: Db,
+        signal: LogSignal,
+        metrics: Arc<Metrics>,
+        wrap: KeyWrap,
+    ) -> Self {
         assert!(matches!(db, Db::Postgres(_)), "the unchained benchmark store is PostgreSQL only");
-        let store = Self::new(db, signal, metrics);
+        let store = Self::new(db, signal, metrics, wrap);
         let Inner { db, postgres_es, signal, metrics, keys, combiner, .. } =
             Arc::try_unwrap(store.inner).unwrap_or_else(|_| unreachable!("just built"));
         Self { inner: Arc::new(Inner { db, postgres_es, signal, metrics, keys, stamper: None, combiner }) }
     }
 
-    /// The keys that commit personal data.
+    /// The keys that commit and seal personal data.
     pub fn personal_keys(&self) -> &PersonalKeys {
         &self.inner.keys
+    }
+
+    /// What seals the data keys (a store over another database of the same deployment,
+    /// such as replay's scratch copy, opens the same keys with it).
+    pub fn key_wrap(&self) -> KeyWrap {
+        self.inner.keys.wrap().clone()
     }
 
     /// The database underneath.
@@ -155,7 +168,7 @@ impl EventStore {
         aggregate_id: &str,
         after_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, StoreError> {
-        match (&self.inner.db, &self.inner.postgres_es) {
+        let mut events = match (&self.inner.db, &self.inner.postgres_es) {
             (Db::Postgres(_), Some(repo)) if after_sequence == 0 => {
                 repo.get_events::<A>(aggregate_id).await.map_err(|e| StoreError::Repository(e.to_string()))
             }
@@ -170,7 +183,9 @@ impl EventStore {
                 sqlite::aggregate_events(reader, A::TYPE, aggregate_id, after).await
             }
             (Db::Postgres(_), None) => Err(StoreError::Repository("no postgres repository".into())),
-        }
+        }?;
+        self.open_serialized(&mut events).await?;
+        Ok(events)
     }
 
     /// Up to `limit` events of one stream with a sequence above `after_sequence`, in
@@ -184,35 +199,104 @@ impl EventStore {
         after_sequence: i64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match &self.inner.db {
+        let mut events = match &self.inner.db {
             Db::Postgres(pool) => {
                 postgres::read_stream(pool, aggregate_type, aggregate_id, after_sequence, limit).await
             }
             Db::Sqlite { reader, .. } => {
                 sqlite::read_stream(reader, aggregate_type, aggregate_id, after_sequence, limit).await
             }
-        }
+        }?;
+        self.open_recorded(&mut events).await?;
+        Ok(events)
     }
 
     /// Up to `limit` events after `after`, in global order. Never skips an event whose
     /// transaction commits late and never returns one twice.
     pub async fn read_after(&self, after: LogCursor, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        match &self.inner.db {
+        let mut events = match &self.inner.db {
             Db::Postgres(pool) => postgres::read_after(pool, after, limit).await,
             Db::Sqlite { reader, .. } => sqlite::read_after(reader, after, limit).await,
-        }
+        }?;
+        self.open_recorded(&mut events).await?;
+        Ok(events)
     }
 
     /// Like [`read_after`](Self::read_after), inside a write transaction (projectors).
     pub async fn read_after_in(
+        &self,
         tx: &mut DbTx,
         after: LogCursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match tx {
+        let mut events = match tx {
             DbTx::Postgres(tx) => postgres::read_after(&mut **tx, after, limit).await,
             DbTx::Sqlite(tx) => sqlite::read_after(&mut **tx, after, limit).await,
+        }?;
+        self.open_recorded(&mut events).await?;
+        Ok(events)
+    }
+
+    /// Opens the sealed fields of events read from the log ([`sealing`]): erased ones
+    /// read as their erased form.
+    async fn open_recorded(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
+        let mut wanted = Vec::new();
+        for e in events.iter() {
+            let place = Place {
+                aggregate_type: &e.aggregate_type,
+                aggregate_id: &e.aggregate_id,
+                sequence: e.sequence,
+                event_type: &e.event_type,
+                event_version: &e.event_version,
+            };
+            sealing::subjects(&place, &e.payload, &e.metadata, &mut wanted);
         }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys = self.inner.keys.existing_many(&wanted).await?;
+        for e in events.iter_mut() {
+            let place = Place {
+                aggregate_type: &e.aggregate_type,
+                aggregate_id: &e.aggregate_id,
+                sequence: e.sequence,
+                event_type: &e.event_type,
+                event_version: &e.event_version,
+            };
+            sealing::open(&place, &mut e.payload, &mut e.metadata, &keys);
+        }
+        Ok(())
+    }
+
+    /// [`Self::open_recorded`] for events loaded by an aggregate.
+    async fn open_serialized(&self, events: &mut [SerializedEvent]) -> Result<(), StoreError> {
+        let mut wanted = Vec::new();
+        let sequence = |s: usize| i64::try_from(s).unwrap_or(i64::MAX);
+        for e in events.iter() {
+            let place = Place {
+                aggregate_type: &e.aggregate_type,
+                aggregate_id: &e.aggregate_id,
+                sequence: sequence(e.sequence),
+                event_type: &e.event_type,
+                event_version: &e.event_version,
+            };
+            sealing::subjects(&place, &e.payload, &e.metadata, &mut wanted);
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys = self.inner.keys.existing_many(&wanted).await?;
+        for e in events.iter_mut() {
+            let place = Place {
+                aggregate_type: &e.aggregate_type,
+                aggregate_id: &e.aggregate_id,
+                sequence: sequence(e.sequence),
+                event_type: &e.event_type,
+                event_version: &e.event_version,
+            };
+            sealing::open(&place, &mut e.payload, &mut e.metadata, &keys);
+        }
+        Ok(())
     }
 
     /// The cursor of the newest readable event ([`LogCursor::START`] when empty). On
@@ -319,7 +403,7 @@ async fn raw_append(
         };
         return postgres::append(pool, events, &[], mail).await;
     };
-    let stamps = stamper.stamp(db, events).await?;
+    let stamps = stamper.stamp(db, events, Mode::Seal).await?;
     let cursor = match db {
         Db::Postgres(pool) => postgres::append(pool, events, &stamps, mail).await,
         Db::Sqlite { writer, .. } => sqlite::append(writer, events, &stamps, mail).await,

@@ -232,7 +232,8 @@ async fn send(
     let prefix = &feed.settings.subject_prefix;
     let mut acks = Vec::with_capacity(events.len());
     for (expected_last, event) in (from.stream_sequence..).zip(events) {
-        let body = serde_json::to_vec(&ExportRecord::of(event)).context("encoding an event")?;
+        let body =
+            serde_json::to_vec(&ExportRecord::of(event).without_personal()).context("encoding an event")?;
         let message = PublishMessage::build()
             .payload(body.into())
             .message_id(event.cursor.position.to_string())

@@ -15,7 +15,7 @@ use crate::db::{Db, DbTime, DbTx};
 use crate::domain::Credits;
 use crate::events::RecordedEvent;
 use crate::events::credits::CreditEvent;
-use crate::insert_rows;
+use crate::{exec, insert_rows};
 
 /// The `credit_transactions` projection: fills the ledger table from credit account events.
 pub struct CreditTransactions;
@@ -32,11 +32,35 @@ impl Projection for CreditTransactions {
 
     async fn apply_batch(&self, tx: &mut DbTx, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let mut rows = Vec::new();
-        for event in events.iter().filter(|e| e.aggregate_type == "credit_account") {
-            if let Some(t) = transaction_of(&event.aggregate_id, &event.decode::<CreditEvent>()?) {
-                rows.push(((event.cursor.position, event.sequence), t));
+        for event in events {
+            match event.aggregate_type.as_str() {
+                "credit_account" => {
+                    if let Some(t) = transaction_of(&event.aggregate_id, &event.decode::<CreditEvent>()?) {
+                        rows.push(((event.cursor.position, event.sequence), t));
+                    }
+                }
+                // An erasure keeps the amounts, types, apps and times; the free text a user
+                // sent (description, metadata, idempotency key) goes.
+                "user" if event.event_type == "UserErased" => {
+                    insert(tx, std::mem::take(&mut rows)).await?;
+                    exec!(
+                        tx,
+                        "UPDATE credit_transactions SET description = '', metadata = NULL, idempotency_key = NULL \
+                         WHERE user_id = $1",
+                        &event.aggregate_id
+                    )?;
+                }
+                _ => {}
             }
         }
+        insert(tx, rows).await
+    }
+}
+
+type Pending = ((i64, i64), Transaction);
+
+async fn insert(tx: &mut DbTx, rows: Vec<Pending>) -> anyhow::Result<()> {
+    {
         insert_rows!(tx, "credit_transactions", &rows, |r| {
             "id": "text" = r.1.id.clone(),
             "position": "bigint" = r.0.0,

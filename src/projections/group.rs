@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::{BatchOutcome, Projector};
 use crate::db::{DbTime, DbTx};
-use crate::events::{EventStore, LogCursor};
+use crate::events::LogCursor;
 
 /// Why a group batch failed.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ impl Projector {
             drop(tx);
             return Ok(BatchOutcome::NotLeader(LogCursor::START));
         };
-        let events = self.bounded(EventStore::read_after_in(&mut tx, from, self.settings.batch_size).await?);
+        let events = self.bounded(self.store.read_after_in(&mut tx, from, self.settings.batch_size).await?);
         let Some(last) = events.last().map(|e| e.cursor) else {
             drop(tx);
             for name in &held {

@@ -16,7 +16,7 @@ pub mod ledger_postings;
 mod projector;
 pub mod security_events;
 pub mod sessions;
-mod streams;
+pub mod streams;
 pub mod usage_stats;
 pub mod users;
 

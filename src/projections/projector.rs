@@ -120,6 +120,11 @@ impl Projector {
         &self.projections
     }
 
+    /// The log this projector reads.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
     fn db(&self) -> &Db {
         self.store.db()
     }
@@ -240,7 +245,7 @@ impl Projector {
             return Ok(BatchOutcome::NotLeader(checkpoint));
         }
         let events =
-            self.bounded(EventStore::read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?);
+            self.bounded(self.store.read_after_in(&mut tx, checkpoint, self.settings.batch_size).await?);
         let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor) else {
             drop(tx);

@@ -16,7 +16,7 @@ use crate::events::auth::{
     KeyringEvent, LoginAttemptEvent, RevokeReason, SecurityNoticeEvent, SessionEvent, SessionPersonal,
     UserEvent,
 };
-use crate::insert_rows;
+use crate::{exec, insert_rows};
 
 /// The security event types this projection records.
 pub mod kinds {
@@ -39,6 +39,7 @@ pub mod kinds {
     pub const ACCOUNT_LOCKED: &str = "account_locked";
     pub const ACCOUNT_UNLOCKED: &str = "account_unlocked";
     pub const LOGIN_THROTTLED: &str = "login_throttled";
+    pub const ACCOUNT_ERASED: &str = "account_erased";
 }
 
 /// The `security_events` read model: one row per security-relevant event, for
@@ -73,7 +74,34 @@ impl Projection for SecurityEvents {
             if let Some(row) = row_for(event)? {
                 rows.push(row);
             }
+            if event.aggregate_type == "user" && event.event_type == "UserErased" {
+                insert(tx, std::mem::take(&mut rows)).await?;
+                blank(tx, &event.aggregate_id).await?;
+            }
         }
+        insert(tx, rows).await
+    }
+}
+
+/// An erased user's rows keep their types and times; the client (address, agent,
+/// device) goes.
+async fn blank(tx: &mut DbTx, user_id: &str) -> anyhow::Result<()> {
+    let sql = match tx {
+        DbTx::Postgres(_) => {
+            "UPDATE security_events SET ip_address = NULL, user_agent = NULL, \
+             metadata = metadata - 'deviceId' - 'deviceName' WHERE user_id = $1"
+        }
+        DbTx::Sqlite(_) => {
+            "UPDATE security_events SET ip_address = NULL, user_agent = NULL, \
+             metadata = json_remove(metadata, '$.deviceId', '$.deviceName') WHERE user_id = $1"
+        }
+    };
+    exec!(tx, sql, user_id)?;
+    Ok(())
+}
+
+async fn insert(tx: &mut DbTx, rows: Vec<Row_>) -> anyhow::Result<()> {
+    {
         insert_rows!(tx, "security_events", &rows, |r| {
             "position": "bigint" = r.position,
             "user_id": "text" = r.user_id.clone(),
@@ -123,6 +151,9 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
             }
             UserEvent::EmailVerified { .. } => row(kinds::EMAIL_VERIFIED, id, None, None, json!({})),
             UserEvent::EmailVerificationRequested { .. } => return Ok(None),
+            UserEvent::UserErased { plaintext_events, .. } => {
+                row(kinds::ACCOUNT_ERASED, id, None, None, json!({"plaintextEvents": plaintext_events}))
+            }
         },
         "session" => match event.decode::<SessionEvent>()? {
             SessionEvent::SessionStarted { user_id, origin, remember_me, personal, .. } => row(
@@ -220,6 +251,7 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
                     json!({"knownAddress": false}),
                 ),
                 LoginAttemptEvent::LoginAttemptStarted { .. }
+                | LoginAttemptEvent::AttemptsCleared { .. }
                 | LoginAttemptEvent::LoginSucceeded { .. }
                 | LoginAttemptEvent::LoginAttemptAbandoned { .. }
                 | LoginAttemptEvent::LoginCheckStarted { .. }
@@ -295,4 +327,27 @@ pub async fn for_user(
         Db::Postgres(pool) => fetch!(pool),
         Db::Sqlite { reader, .. } => fetch!(reader),
     })
+}
+
+/// Blanks the client of the rows that belong to no account, recorded before `day`: their
+/// events are sealed under per-day keys, which are destroyed after `DAY_KEY_DAYS` days
+/// (docs/PRIVACY.md), so the read model forgets them too, as a rebuild would.
+pub async fn blank_days_before(db: &Db, day: chrono::NaiveDate) -> anyhow::Result<u64> {
+    let midnight = DbTime(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    let mut tx = db.begin_write().await?;
+    let sql = match &tx {
+        DbTx::Postgres(_) => {
+            "UPDATE security_events SET ip_address = NULL, user_agent = NULL, \
+             metadata = metadata - 'deviceId' - 'deviceName' \
+             WHERE user_id IS NULL AND created_at < $1 AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)"
+        }
+        DbTx::Sqlite(_) => {
+            "UPDATE security_events SET ip_address = NULL, user_agent = NULL, \
+             metadata = json_remove(metadata, '$.deviceId', '$.deviceName') \
+             WHERE user_id IS NULL AND created_at < $1 AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)"
+        }
+    };
+    let blanked = exec!(&mut tx, sql, midnight)?;
+    tx.commit().await?;
+    Ok(blanked)
 }

@@ -87,9 +87,23 @@ impl Projection for Sessions {
                     }
                 },
                 "user" => {
-                    if let Some((cutoff, kept)) = cutoff_of(event.decode()?) {
+                    let decoded: UserEvent = event.decode()?;
+                    let erased = matches!(decoded, UserEvent::UserErased { .. });
+                    if let Some((cutoff, kept)) = cutoff_of(decoded) {
                         batch.insert_started(tx).await?;
+                        if erased {
+                            // Earlier refreshes of this batch must not write their client back.
+                            std::mem::take(&mut batch).update_refreshed(tx).await?;
+                        }
                         apply_cutoff(tx, id, cutoff, kept).await?;
+                    }
+                    if erased {
+                        exec!(
+                            tx,
+                            "UPDATE sessions SET device_id = NULL, device_name = NULL, ip_address = NULL, \
+                         user_agent = NULL WHERE user_id = $1",
+                            id
+                        )?;
                     }
                 }
                 _ => {}
@@ -260,6 +274,7 @@ fn cutoff_of(event: UserEvent) -> Option<(DateTime<Utc>, Option<String>)> {
     match event {
         UserEvent::UserRoleChanged { sessions_revoked_before, .. }
         | UserEvent::UserDisabled { sessions_revoked_before }
+        | UserEvent::UserErased { sessions_revoked_before, .. }
         | UserEvent::PasswordResetCompleted { sessions_revoked_before, .. } => {
             Some((sessions_revoked_before, None))
         }

@@ -130,6 +130,18 @@ async fn apply_change(tx: &mut DbTx, event: &RecordedEvent, decoded: UserEvent) 
             exec!(tx, "UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1", id, at)?;
         }
         UserEvent::PasswordResetRequested { .. } | UserEvent::EmailVerificationRequested { .. } => {}
+        // The row stays (ids are referenced by the books); nothing personal does.
+        UserEvent::UserErased { sessions_revoked_before, erased_at, .. } => {
+            exec!(
+                tx,
+                "UPDATE users SET email = 'erased:' || id, name = NULL, disabled = true, \
+                         sessions_revoked_before = $2, kept_session = NULL, erased_at = $3, updated_at = $4 WHERE id = $1",
+                id,
+                DbTime(sessions_revoked_before),
+                DbTime(erased_at),
+                at
+            )?;
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 pub use crate::config::rate_limits::{Limit, Limits, Rule};
 use crate::telemetry::Metrics;
@@ -39,6 +39,9 @@ pub struct Decision {
 pub struct RateLimiter {
     limits: Limits,
     prefix: String,
+    /// Keys the subjects (addresses, IPs) in counter names: Redis never holds an e-mail
+    /// address or IP in a form a list of them could be matched against.
+    subject_key: [u8; 32],
     redis: Option<Redis>,
     local: Mutex<LocalWindows>,
     metrics: Arc<Metrics>,
@@ -89,6 +92,7 @@ impl RateLimiter {
         Ok(Self {
             limits,
             prefix: prefix.to_owned(),
+            subject_key: [0; 32],
             redis,
             local: Mutex::new(LocalWindows::default()),
             metrics,
@@ -138,7 +142,7 @@ impl RateLimiter {
                 first_refusal: false,
             };
         }
-        let key = format!("{}rl:{}:{}", self.prefix, rule.name(), hashed(subject));
+        let key = format!("{}rl:{}:{}", self.prefix, rule.name(), self.hashed(subject));
         let counted = match &self.redis {
             Some(redis) => self.redis_hit(redis, &key, limit).await,
             None => None,
@@ -247,8 +251,20 @@ impl Redis {
 }
 
 /// Subjects may be e-mail addresses: keep them out of Redis.
-fn hashed(subject: &str) -> String {
-    Sha256::digest(subject.as_bytes())[..12].iter().map(|b| format!("{b:02x}")).collect()
+impl RateLimiter {
+    /// The limiter with counter names keyed by `key` (every process must use the same:
+    /// `ServerSecret::derive("rate-limit-subjects/v1")`).
+    pub fn with_subject_key(mut self, key: [u8; 32]) -> Self {
+        self.subject_key = key;
+        self
+    }
+
+    fn hashed(&self, subject: &str) -> String {
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.subject_key)
+            .expect("HMAC takes any key length");
+        hmac::Mac::update(&mut mac, subject.as_bytes());
+        hmac::Mac::finalize(mac).into_bytes()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[cfg(test)]

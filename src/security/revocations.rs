@@ -162,6 +162,12 @@ impl Revocations {
             let cursor = self.state.read().cursor;
             let events = self.store.read_after(cursor, 1000).await?;
             let Some(last) = events.last().map(|e| e.cursor) else { return Ok(()) };
+            // Another process's erasure destroyed a data key this process may still have
+            // cached: forget it as soon as the erasure is read.
+            for event in events.iter().filter(|e| e.aggregate_type == "user" && e.event_type == "UserErased")
+            {
+                self.store.personal_keys().forget(&format!("user:{}", event.aggregate_id));
+            }
             let mut state = self.state.write();
             for event in &events {
                 apply(&mut state, event);
@@ -192,7 +198,12 @@ fn apply(state: &mut State, event: &RecordedEvent) {
         }
         (
             "user",
-            "UserRoleChanged" | "UserDisabled" | "UserEnabled" | "PasswordChanged" | "PasswordResetCompleted",
+            "UserRoleChanged"
+            | "UserDisabled"
+            | "UserEnabled"
+            | "PasswordChanged"
+            | "PasswordResetCompleted"
+            | "UserErased",
         ) => {
             let user = event.aggregate_id.clone();
             match event.decode::<UserEvent>() {
@@ -209,6 +220,11 @@ fn apply(state: &mut State, event: &RecordedEvent) {
                 }
                 Ok(UserEvent::UserEnabled { .. }) => {
                     state.disabled.remove(&user);
+                }
+                // An erased account is disabled for good (its sessions and tokens die).
+                Ok(UserEvent::UserErased { sessions_revoked_before, .. }) => {
+                    state.disabled.insert(user.clone());
+                    state.cut(user, sessions_revoked_before, None);
                 }
                 _ => {}
             }

@@ -74,6 +74,17 @@ impl ServerSecret {
         mac.finalize().into_bytes().into()
     }
 
+    /// What seals the per-person data keys at rest (`data_keys`, docs/PRIVACY.md).
+    pub fn key_wrap(&self) -> crate::events::personal::KeyWrap {
+        crate::events::personal::KeyWrap::new(self.derive("personal-data-keys/v1"))
+    }
+
+    /// The HMAC key of e-mail claim ids: an address's claim stream is named by a keyed
+    /// hash, so that a list of addresses cannot be matched against the log.
+    pub fn email_id_key(&self) -> [u8; 32] {
+        self.derive("email-claim-id/v1")
+    }
+
     /// The AEAD that seals private signing keys.
     pub fn sealer(&self) -> Sealer {
         let key = self.derive("signing-key-encryption/v1");

@@ -322,6 +322,7 @@ pub async fn open_store(db: &TestDb) -> mana_core_auth::events::EventStore {
         handle,
         mana_core_auth::events::LogSignal::new(),
         Arc::new(mana_core_auth::telemetry::Metrics::new()),
+        mana_core_auth::security::secrets::ServerSecret::from_text(&db.secret()).key_wrap(),
     )
 }
 
@@ -553,6 +554,33 @@ pub async fn tamper(db: &TestDb, statements: &[String]) {
             for sql in statements {
                 sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
+        }
+    }
+}
+
+/// Everything the database holds, as text: a `pg_dump`, or the bytes of the SQLite files
+/// (database, write-ahead log, shared memory), to search for what must not be there.
+pub fn whole_database(db: &TestDb) -> String {
+    match db.engine {
+        Engine::Postgres => {
+            let output =
+                Command::new("pg_dump").arg("--no-owner").arg(db.url()).output().expect("pg_dump runs");
+            assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+        Engine::Sqlite => {
+            // Read by another process: closing a file descriptor of the database in this
+            // one would drop SQLite's POSIX locks held here by an in-process server, and
+            // the next process to open the file would think itself alone and reset the
+            // shared-memory index under the server's feet (SIGBUS).
+            let path = db.url().trim_start_matches("sqlite://").to_owned();
+            let files: Vec<String> = ["", "-wal", "-shm"]
+                .iter()
+                .map(|suffix| format!("{path}{suffix}"))
+                .filter(|file| std::path::Path::new(file).exists())
+                .collect();
+            let output = Command::new("cat").args(&files).output().expect("cat runs");
+            String::from_utf8_lossy(&output.stdout).into_owned()
         }
     }
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::DomainEvent;
 use mana_core_auth::commands::Aggregates;
-use mana_core_auth::commands::email_claim::claim_id;
+use mana_core_auth::commands::email_claim::legacy_claim_id;
 use mana_core_auth::events::auth::{LoginAttemptEvent, LoginFailure, SessionPersonal};
 use mana_core_auth::events::{EventMetadata, NewEvent};
 
@@ -74,7 +74,7 @@ async fn append_legacy(w: &World<'_>, stream: &str, actor: &str, steps: Vec<Step
 /// olga's logins: one success, three wrong guesses from elsewhere, the lock, a refusal
 /// while locked, and the unlock when the lock ran out, as that release wrote them.
 pub async fn legacy_logins_of_olga(w: &World<'_>, olga_id: &str) {
-    let stream = claim_id(OLGA.email);
+    let stream = legacy_claim_id(OLGA.email);
     let (home, guesser) = ("127.0.1.6", "127.0.2.40");
     let personal = SessionPersonal {
         ip_address: Some(guesser.into()),
@@ -126,7 +126,7 @@ pub async fn legacy_logins_of_olga(w: &World<'_>, olga_id: &str) {
 /// The release before client classes recorded attempts on frank's address before he
 /// registered: an unknown address, a refusal too soon after, an abandoned attempt.
 pub async fn legacy_attempts_on_franks_address(w: &World<'_>) {
-    let stream = claim_id(&FRANK.email.to_lowercase());
+    let stream = legacy_claim_id(&FRANK.email.to_lowercase());
     let ip = "127.0.1.7";
     let personal = SessionPersonal {
         ip_address: Some(ip.into()),

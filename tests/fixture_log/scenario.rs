@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use chrono::Duration;
 use mana_core_auth::auth::UserChange;
 use mana_core_auth::clock::ManualClock;
-use mana_core_auth::commands::email_claim::claim_id;
+use mana_core_auth::commands::email_claim::legacy_claim_id;
 use mana_core_auth::commands::login_attempts::{
     Admission, AttemptPolicy, LockoutPolicy, LoginAttemptCommand,
 };
@@ -454,7 +454,7 @@ async fn credits_of_day_zero(w: &World<'_>, users: &BTreeMap<&str, Registered>) 
 async fn abandoned_attempt(w: &World<'_>, bob_id: &str) {
     w.tick(3600);
     let attempts = Aggregates::new(w.app.state.store()).attempts;
-    let stream = claim_id(BOB.email);
+    let stream = legacy_claim_id(BOB.email);
     let personal = SessionPersonal {
         ip_address: Some("127.0.1.2".into()),
         user_agent: Some("FixtureApp/1.0 (Bob Baker)".into()),

@@ -166,3 +166,19 @@ mod tests {
         assert_eq!((request.email.as_str(), request.redirect_to.as_deref()), ("a@b.example", Some("x")));
     }
 }
+
+/// `DELETE /auth/account` body: the caller's password, as proof.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeleteAccountBody {
+    password: Option<String>,
+}
+
+impl TryFrom<DeleteAccountBody> for Password {
+    type Error = Vec<String>;
+
+    fn try_from(body: DeleteAccountBody) -> Result<Self, Vec<String>> {
+        let [password] = present([("password", body.password)])?;
+        Password::presented(&password).map_err(|m| vec![m])
+    }
+}
