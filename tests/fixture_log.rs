@@ -133,6 +133,7 @@ async fn the_fixture_log_of_release_0_x_migrates_and_replays_into_the_same_read_
             .await
             .expect("seal");
         let keys = mana_core_auth::audit::published_keys(app.state.store()).await.expect("audit keys");
+        wait_readable(&app).await;
         let report = verify_live(app.state.store(), keys, 1000).await.expect("verify");
         assert_eq!(report.failure, None, "{engine:?}: the fixture log verifies");
         assert_eq!(report.seals, 1, "{engine:?}: {report:?}");
@@ -298,6 +299,17 @@ async fn write_sqlite_file(pool: &sqlx::SqlitePool) {
     }
 }
 
+/// Waits until everything committed is readable: on PostgreSQL a new event (the seal) is
+/// readable only once no older transaction is open anywhere in the cluster.
+async fn wait_readable(app: &TestApp) {
+    let store = app.state.store();
+    let readable = common::eventually(std::time::Duration::from_secs(10), || async {
+        matches!((store.head().await, store.committed_head().await), (Ok(a), Ok(b)) if a == b)
+    })
+    .await;
+    assert!(readable, "the log never became readable up to its last event");
+}
+
 /// Text values a query returns, on either engine.
 async fn texts(db: &Db, sql: &str) -> Vec<String> {
     match db {
@@ -362,6 +374,7 @@ async fn a_person_of_the_fixture_log_is_erased_with_the_plaintext_they_left_befo
             .await
             .expect("seal");
         let keys = mana_core_auth::audit::published_keys(app.state.store()).await.expect("audit keys");
+        wait_readable(&app).await;
         let report = verify_live(app.state.store(), keys, 1000).await.expect("verify");
         assert_eq!(report.failure, None, "{engine:?}: the log verifies after the erasure");
         assert!(report.redacted > 0, "{engine:?}: her legacy streams were renamed: {report:?}");
