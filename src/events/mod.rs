@@ -14,6 +14,7 @@ pub mod credits;
 pub mod mix;
 pub mod personal;
 mod postgres;
+pub mod purchases;
 mod repository;
 pub mod schemas;
 pub mod signal;
