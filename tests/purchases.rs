@@ -430,7 +430,8 @@ async fn a_pending_purchase_expires_after_24_hours_and_a_late_success_still_comp
         stripe.configure(&mut config);
         let app = TestApp::spawn_with_clock(config, clock.clone()).await;
         let api = Api::new(&app.base);
-        let token = user(&api).await;
+        let email = unique_email("late");
+        let token = api.register(&email).await.text("accessToken");
         let started = buy(&api, &token, "credits-100").await;
         let id = started["purchaseId"].as_str().expect("id");
         wait_status(&api, &token, id, "pending").await;
@@ -438,6 +439,7 @@ async fn a_pending_purchase_expires_after_24_hours_and_a_late_success_still_comp
         assert_eq!(purchases.expire_pending().await.expect("expiry"), 0, "not yet due");
         clock.advance(chrono::Duration::hours(24));
         assert_eq!(purchases.expire_pending().await.expect("expiry"), 1);
+        let token = api.login(&email, PASSWORD).await.text("accessToken");
         let failed = wait_status(&api, &token, id, "failed").await;
         assert_eq!(failed["failureReason"], "expired");
         // The webhook's signature is checked against the service's clock.
