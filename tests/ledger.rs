@@ -108,7 +108,10 @@ fn expected_postings(
             vec![("system:purchases".to_owned(), -amount.get()), (format!("user:{user}:paid"), amount.get())]
         }
         CreditEvent::PurchaseCreditsReversed { amount, .. } => {
-            vec![("system:purchase_refunds".to_owned(), amount.get()), (format!("user:{user}:paid"), -amount.get())]
+            vec![
+                ("system:purchase_refunds".to_owned(), amount.get()),
+                (format!("user:{user}:paid"), -amount.get()),
+            ]
         }
     }
 }

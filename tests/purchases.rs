@@ -84,9 +84,10 @@ async fn wait_status(api: &Api, token: &str, id: &str, status: &str) -> Value {
 }
 
 async fn assert_replay_clean(app: &TestApp) {
-    let report = replay::verify(app.state.store().db(), Arc::new(SystemClock), ReplaySettings { batch_size: 7 })
-        .await
-        .expect("replay runs");
+    let report =
+        replay::verify(app.state.store().db(), Arc::new(SystemClock), ReplaySettings { batch_size: 7 })
+            .await
+            .expect("replay runs");
     assert!(report.clean(), "{report:?}");
 }
 
@@ -106,7 +107,10 @@ async fn a_purchase_completes_with_a_signed_success_and_grants_paid_credits() {
         let token = user(&api).await;
         let started = buy(&api, &token, "credits-1200").await;
         assert_eq!((started["amount"].clone(), started["credits"].clone()), (json!(1000), json!(1200)));
-        assert_eq!((started["currency"].clone(), started["status"].clone()), (json!("eur"), json!("pending")));
+        assert_eq!(
+            (started["currency"].clone(), started["status"].clone()),
+            (json!("eur"), json!("pending"))
+        );
         let intent = intent_of(&stripe, &started);
         assert_eq!(started["clientSecret"], intent["client_secret"]);
         assert!(stripe.refused().is_empty(), "{:?}", stripe.refused());
@@ -191,10 +195,9 @@ async fn duplicate_and_out_of_order_deliveries_converge() {
         // A larger cumulative refund takes the difference; an older, smaller one nothing.
         assert_eq!(deliver(&api, &fake::refunded("evt_r2", &intent, 500)).await["outcome"], "applied");
         assert_eq!(deliver(&api, &fake::refunded("evt_r0", &intent, 100)).await["outcome"], "no_change");
-        let purchase = eventually(WAIT, || async {
-            purchase_status(&api, &token, &id).await["creditsRefunded"] == 600
-        })
-        .await;
+        let purchase =
+            eventually(WAIT, || async { purchase_status(&api, &token, &id).await["creditsRefunded"] == 600 })
+                .await;
         assert!(purchase, "600 credits taken back in total");
         assert_eq!(balance(&api, &token).await["balance"], 600);
         assert_replay_clean(&app).await;
@@ -203,7 +206,8 @@ async fn duplicate_and_out_of_order_deliveries_converge() {
 }
 
 #[tokio::test]
-async fn a_refund_of_spent_credits_leaves_a_debt_that_limits_spends_to_free_credits_until_a_purchase_fills_it() {
+async fn a_refund_of_spent_credits_leaves_a_debt_that_limits_spends_to_free_credits_until_a_purchase_fills_it()
+ {
     for engine in ENGINES {
         let db = TestDb::new(engine).await;
         let stripe = FakeStripe::start().await;
@@ -234,9 +238,15 @@ async fn a_refund_of_spent_credits_leaves_a_debt_that_limits_spends_to_free_cred
         app.state.auth().change_user(&operator_email, UserChange::SetRole(Role::Admin)).await.expect("role");
         let operator = api.login(&operator_email, PASSWORD).await.text("accessToken");
         let grant = json!({"userId": user_id, "pool": "free", "amount": 10, "reason": "goodwill", "idempotencyKey": "g1"});
-        assert_eq!(api.post_auth("/api/v1/admin/credits/grant", &operator, grant).await.status, StatusCode::CREATED);
+        assert_eq!(
+            api.post_auth("/api/v1/admin/credits/grant", &operator, grant).await.status,
+            StatusCode::CREATED
+        );
         let refused = spend(11).await;
-        assert_eq!((refused.status, refused.body["error"].clone()), (StatusCode::BAD_REQUEST, json!("INSUFFICIENT_CREDITS")));
+        assert_eq!(
+            (refused.status, refused.body["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("INSUFFICIENT_CREDITS"))
+        );
         assert_eq!(spend(10).await.status, StatusCode::CREATED);
         // The next purchase fills the debt first.
         let second = buy(&api, &token, "credits-500").await;
@@ -256,14 +266,17 @@ async fn stripe_down_or_slow_answers_502_and_the_purchase_is_failed() {
         let token = user(&api).await;
         for mode in [Mode::Down, Mode::Slow(Duration::from_secs(3))] {
             stripe.set_mode(mode);
-            let answer = api.post_auth("/api/v1/credits/purchase", &token, json!({"packageId": "credits-100"})).await;
+            let answer =
+                api.post_auth("/api/v1/credits/purchase", &token, json!({"packageId": "credits-100"})).await;
             assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{mode:?}: {}", answer.body);
             assert_eq!(answer.body["error"], "PAYMENT_PROVIDER_UNAVAILABLE");
         }
         let failed = eventually(WAIT, || async {
             let list = api.get_auth("/api/v1/credits/purchases", &token).await.body;
             list.as_array().is_some_and(|l| {
-                l.len() == 2 && l.iter().all(|p| p["status"] == "failed" && p["failureReason"] == "provider_unavailable")
+                l.len() == 2
+                    && l.iter()
+                        .all(|p| p["status"] == "failed" && p["failureReason"] == "provider_unavailable")
             })
         })
         .await;
@@ -347,15 +360,17 @@ async fn a_catalogue_change_does_not_alter_past_purchases() {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("packages.json");
         let write = |credits: i64, cents: i64| {
-            let text = json!([{"id": "p", "name": "P", "credits": credits, "priceEuroCents": cents}]).to_string();
+            let text =
+                json!([{"id": "p", "name": "P", "credits": credits, "priceEuroCents": cents}]).to_string();
             std::fs::write(&file, text).expect("write");
         };
         let config = |db: &TestDb| -> Config {
             let mut config = db.app_config();
             stripe.configure(&mut config);
-            config.payments.packages =
-                mana_core_auth::config::payments::parse_packages(&std::fs::read_to_string(&file).expect("read"))
-                    .expect("packages");
+            config.payments.packages = mana_core_auth::config::payments::parse_packages(
+                &std::fs::read_to_string(&file).expect("read"),
+            )
+            .expect("packages");
             config
         };
         write(100, 100);
@@ -369,14 +384,20 @@ async fn a_catalogue_change_does_not_alter_past_purchases() {
         let app = TestApp::spawn(config(&db)).await;
         let api = Api::new(&app.base);
         let packages = api.get("/api/v1/credits/packages").await.body;
-        assert_eq!((packages[0]["credits"].clone(), packages[0]["priceEuroCents"].clone()), (json!(150), json!(200)));
+        assert_eq!(
+            (packages[0]["credits"].clone(), packages[0]["priceEuroCents"].clone()),
+            (json!(150), json!(200))
+        );
         let published = "SELECT COUNT(*) FROM events WHERE event_type = 'PackagesPublished'";
         assert_eq!(count(app.state.db(), published).await, 2);
         let id = started["purchaseId"].as_str().expect("id");
         let intent = intent_of(&stripe, &started);
         deliver(&api, &fake::succeeded("evt_old", &intent, 100, "eur")).await;
         let purchase = wait_status(&api, &token, id, "completed").await;
-        assert_eq!((purchase["credits"].clone(), purchase["priceEuroCents"].clone()), (json!(100), json!(100)));
+        assert_eq!(
+            (purchase["credits"].clone(), purchase["priceEuroCents"].clone()),
+            (json!(100), json!(100))
+        );
         assert_eq!(balance(&api, &token).await["balance"], 100);
         app.stop().await;
     }
@@ -391,7 +412,10 @@ async fn mismatched_amounts_and_unknown_intents_are_kept_for_review_and_grant_no
         let token = user(&api).await;
         let started = buy(&api, &token, "credits-500").await;
         let intent = intent_of(&stripe, &started);
-        assert_eq!(deliver(&api, &fake::succeeded("evt_m", &intent, 499, "eur")).await["outcome"], "mismatch");
+        assert_eq!(
+            deliver(&api, &fake::succeeded("evt_m", &intent, 499, "eur")).await["outcome"],
+            "mismatch"
+        );
         let stranger = json!({"id": "pi_unknown", "amount": 100, "metadata": {}});
         let unknown = deliver(&api, &fake::succeeded("evt_u", &stranger, 100, "eur")).await;
         assert_eq!(unknown["outcome"], "unknown_payment_intent");
@@ -401,7 +425,11 @@ async fn mismatched_amounts_and_unknown_intents_are_kept_for_review_and_grant_no
 
         let operator_email = unique_email("auditor");
         api.register(&operator_email).await;
-        app.state.auth().change_user(&operator_email, UserChange::SetRole(Role::Auditor)).await.expect("role");
+        app.state
+            .auth()
+            .change_user(&operator_email, UserChange::SetRole(Role::Auditor))
+            .await
+            .expect("role");
         let auditor = api.login(&operator_email, PASSWORD).await.text("accessToken");
         let path = "/api/v1/admin/credits/purchases?status=needs_review";
         let listed = eventually(WAIT, || async {
@@ -444,7 +472,11 @@ async fn a_pending_purchase_expires_after_24_hours_and_a_late_success_still_comp
         assert_eq!(failed["failureReason"], "expired");
         // The webhook's signature is checked against the service's clock.
         let body = fake::succeeded("evt_late", &intent_of(&stripe, &started), 100, "eur");
-        let signature = mana_core_auth::credits::stripe::sign(fake::WEBHOOK_SECRET, clock.now().timestamp(), body.as_bytes());
+        let signature = mana_core_auth::credits::stripe::sign(
+            fake::WEBHOOK_SECRET,
+            clock.now().timestamp(),
+            body.as_bytes(),
+        );
         let (status, answer) = deliver_with(&api, &body, Some(&signature)).await;
         assert_eq!((status, answer["outcome"].clone()), (StatusCode::OK, json!("applied")));
         wait_status(&api, &token, id, "completed").await;
@@ -460,7 +492,10 @@ async fn without_stripe_keys_packages_are_listed_and_purchases_and_webhooks_answ
     assert_eq!(api.get("/api/v1/credits/packages").await.status, StatusCode::OK);
     let token = user(&api).await;
     let answer = api.post_auth("/api/v1/credits/purchase", &token, json!({"packageId": "credits-100"})).await;
-    assert_eq!((answer.status, answer.body["error"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("PAYMENTS_NOT_CONFIGURED")));
+    assert_eq!(
+        (answer.status, answer.body["error"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("PAYMENTS_NOT_CONFIGURED"))
+    );
     let body = fake::event("evt_x", "customer.created", json!({"id": "cus_1"}));
     let (status, _) = deliver_with(&api, &body, Some(&fake::signature(&body))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
