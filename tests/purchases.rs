@@ -501,3 +501,50 @@ async fn without_stripe_keys_packages_are_listed_and_purchases_and_webhooks_answ
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_dispute_withdrawal_takes_back_its_share_and_a_reinstatement_returns_it_each_once() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let stripe = FakeStripe::start().await;
+        let (app, api) = start(&db, &stripe).await;
+        let token = user(&api).await;
+        let started = buy(&api, &token, "credits-1200").await;
+        let id = started["purchaseId"].as_str().expect("id").to_owned();
+        let intent = intent_of(&stripe, &started);
+        deliver(&api, &fake::succeeded("evt_paid", &intent, 1000, "eur")).await;
+        wait_status(&api, &token, &id, "completed").await;
+
+        // Half of the €10 disputed: half of the 1,200 credits taken back, once.
+        let withdrawn = fake::dispute("evt_dw", "charge.dispute.funds_withdrawn", "du_1", &intent, 500);
+        assert_eq!(deliver(&api, &withdrawn).await["outcome"], "applied");
+        assert_eq!(deliver(&api, &withdrawn).await["outcome"], "no_change", "the same event twice");
+        let again = fake::dispute("evt_dw2", "charge.dispute.funds_withdrawn", "du_1", &intent, 500);
+        assert_eq!(deliver(&api, &again).await["outcome"], "no_change", "the same dispute twice");
+        let purchase = wait_status(&api, &token, &id, "partially_refunded").await;
+        assert_eq!(purchase["creditsRefunded"], 600);
+        let lines = api.get_auth("/api/v1/credits/transactions", &token).await.body;
+        assert_eq!(lines[0]["amount"], -600, "{lines}");
+        assert_eq!(balance(&api, &token).await["balance"], 600);
+
+        // The dispute won: the credits come back, once; a late withdrawal changes nothing.
+        let reinstated = fake::dispute("evt_dr", "charge.dispute.funds_reinstated", "du_1", &intent, 500);
+        assert_eq!(deliver(&api, &reinstated).await["outcome"], "applied");
+        assert_eq!(deliver(&api, &reinstated).await["outcome"], "no_change", "the same event twice");
+        let reinstated_again =
+            fake::dispute("evt_dr2", "charge.dispute.funds_reinstated", "du_1", &intent, 500);
+        assert_eq!(deliver(&api, &reinstated_again).await["outcome"], "no_change", "reinstated once");
+        let late = fake::dispute("evt_dw3", "charge.dispute.funds_withdrawn", "du_1", &intent, 500);
+        assert_eq!(deliver(&api, &late).await["outcome"], "no_change", "withdrawn after reinstated");
+        let purchase = wait_status(&api, &token, &id, "completed").await;
+        assert_eq!(purchase["creditsRefunded"], 0);
+        let settled = eventually(WAIT, || async { balance(&api, &token).await["balance"] == 1200 }).await;
+        assert!(settled, "the 600 credits returned: {}", balance(&api, &token).await);
+        let lines = api.get_auth("/api/v1/credits/transactions", &token).await.body;
+        assert_eq!(lines[0]["amount"], 600, "{lines}");
+        let sql = "SELECT COUNT(*) FROM events WHERE event_type = 'PurchaseCreditsReversed'";
+        assert_eq!(count(app.state.db(), sql).await, 2, "one withdrawal, one reinstatement");
+        assert_replay_clean(&app).await;
+        app.stop().await;
+    }
+}
