@@ -548,3 +548,53 @@ async fn a_dispute_withdrawal_takes_back_its_share_and_a_reinstatement_returns_i
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_failed_purchase_retried_under_its_key_answers_the_same_failure_and_a_new_key_buys() {
+    for engine in ENGINES {
+        let db = TestDb::new(engine).await;
+        let stripe = FakeStripe::start().await;
+        let (app, api) = start(&db, &stripe).await;
+        let token = user(&api).await;
+        let keyed = |key: &'static str| {
+            let (api, token) = (api.clone(), token.clone());
+            async move {
+                let request = api
+                    .http
+                    .post(format!("{}/api/v1/credits/purchase", api.base))
+                    .bearer_auth(&token)
+                    .header("idempotency-key", key)
+                    .json(&json!({"packageId": "credits-100"}));
+                api.send(request).await
+            }
+        };
+        stripe.set_mode(Mode::Down);
+        let first = keyed("buy-down").await;
+        assert_eq!(
+            (first.status, first.body["error"].clone()),
+            (StatusCode::BAD_GATEWAY, json!("PAYMENT_PROVIDER_UNAVAILABLE"))
+        );
+        // Stripe is back, but the key's outcome was a failure: the same failure again, no
+        // PaymentIntent, still one failed purchase.
+        stripe.set_mode(Mode::Normal);
+        let retry = keyed("buy-down").await;
+        assert_eq!(
+            (retry.status, retry.body["error"].clone()),
+            (StatusCode::BAD_GATEWAY, json!("PAYMENT_PROVIDER_UNAVAILABLE")),
+            "{}",
+            retry.body
+        );
+        assert!(stripe.created().is_empty(), "no PaymentIntent for a failed key");
+        let failed = eventually(WAIT, || async {
+            let list = api.get_auth("/api/v1/credits/purchases", &token).await.body;
+            list.as_array().is_some_and(|l| l.len() == 1 && l[0]["status"] == "failed")
+        })
+        .await;
+        assert!(failed, "{}", api.get_auth("/api/v1/credits/purchases", &token).await.body);
+        // A new key is a new attempt.
+        let fresh = keyed("buy-again").await;
+        assert_eq!(fresh.status, StatusCode::CREATED, "{}", fresh.body);
+        assert_eq!(stripe.created().len(), 1);
+        app.stop().await;
+    }
+}
