@@ -23,7 +23,8 @@ use crate::commands::payment_records::{
 };
 use crate::commands::purchase::{PENDING_LIMIT, Purchase, PurchaseCommand, PurchaseError, Stage};
 use crate::commands::{
-    Aggregates, ClientInfo, CommandBus, CommandContext, Retryable, UnitOfWork, commit_error, with_retries,
+    Aggregates, ClientInfo, CommandBus, CommandContext, Retryable, StreamHead, UnitOfWork, commit_error,
+    with_retries,
 };
 use crate::config::{PaymentsConfig, Secret};
 use crate::domain::{CreditPackage, Credits, uuid_at};
@@ -376,20 +377,29 @@ impl PurchaseService {
         with_retries(self.store.metrics(), "stripe-webhook", || self.apply_event(&event, &ctx)).await
     }
 
-    /// The purchase a PaymentIntent pays for, and whether its link is still to be written.
-    async fn resolve(&self, event: &StripeEvent) -> Result<Option<(String, bool)>, PaymentFailure> {
+    /// The purchase a PaymentIntent pays for. A PaymentIntent's own events name it in their
+    /// metadata (ours, and signed): the purchase is loaded once, checked to be paid by no
+    /// other intent, and its state reused by the unit of work; a charge's or a dispute's
+    /// event finds it through the intent's link.
+    async fn resolve(&self, event: &StripeEvent) -> Result<Option<Resolved>, PaymentFailure> {
         let Some(intent) = event.action.payment_intent_id() else { return Ok(None) };
-        let (link, _) = self.buses.links.load(intent).await.map_err(failure)?;
-        if let Some(purchase_id) = link.purchase_id {
-            return Ok(Some((purchase_id, false)));
+        if let Some(purchase_id) = event.action.metadata_purchase() {
+            let loaded = self.buses.purchases.load_head(purchase_id).await.map_err(purchase_failure)?;
+            let purchase = &loaded.0;
+            if purchase.purchase_id.is_some()
+                && purchase.payment_intent_id.as_ref().is_none_or(|id| id == intent)
+            {
+                // Stripe may deliver the intent's events before its creation is recorded.
+                let link_missing = purchase.payment_intent_id.is_none();
+                return Ok(Some(Resolved {
+                    purchase_id: purchase_id.to_owned(),
+                    link_missing,
+                    loaded: Some(loaded),
+                }));
+            }
         }
-        // Stripe may deliver the intent's own events before its creation is recorded: its
-        // metadata (ours, and signed) names the purchase, which must not have another intent.
-        let Some(purchase_id) = event.action.metadata_purchase() else { return Ok(None) };
-        let (purchase, _) = self.buses.purchases.load(purchase_id).await.map_err(purchase_failure)?;
-        let ours = purchase.purchase_id.is_some()
-            && purchase.payment_intent_id.as_ref().is_none_or(|id| id == intent);
-        Ok(ours.then(|| (purchase_id.to_owned(), true)))
+        let (link, _) = self.buses.links.load(intent).await.map_err(failure)?;
+        Ok(link.purchase_id.map(|purchase_id| Resolved { purchase_id, link_missing: false, loaded: None }))
     }
 
     async fn apply_event(
@@ -397,45 +407,26 @@ impl PurchaseService {
         event: &StripeEvent,
         ctx: &CommandContext,
     ) -> Result<WebhookOutcome, PaymentFailure> {
-        let (receipt, _) = self.buses.receipts.load(&event.id).await.map_err(failure)?;
-        if receipt.outcome.is_some() {
-            return Ok(WebhookOutcome::NoChange);
-        }
+        // No separate look-up of the receipt first: a delivery seen before is refused by the
+        // receipt in the unit of work below, before anything is committed.
         let mut unit = UnitOfWork::new(self.store.clone(), ctx.clone());
         let intent = event.action.payment_intent_id().map(str::to_owned);
         let resolved = match event.action {
             Action::Ignored => None,
             _ => self.resolve(event).await?,
         };
-        let outcome = match (&event.action, &resolved) {
+        let purchase_id = resolved.as_ref().map(|r| r.purchase_id.clone());
+        let outcome = match (&event.action, resolved) {
             (Action::Ignored, _) => WebhookOutcome::Ignored,
             (_, None) => WebhookOutcome::UnknownPaymentIntent,
-            (_, Some((purchase_id, link_missing))) => {
-                if *link_missing && let (Some(intent), Action::Succeeded { .. }) = (&intent, &event.action) {
-                    let (purchase, _) =
-                        self.buses.purchases.load(purchase_id).await.map_err(purchase_failure)?;
-                    let link = Link {
-                        payment_intent_id: intent.clone(),
-                        purchase_id: purchase_id.clone(),
-                        user_id: purchase.user_id,
-                    };
-                    unit.execute(&self.buses.links, intent, link).await.map_err(failure)?;
-                }
-                self.stage_effect(&mut unit, event, purchase_id, ctx.now).await?
-            }
+            (_, Some(resolved)) => self.stage_effect(&mut unit, event, resolved, ctx.now).await?,
         };
-        if outcome == WebhookOutcome::UnknownPaymentIntent {
-            tracing::warn!(
-                stripe_event = event.id,
-                "a Stripe event for an unknown PaymentIntent, kept for review"
-            );
-        }
         let receive = move |at| Receive {
             stripe_event_id: event.id.clone(),
             event_type: event.event_type.clone(),
             created: event.created,
             payment_intent_id: intent.clone(),
-            purchase_id: resolved.as_ref().map(|(id, _)| id.clone()),
+            purchase_id: purchase_id.clone(),
             outcome,
             at,
         };
@@ -447,6 +438,12 @@ impl PurchaseService {
             Err(other) => return Err(failure(other)),
         }
         unit.commit().await.map_err(|e| failure::<PurchaseError>(commit_error(e)))?;
+        if outcome == WebhookOutcome::UnknownPaymentIntent {
+            tracing::warn!(
+                stripe_event = event.id,
+                "a Stripe event for an unknown PaymentIntent, kept for review"
+            );
+        }
         Ok(outcome)
     }
 
@@ -455,9 +452,10 @@ impl PurchaseService {
         &self,
         unit: &mut UnitOfWork,
         event: &StripeEvent,
-        purchase_id: &str,
+        resolved: Resolved,
         now: DateTime<Utc>,
     ) -> Result<WebhookOutcome, PaymentFailure> {
+        let purchase_id = resolved.purchase_id.as_str();
         let transaction_id = uuid_at(now).to_string();
         let command = {
             let (action, event_id, transaction_id) =
@@ -504,10 +502,23 @@ impl PurchaseService {
                 Action::Ignored => PurchaseCommand::Fail { reason: FailureReason::PaymentFailed, at },
             }
         };
+        let view = |p: &Purchase| (p.user_id.clone(), p.package.clone());
+        let loaded = match resolved.loaded {
+            Some(loaded) => loaded,
+            None => self.buses.purchases.load_head(purchase_id).await.map_err(purchase_failure)?,
+        };
+        if resolved.link_missing
+            && let Action::Succeeded { payment_intent_id, .. } = &event.action
+        {
+            let link = Link {
+                payment_intent_id: payment_intent_id.clone(),
+                purchase_id: purchase_id.to_owned(),
+                user_id: loaded.0.user_id.clone(),
+            };
+            unit.execute(&self.buses.links, payment_intent_id, link).await.map_err(failure)?;
+        }
         let (events, (user_id, package)) = unit
-            .execute_at(&self.buses.purchases, purchase_id, command, |p: &Purchase| {
-                (p.user_id.clone(), p.package.clone())
-            })
+            .execute_loaded(&self.buses.purchases, purchase_id, loaded, command, view)
             .await
             .map_err(purchase_failure)?;
         let account_command = account_command(purchase_id, package.as_ref(), &events);
@@ -523,6 +534,15 @@ impl PurchaseService {
         }
         Ok(outcome)
     }
+}
+
+/// The purchase a Stripe event is about.
+struct Resolved {
+    purchase_id: String,
+    /// The PaymentIntent's link to the purchase is still to be written.
+    link_missing: bool,
+    /// The purchase as just loaded, when finding it took loading it.
+    loaded: Option<(Purchase, StreamHead)>,
 }
 
 /// The credit account's command for the purchase's new events, if they move credits.
