@@ -22,6 +22,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::commands::Aggregates;
 use crate::commands::login_attempts::LockoutPolicy;
 use crate::config::{Config, Secret};
+use crate::credits::purchases::{PurchaseBuses, PurchaseService};
 use crate::credits::{CreditService, CreditSettings};
 use crate::db::Db;
 use crate::domain::Credits;
@@ -108,7 +109,17 @@ impl Application {
                 read_your_writes: config.read_your_writes_timeout,
             },
         ));
+        let purchases = Arc::new(PurchaseService::new(
+            store.clone(),
+            Arc::clone(&projector),
+            clock.clone(),
+            PurchaseBuses::from(&aggregates),
+            &config.payments,
+            config.read_your_writes_timeout,
+        )?);
+        purchases.publish_catalogue().await?;
         auth.revocations().spawn(&mut tasks, config.projection_poll_interval, &background);
+        purchases.spawn_expiry(&mut tasks, &background);
         let scheduler = crate::jobs::start(
             Arc::clone(auth.tokens().keys()),
             Arc::clone(&audit_keys),
@@ -149,7 +160,8 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let state = AppState::new(config, clock, store, projector, auth, credits, limiter, audit_keys)
-            .with_feed(feed);
+            .with_feed(feed)
+            .with_purchases(purchases);
         Ok(Self { state, listener, tasks, background, scheduler })
     }
 

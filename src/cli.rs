@@ -141,7 +141,7 @@ pub enum AnalyticsRoleAction {
     Create {
         /// The role's name: lowercase letters, digits and underscores.
         name: String,
-        /// Limit the role to this app's rows (row-level security).
+        /// Limit the role to this app's rows (row-level security); it then reads no purchase.
         #[arg(long, value_name = "APP_ID")]
         app: Option<String>,
         /// Set the login password from this file (its first line); without it a new role

@@ -208,3 +208,41 @@ mod tests {
         assert_eq!(one.checked_sub(one), Some(Credits::ZERO));
     }
 }
+
+/// A package of paid credits as sold (the catalogue's entry, and a purchase's record of
+/// it as it was when bought).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct CreditPackage {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub credits: Credits,
+    /// The price in euro cents, as Stripe counts it.
+    pub price_euro_cents: i64,
+    /// ISO 4217, lower case, as Stripe writes it (`eur`).
+    pub currency: String,
+    pub active: bool,
+    pub sort_order: i64,
+}
+
+impl CreditPackage {
+    /// The built-in catalogue, 100 credits = €1: 100 for €1, 500 for €5, 1,200 for €10
+    /// (bonus included).
+    pub fn built_in() -> Vec<Self> {
+        let package = |id: &str, name: &str, description: &str, credits, cents, sort_order| Self {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            credits: Credits::new(credits),
+            price_euro_cents: cents,
+            currency: "eur".to_owned(),
+            active: true,
+            sort_order,
+        };
+        vec![
+            package("credits-100", "100 credits", "100 credits for €1", 100, 100, 1),
+            package("credits-500", "500 credits", "500 credits for €5", 500, 500, 2),
+            package("credits-1200", "1,200 credits", "1,000 credits and 200 bonus for €10", 1_200, 1_000, 3),
+        ]
+    }
+}

@@ -1,6 +1,7 @@
 //! Analytics roles (`mana-core-auth analytics-role`, PostgreSQL): a role reads the read
 //! models (schema `read`) and nothing in `public`, writes nowhere, and a role limited to
-//! an app sees only that app's rows; the service itself still sees everything; a replay's
+//! an app sees only that app's rows and no purchase (purchases belong to no app), while an
+//! unrestricted role sees every purchase; the service itself still sees everything; a replay's
 //! swap keeps every grant and policy; drop removes the role; other roles are left alone.
 
 mod common;
@@ -8,6 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::api::{Api, unique_email};
+use common::stripe::{self as fake, FakeStripe};
 use common::{TestApp, TestDb, run_cli};
 use mana_core_auth::audit::replay::{self, ReplaySettings};
 use mana_core_auth::auth::UserChange;
@@ -43,6 +45,35 @@ async fn count(conn: &mut PgConnection, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// A purchase completed through a signed webhook, and a webhook for an unknown intent.
+async fn purchase(app: &TestApp, stripe: &FakeStripe) {
+    let api = Api::new(&app.base);
+    let token = api.register(&unique_email("buyer")).await.text("accessToken");
+    let started =
+        api.post_auth("/api/v1/credits/purchase", &token, json!({"packageId": "credits-100"})).await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
+    let intent = stripe.created().pop().expect("an intent");
+    for body in [
+        fake::succeeded("evt_paid", &intent, 100, "eur"),
+        fake::succeeded(
+            "evt_stranger",
+            &json!({"id": "pi_unknown", "amount": 100, "metadata": {}}),
+            100,
+            "eur",
+        ),
+    ] {
+        let answer = api
+            .send(
+                api.http
+                    .post(format!("{}/api/v1/webhooks/stripe", api.base))
+                    .header("stripe-signature", fake::signature(&body))
+                    .body(body.clone()),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+}
+
 /// Spends in two apps.
 async fn usage(app: &TestApp) {
     let api = Api::new(&app.base);
@@ -64,7 +95,11 @@ async fn usage(app: &TestApp) {
 #[tokio::test]
 async fn analytics_roles_read_the_read_models_only_and_app_roles_only_their_apps_rows() {
     let db = TestDb::postgres().await;
-    let app = TestApp::spawn(db.app_config()).await;
+    let stripe = FakeStripe::start().await;
+    let mut config = db.app_config();
+    stripe.configure(&mut config);
+    let app = TestApp::spawn(config).await;
+    purchase(&app, &stripe).await;
     usage(&app).await;
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let (all, chat) = (format!("bi_{}", &tag[..12]), format!("chat_{}", &tag[..12]));
@@ -157,6 +192,14 @@ async fn analytics_roles_read_the_read_models_only_and_app_roles_only_their_apps
         count(&mut owner, "SELECT count(*) FROM usage_stats").await
     );
 
+    // Purchases belong to no app: an app-limited role sees none, an unrestricted one all.
+    for table in ["purchases", "stripe_events"] {
+        let every = count(&mut owner, &format!("SELECT count(*) FROM {table}")).await;
+        assert!(every > 0, "{table} has rows");
+        assert_eq!(count(&mut as_all, &format!("SELECT count(*) FROM {table}")).await, every, "{table}");
+        assert_eq!(count(&mut as_chat, &format!("SELECT count(*) FROM {table}")).await, 0, "{table}");
+    }
+
     // The service (the tables' owner) is not subject to the policies.
     let api = Api::new(&app.base);
     let token = api.register(&unique_email("after")).await.text("accessToken");
@@ -176,6 +219,12 @@ async fn analytics_roles_read_the_read_models_only_and_app_roles_only_their_apps
         count(&mut owner, "SELECT count(*) FROM credit_transactions WHERE app_id = 'chat'").await
     );
     assert!(denied(&mut as_chat, "SELECT 1 FROM public.events").await);
+    assert_eq!(count(&mut as_chat, "SELECT count(*) FROM purchases").await, 0);
+    let mut as_all = connect_as(&db, &all).await;
+    assert_eq!(
+        count(&mut as_all, "SELECT count(*) FROM purchases").await,
+        count(&mut owner, "SELECT count(*) FROM purchases").await
+    );
 
     // Usage errors, and roles that are not ours.
     let (code, _, err) = role_binary(&db, &["create", "Bad-Name"]);

@@ -104,6 +104,15 @@ fn expected_postings(
                 (format!("user:{user}:{}", pool_name(*pool)), amount.get()),
             ]
         }
+        CreditEvent::CreditsPurchased { amount, .. } => {
+            vec![("system:purchases".to_owned(), -amount.get()), (format!("user:{user}:paid"), amount.get())]
+        }
+        CreditEvent::PurchaseCreditsReversed { amount, .. } => {
+            vec![
+                ("system:purchase_refunds".to_owned(), amount.get()),
+                (format!("user:{user}:paid"), -amount.get()),
+            ]
+        }
     }
 }
 
@@ -167,7 +176,9 @@ fn after(event: &CreditEvent) -> Option<(i64, i64)> {
         CreditEvent::CreditsGranted { after, .. }
         | CreditEvent::CreditsSpent { after, .. }
         | CreditEvent::CreditsRefunded { after, .. }
-        | CreditEvent::CreditsAdjusted { after, .. } => after,
+        | CreditEvent::CreditsAdjusted { after, .. }
+        | CreditEvent::CreditsPurchased { after, .. }
+        | CreditEvent::PurchaseCreditsReversed { after, .. } => after,
     };
     Some((balances.free.get(), balances.paid.get()))
 }

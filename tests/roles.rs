@@ -86,6 +86,7 @@ fn routes() -> Vec<AdminRoute> {
         },
         route(READS, Method::GET, "/api/v1/admin/users/{userId}/security-events", S::OK, |_| None),
         route(READS, Method::GET, "/api/v1/admin/users/{userId}/sessions", S::OK, |_| None),
+        route(READS, Method::GET, "/api/v1/admin/credits/purchases", S::OK, |_| None),
         route(CREDITS, Method::POST, "/api/v1/admin/credits/grant", S::CREATED, |t| {
             Some(
                 json!({"userId": t.user_id, "amount": 5, "pool": "paid", "reason": "roles", "idempotencyKey": key()}),

@@ -555,7 +555,7 @@ pub(super) async fn startup(args: StartupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn healthy(port: u16) -> bool {
+pub(super) fn healthy(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

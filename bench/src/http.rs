@@ -71,8 +71,8 @@ pub enum HttpScenario {
 }
 
 /// The routes the scenarios use, below the base URL.
-struct Routes {
-    register: Uri,
+pub(super) struct Routes {
+    pub(super) register: Uri,
     login: Uri,
     refresh: Uri,
     validate: Uri,
@@ -83,7 +83,7 @@ struct Routes {
 }
 
 impl Routes {
-    fn new(server: &Server) -> anyhow::Result<Self> {
+    pub(super) fn new(server: &Server) -> anyhow::Result<Self> {
         Ok(Self {
             register: server.uri("/api/v1/auth/register")?,
             login: server.uri("/api/v1/auth/login")?,
@@ -467,9 +467,9 @@ fn says_valid(body: &[u8]) -> bool {
 // Setup over HTTP.
 
 /// A registered benchmark user.
-struct User {
+pub(super) struct User {
     email: String,
-    access_token: String,
+    pub(super) access_token: String,
     refresh_token: String,
 }
 
@@ -523,7 +523,11 @@ fn validate_body(users: &[User]) -> anyhow::Result<Bytes> {
 
 /// Registers `count` users over a few parallel connections; any failure stops the
 /// benchmark, since the timed run would measure nothing useful.
-async fn register_users(server: &Arc<Server>, routes: &Routes, count: usize) -> anyhow::Result<Vec<User>> {
+pub(super) async fn register_users(
+    server: &Arc<Server>,
+    routes: &Routes,
+    count: usize,
+) -> anyhow::Result<Vec<User>> {
     let started = Instant::now();
     let lanes = count.clamp(1, SETUP_LANES);
     let mut tasks = JoinSet::new();

@@ -148,6 +148,20 @@ impl Connection {
         body: Option<Bytes>,
         authorization: Option<&HeaderValue>,
     ) -> anyhow::Result<Reply> {
+        let headers: Vec<_> =
+            authorization.map(|value| (hyper::header::AUTHORIZATION, value.clone())).into_iter().collect();
+        self.send_with(method, uri, body, &headers).await
+    }
+
+    /// Sends a request with an optional JSON body and extra headers (e.g. a signature),
+    /// and reads the whole answer (see [`post`](Self::post)).
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        uri: &Uri,
+        body: Option<Bytes>,
+        extra: &[(hyper::header::HeaderName, HeaderValue)],
+    ) -> anyhow::Result<Reply> {
         let has_body = body.is_some();
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         *request.method_mut() = method;
@@ -157,8 +171,8 @@ impl Connection {
         if has_body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        if let Some(value) = authorization {
-            headers.insert(hyper::header::AUTHORIZATION, value.clone());
+        for (name, value) in extra {
+            headers.insert(name, value.clone());
         }
 
         self.ready().await?;

@@ -18,6 +18,7 @@ mod process;
 mod replay;
 mod stats;
 mod storm;
+mod webhooks;
 
 use clap::Args;
 use clap::{Parser, Subcommand};
@@ -74,6 +75,33 @@ pub enum BenchCommand {
     /// The change feed on NATS JetStream: catch-up throughput over a pre-filled log, and
     /// commit-to-consumer lag at a steady append rate.
     Feed(FeedArgs),
+    /// Signed Stripe webhooks per second, each completing a distinct purchase, against the
+    /// release server binary on PostgreSQL (with a fake Stripe on loopback for the setup).
+    Webhooks(WebhooksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The Redis the server's rate limiter uses.
+    #[arg(long, env = "BENCH_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Concurrent deliveries, one keep-alive connection each.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Users the purchases are spread over (consecutive purchases by different users).
+    #[arg(long, default_value_t = 256)]
+    pub users: usize,
+    /// Purchases started before the run: one webhook each, so at least the run's total.
+    #[arg(long, default_value_t = 40_000)]
+    pub purchases: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of the same load before the measured window, not counted.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +339,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Replay(args) => replay::replay(args).await,
         BenchCommand::Ledger(args) => ledger::ledger(args).await,
         BenchCommand::Feed(args) => feed::feed(args).await,
+        BenchCommand::Webhooks(args) => webhooks::webhooks(args).await,
     }
 }
 

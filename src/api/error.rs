@@ -38,6 +38,9 @@ pub enum ErrorCode {
     RefundExceedsSpend,
     LoginThrottled,
     AlreadyErased,
+    PaymentsNotConfigured,
+    PaymentProviderUnavailable,
+    InvalidSignature,
 }
 
 impl ErrorCode {
@@ -65,6 +68,9 @@ impl ErrorCode {
             | Self::RefundExceedsSpend => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyReused | Self::AlreadyErased => StatusCode::CONFLICT,
             Self::LoginThrottled => StatusCode::TOO_MANY_REQUESTS,
+            Self::PaymentsNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PaymentProviderUnavailable => StatusCode::BAD_GATEWAY,
+            Self::InvalidSignature => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -95,6 +101,9 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::RefundExceedsSpend => "REFUND_EXCEEDS_SPEND",
             Self::LoginThrottled => "LOGIN_THROTTLED",
+            Self::PaymentsNotConfigured => "PAYMENTS_NOT_CONFIGURED",
+            Self::PaymentProviderUnavailable => "PAYMENT_PROVIDER_UNAVAILABLE",
+            Self::InvalidSignature => "INVALID_SIGNATURE",
         }
     }
 
@@ -141,6 +150,9 @@ impl ErrorCode {
             Self::InsufficientCredits => "Insufficient credits",
             Self::IdempotencyKeyReused => "The idempotency key was already used for a different request",
             Self::RefundExceedsSpend => "The refund exceeds what is left of the transaction",
+            Self::PaymentsNotConfigured => "Payments are not configured on this server",
+            Self::PaymentProviderUnavailable => "The payment provider is unavailable; try again later",
+            Self::InvalidSignature => "Invalid webhook signature",
             Self::LoginThrottled => "Too many sign-in attempts for this account; wait and try again",
         }
     }

@@ -18,6 +18,7 @@ mod limits;
 pub mod middleware;
 mod openapi;
 mod passwords;
+mod purchases;
 mod sessions;
 mod state;
 
@@ -79,6 +80,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(passwords::router())
         .merge(credits::router())
+        .merge(purchases::router())
         .merge(admin::router())
         .merge(admin_users::router())
         .merge(account::router())

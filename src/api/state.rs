@@ -9,6 +9,7 @@ use crate::auth::AuthService;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::credits::CreditService;
+use crate::credits::purchases::PurchaseService;
 use crate::db::Db;
 use crate::events::EventStore;
 use crate::feed::Feed;
@@ -33,6 +34,7 @@ struct Shared {
     limiter: Arc<RateLimiter>,
     audit_keys: Arc<AuditKeys>,
     feed: Option<Arc<Feed>>,
+    purchases: Option<Arc<PurchaseService>>,
 }
 
 impl AppState {
@@ -48,8 +50,18 @@ impl AppState {
         limiter: Arc<RateLimiter>,
         audit_keys: Arc<AuditKeys>,
     ) -> Self {
-        let shared =
-            Shared { config, clock, store, projector, auth, credits, limiter, audit_keys, feed: None };
+        let shared = Shared {
+            config,
+            clock,
+            store,
+            projector,
+            auth,
+            credits,
+            limiter,
+            audit_keys,
+            feed: None,
+            purchases: None,
+        };
         Self { inner: Arc::new(shared) }
     }
 
@@ -60,6 +72,20 @@ impl AppState {
             shared.feed = feed;
         }
         self
+    }
+
+    /// The same state with the purchase service; built before it is shared.
+    #[must_use]
+    pub fn with_purchases(mut self, purchases: Arc<PurchaseService>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.inner) {
+            shared.purchases = Some(purchases);
+        }
+        self
+    }
+
+    /// The purchase service (packages, Stripe purchases and webhooks).
+    pub fn purchases(&self) -> Option<&Arc<PurchaseService>> {
+        self.inner.purchases.as_ref()
     }
 
     /// The change feed of this process, when `EVENT_STREAM_URL` is set.

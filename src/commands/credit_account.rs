@@ -2,6 +2,8 @@
 //! and adjustments decided by the account's own history.
 //!
 //! Rules: free credits are spent before paid ones; a spend never takes a pool below zero;
+//! a paid pool below zero (a refunded purchase whose credits were spent) is a debt: spends
+//! use free credits only until a purchase fills it;
 //! the day's free credits are granted by the first balance read or spend of the day (in
 //! the daily-grant time zone), before the spend is decided; idempotency keys are kept
 //! with what their operation answered, so a retry answers the same and moves nothing and
@@ -118,6 +120,30 @@ pub enum CreditCommand {
         key: Option<KeyUse>,
         at: DateTime<Utc>,
     },
+    /// Paid credits bought with a completed purchase (the purchase aggregate decided it,
+    /// in the same unit of work).
+    Purchase {
+        transaction_id: String,
+        purchase_id: String,
+        package_id: String,
+        credits: Credits,
+        price_cents: i64,
+        currency: String,
+        payment_intent_id: String,
+        /// A refund seen before the success, taken back right after: its transaction
+        /// id and credits.
+        refund: Option<(String, Credits)>,
+        at: DateTime<Utc>,
+    },
+    /// Paid credits of a purchase taken back (positive) or given again (negative); the
+    /// paid pool may go below zero.
+    ReversePurchase {
+        transaction_id: String,
+        purchase_id: String,
+        amount: Credits,
+        cause: String,
+        at: DateTime<Utc>,
+    },
     /// Gives back (part of) a spend; `amount: None` refunds all that is left of it.
     Refund {
         transaction_id: String,
@@ -180,7 +206,9 @@ pub fn key_of(event: &CreditEvent) -> Option<&KeyUse> {
         | CreditEvent::CreditsSpent { key, .. }
         | CreditEvent::CreditsRefunded { key, .. }
         | CreditEvent::CreditsAdjusted { key, .. } => key.as_ref(),
-        CreditEvent::CreditAccountOpened { .. } => None,
+        CreditEvent::CreditAccountOpened { .. }
+        | CreditEvent::CreditsPurchased { .. }
+        | CreditEvent::PurchaseCreditsReversed { .. } => None,
     }
 }
 
@@ -220,6 +248,54 @@ impl Aggregate for CreditAccount {
             }
             C::Refund { transaction_id, spend_id, amount, actor, reason, key, at } => {
                 self.refund(Movement { transaction_id, key, at }, spend_id, amount, actor, reason)
+            }
+            C::Purchase {
+                transaction_id,
+                purchase_id,
+                package_id,
+                credits,
+                price_cents,
+                currency,
+                payment_intent_id,
+                refund,
+                at,
+            } => {
+                let after = self.balances.plus(Pool::Paid, credits);
+                let mut events = vec![CreditEvent::CreditsPurchased {
+                    transaction_id,
+                    purchase_id: purchase_id.clone(),
+                    package_id,
+                    amount: credits,
+                    price_cents,
+                    currency,
+                    payment_intent_id,
+                    before: self.balances,
+                    after,
+                    purchased_at: at,
+                }];
+                if let Some((transaction_id, amount)) = refund {
+                    events.push(CreditEvent::PurchaseCreditsReversed {
+                        transaction_id,
+                        purchase_id,
+                        amount,
+                        cause: "refund".to_owned(),
+                        before: after,
+                        after: after.plus(Pool::Paid, -amount),
+                        reversed_at: at,
+                    });
+                }
+                Ok(events)
+            }
+            C::ReversePurchase { transaction_id, purchase_id, amount, cause, at } => {
+                Ok(vec![CreditEvent::PurchaseCreditsReversed {
+                    transaction_id,
+                    purchase_id,
+                    amount,
+                    cause,
+                    before: self.balances,
+                    after: self.balances.plus(Pool::Paid, -amount),
+                    reversed_at: at,
+                }])
             }
         }?;
         for event in events {
@@ -289,6 +365,15 @@ impl Aggregate for CreditAccount {
                     self.total_earned += *amount;
                 }
                 *adjusted_at
+            }
+            CreditEvent::CreditsPurchased { amount, after, purchased_at, .. } => {
+                self.balances = *after;
+                self.total_earned += *amount;
+                *purchased_at
+            }
+            CreditEvent::PurchaseCreditsReversed { after, reversed_at, .. } => {
+                self.balances = *after;
+                *reversed_at
             }
         };
         self.remember(&event, at);

@@ -18,6 +18,8 @@ pub mod email_claim;
 pub mod keyring;
 pub mod login_attempts;
 pub mod operator_key;
+pub mod payment_records;
+pub mod purchase;
 pub mod seal_log;
 pub mod security_notice;
 pub mod session;
@@ -45,6 +47,10 @@ pub struct Aggregates {
     pub operator_keys: CommandBus<operator_key::OperatorKey>,
     pub notices: CommandBus<security_notice::SecurityNotice>,
     pub keyring: CommandBus<keyring::Keyring>,
+    pub purchases: CommandBus<purchase::Purchase>,
+    pub catalogue: CommandBus<payment_records::Catalogue>,
+    pub stripe_receipts: CommandBus<payment_records::StripeReceipt>,
+    pub intent_links: CommandBus<payment_records::IntentLink>,
 }
 
 impl Aggregates {
@@ -59,6 +65,10 @@ impl Aggregates {
             operator_keys: CommandBus::new(store.clone(), ()),
             notices: CommandBus::new(store.clone(), ()),
             keyring: CommandBus::new(store.clone(), ()),
+            purchases: CommandBus::new(store.clone(), ()),
+            catalogue: CommandBus::new(store.clone(), ()),
+            stripe_receipts: CommandBus::new(store.clone(), ()),
+            intent_links: CommandBus::new(store.clone(), ()),
         }
     }
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateError};
 
-use super::{CommandBus, CommandContext, to_new_event};
+use super::{CommandBus, CommandContext, StreamHead, to_new_event};
 use crate::events::{AppendError, EventStore, LogCursor, NewEvent, OutgoingMail};
 use crate::telemetry::Metrics;
 
@@ -80,13 +80,33 @@ impl UnitOfWork {
         A::Error: Send + 'static,
         A::Services: 'static,
     {
+        let loaded = bus.load_head(aggregate_id).await?;
+        self.execute_loaded(bus, aggregate_id, loaded, make, view).await
+    }
+
+    /// Like [`Self::execute_at`], on a state the caller has just loaded with
+    /// [`CommandBus::load_head`] (to decide something on it first without loading it
+    /// twice). The append still checks that the stream has not moved since.
+    pub(crate) async fn execute_loaded<A, R>(
+        &mut self,
+        bus: &CommandBus<A>,
+        aggregate_id: &str,
+        (mut aggregate, head): (A, StreamHead),
+        make: impl FnOnce(DateTime<Utc>) -> A::Command,
+        view: impl FnOnce(&A) -> R,
+    ) -> Result<(Vec<A::Event>, R), AggregateError<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone + Send + 'static,
+        A::Error: Send + 'static,
+        A::Services: 'static,
+    {
         let key = (A::TYPE, aggregate_id.to_owned());
         if self.touched.contains(&key) {
             return Err(AggregateError::UnexpectedError(
                 format!("{} {aggregate_id} used twice in one unit of work", A::TYPE).into(),
             ));
         }
-        let (mut aggregate, head) = bus.load_head(aggregate_id).await?;
         let ctx = self.ctx.decided_after(head.recorded_at);
         let sink = EventSink::default();
         aggregate.handle(make(ctx.now), bus.services(), &sink).await.map_err(AggregateError::UserError)?;

@@ -5,6 +5,7 @@
 //! `.env.example` where they overlap (`PORT`, `DATABASE_URL`, `REDIS_HOST`, `JWT_ISSUER`,
 //! `CORS_ORIGINS`, ...). `.env.example` documents every variable.
 
+pub mod payments;
 pub mod rate_limits;
 
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+pub use payments::PaymentsConfig;
 
 /// A value that must never be printed: `Debug` shows `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -124,6 +127,8 @@ pub struct Config {
     pub service_apps: HashMap<String, String>,
     /// The change feed on NATS JetStream (`EVENT_STREAM_URL`); `None`: no feed.
     pub event_stream: Option<EventStreamConfig>,
+    /// Stripe and the credit packages (`STRIPE_*`, `CREDIT_PACKAGES_FILE`).
+    pub payments: PaymentsConfig,
 }
 
 /// The change feed: where and how the log is published (`EVENT_STREAM_*`).
@@ -284,6 +289,7 @@ impl Config {
                 .unwrap_or_else(|| "http://localhost:3000".to_owned()),
             service_apps: parse_service_apps(env.get("SERVICE_APPS").unwrap_or(""))?,
             event_stream: parse_event_stream(&env)?,
+            payments: payments::parse_payments(&env)?,
         })
     }
 

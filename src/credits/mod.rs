@@ -11,6 +11,8 @@
 pub mod analytics;
 pub mod history;
 pub mod input;
+pub mod purchases;
+pub mod stripe;
 
 use std::sync::Arc;
 use std::time::Duration;

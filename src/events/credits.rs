@@ -130,6 +130,33 @@ pub enum CreditEvent {
         key: Option<KeyUse>,
         adjusted_at: DateTime<Utc>,
     },
+    /// Paid credits bought (`commands::purchase`): the paid pool rises by `amount`, which
+    /// first fills a negative pool (a debt left by an earlier refund).
+    CreditsPurchased {
+        transaction_id: String,
+        purchase_id: String,
+        package_id: String,
+        amount: Credits,
+        price_cents: i64,
+        currency: String,
+        payment_intent_id: String,
+        before: Balances,
+        after: Balances,
+        purchased_at: DateTime<Utc>,
+    },
+    /// Paid credits of a purchase taken back (`amount` positive: a refund or a dispute's
+    /// withdrawal) or given again (negative: a dispute's reinstatement). The paid pool may
+    /// go below zero: the credits were already spent, and the next purchase fills the debt.
+    PurchaseCreditsReversed {
+        transaction_id: String,
+        purchase_id: String,
+        amount: Credits,
+        /// `refund`, `dispute_withdrawn` or `dispute_reinstated`.
+        cause: String,
+        before: Balances,
+        after: Balances,
+        reversed_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for CreditEvent {
@@ -140,6 +167,8 @@ impl DomainEvent for CreditEvent {
             Self::CreditsSpent { .. } => "CreditsSpent",
             Self::CreditsRefunded { .. } => "CreditsRefunded",
             Self::CreditsAdjusted { .. } => "CreditsAdjusted",
+            Self::CreditsPurchased { .. } => "CreditsPurchased",
+            Self::PurchaseCreditsReversed { .. } => "PurchaseCreditsReversed",
         }
         .to_owned()
     }

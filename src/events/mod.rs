@@ -15,6 +15,7 @@ pub mod erasure;
 pub mod mix;
 pub mod personal;
 mod postgres;
+pub mod purchases;
 mod repository;
 pub mod schemas;
 pub mod sealing;

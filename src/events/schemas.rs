@@ -17,6 +17,7 @@ use super::auth::{
 };
 use super::catalogue::{ClassifiedField, FieldClass, METADATA_FIELDS, classified_fields};
 use super::credits::{CreditEvent, OperatorKeyEvent};
+use super::purchases::{CatalogueEvent, PaymentIntentEvent, PurchaseEvent, StripeEventEvent};
 use super::upcast::current_version;
 
 /// One event type of the catalogue.
@@ -64,6 +65,10 @@ fn enum_schemas() -> Vec<(&'static str, Value)> {
         ("security_notice", of::<SecurityNoticeEvent>()),
         ("credit_account", of::<CreditEvent>()),
         ("operator_key", of::<OperatorKeyEvent>()),
+        ("credit_catalogue", of::<CatalogueEvent>()),
+        ("purchase", of::<PurchaseEvent>()),
+        ("payment_intent", of::<PaymentIntentEvent>()),
+        ("stripe_event", of::<StripeEventEvent>()),
         (SEALS_TYPE, of::<AuditEvent>()),
     ]
 }

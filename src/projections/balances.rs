@@ -24,7 +24,7 @@ pub struct BalancesProjection;
 pub struct BalanceState {
     /// The pools after the last event folded in.
     pub balances: Balances,
-    /// Every credit added: grants of either pool and positive adjustments.
+    /// Every credit added: grants of either pool, purchases and positive adjustments.
     pub total_earned: Credits,
     /// Credits used, less refunds.
     pub total_spent: Credits,
@@ -58,6 +58,11 @@ impl BalanceState {
                 self.balances = *after;
                 self.total_earned += (*amount).max(Credits::ZERO);
             }
+            CreditEvent::CreditsPurchased { amount, after, .. } => {
+                self.balances = *after;
+                self.total_earned += *amount;
+            }
+            CreditEvent::PurchaseCreditsReversed { after, .. } => self.balances = *after,
         }
     }
 }

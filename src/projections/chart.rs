@@ -2,7 +2,8 @@
 //! event to it (the `ledger_postings` projection writes what [`postings_of`] returns).
 //!
 //! A posting adds its signed amount to its account. Every event's postings sum to zero:
-//! user accounts hold credits (never below zero); the sources that issue credits
+//! user accounts hold credits (a paid pool goes below zero only when a refunded
+//! purchase's credits were already spent); the sources that issue credits
 //! (`system:signup_bonus`, `system:daily_free`, `system:adjustments`, later
 //! `system:purchases` and `system:import`) go negative by what they issued; the sinks
 //! that take them (`system:usage:<app>`, later `system:purchase_refunds`) go positive.
@@ -36,10 +37,10 @@ pub enum Account {
     /// the ledger (a spend older than the log, once an importer brings such history).
     /// A refund of a spend the ledger knows reverses `system:usage:<app>` instead.
     Refunds,
-    /// `system:purchases`: paid credits sold (once purchases exist).
+    /// `system:purchases`: paid credits sold.
     Purchases,
-    /// `system:purchase_refunds`: paid credits taken back with a refunded purchase (once
-    /// purchases exist).
+    /// `system:purchase_refunds`: paid credits taken back with a refunded or disputed
+    /// purchase, less those given again when a dispute is won.
     PurchaseRefunds,
     /// `system:import`: opening balances and corrections brought in from another system
     /// (once an importer exists).
@@ -177,6 +178,12 @@ pub fn postings_of(user_id: &str, event: &CreditEvent, refunded_app: Option<&str
         }
         CreditEvent::CreditsAdjusted { pool, amount, .. } => {
             vec![line(Account::Adjustments, -*amount), line(Account::user(user_id, *pool), *amount)]
+        }
+        CreditEvent::CreditsPurchased { amount, .. } => {
+            vec![line(Account::Purchases, -*amount), line(Account::user(user_id, Pool::Paid), *amount)]
+        }
+        CreditEvent::PurchaseCreditsReversed { amount, .. } => {
+            vec![line(Account::PurchaseRefunds, *amount), line(Account::user(user_id, Pool::Paid), -*amount)]
         }
     }
 }

@@ -87,6 +87,7 @@ fn kind(text: &str) -> Kind {
         "usage" => Kind::Usage,
         "refund" => Kind::Refund,
         "adjustment" => Kind::Adjustment,
+        "purchase" => Kind::Purchase,
         _ => Kind::Bonus,
     }
 }

@@ -15,6 +15,7 @@ pub enum Kind {
     Usage,
     Refund,
     Adjustment,
+    Purchase,
 }
 
 impl Kind {
@@ -25,6 +26,7 @@ impl Kind {
             Self::Usage => "usage",
             Self::Refund => "refund",
             Self::Adjustment => "adjustment",
+            Self::Purchase => "purchase",
         }
     }
 }
@@ -46,6 +48,9 @@ pub struct Transaction {
     pub idempotency_key: Option<String>,
     pub at: DateTime<Utc>,
 }
+
+/// The `appId` of purchase lines and their refunds.
+pub const STRIPE_APP: &str = "stripe";
 
 /// Keys are stored namespaced: `use:<key>` for a user's spends, `admin:<actor>:<key>` for
 /// admin operations (actors are UUIDs, without colons).
@@ -190,6 +195,64 @@ pub fn transaction_of(user_id: &str, event: &CreditEvent) -> Option<Transaction>
             );
             t.metadata = Some(serde_json::json!({"pool": pool}));
             t.idempotency_key = client_key(key);
+            t
+        }
+        CreditEvent::CreditsPurchased {
+            transaction_id,
+            purchase_id,
+            package_id,
+            amount,
+            price_cents,
+            payment_intent_id,
+            before,
+            after,
+            purchased_at,
+            ..
+        } => {
+            let description = format!("Credit purchase: {amount} credits");
+            let mut t = line(
+                transaction_id,
+                Kind::Purchase,
+                *amount,
+                before.total(),
+                after.total(),
+                STRIPE_APP,
+                &description,
+                *purchased_at,
+            );
+            t.metadata = Some(serde_json::json!({
+                "purchaseId": purchase_id,
+                "packageId": package_id,
+                "stripePaymentIntentId": payment_intent_id,
+                "priceEuroCents": price_cents,
+            }));
+            t
+        }
+        CreditEvent::PurchaseCreditsReversed {
+            transaction_id,
+            purchase_id,
+            amount,
+            cause,
+            before,
+            after,
+            reversed_at,
+        } => {
+            let description = match cause.as_str() {
+                "dispute_withdrawn" => "Purchase disputed",
+                "dispute_reinstated" => "Dispute resolved: credits reinstated",
+                _ => "Purchase refunded",
+            };
+            let mut t = line(
+                transaction_id,
+                Kind::Refund,
+                -*amount,
+                before.total(),
+                after.total(),
+                STRIPE_APP,
+                description,
+                *reversed_at,
+            );
+            t.metadata = Some(serde_json::json!({"purchaseId": purchase_id, "cause": cause}));
             t
         }
     })

@@ -14,6 +14,7 @@ mod group;
 pub mod ledger;
 pub mod ledger_postings;
 mod projector;
+pub mod purchases;
 pub mod security_events;
 pub mod sessions;
 pub mod streams;
@@ -68,5 +69,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(credit_transactions::CreditTransactions),
         std::sync::Arc::new(usage_stats::UsageStats),
         std::sync::Arc::new(ledger_postings::LedgerPostings),
+        std::sync::Arc::new(purchases::Purchases),
     ]
 }

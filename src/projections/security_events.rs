@@ -16,6 +16,8 @@ use crate::events::auth::{
     KeyringEvent, LoginAttemptEvent, RevokeReason, SecurityNoticeEvent, SessionEvent, SessionPersonal,
     UserEvent,
 };
+use crate::events::credits::CreditEvent;
+use crate::events::purchases::PurchaseEvent;
 use crate::{exec, insert_rows};
 
 /// The security event types this projection records.
@@ -40,6 +42,9 @@ pub mod kinds {
     pub const ACCOUNT_UNLOCKED: &str = "account_unlocked";
     pub const LOGIN_THROTTLED: &str = "login_throttled";
     pub const ACCOUNT_ERASED: &str = "account_erased";
+    pub const PURCHASE_COMPLETED: &str = "purchase_completed";
+    pub const PURCHASE_FAILED: &str = "purchase_failed";
+    pub const PURCHASE_REFUNDED: &str = "purchase_refunded";
 }
 
 /// The `security_events` read model: one row per security-relevant event, for
@@ -133,6 +138,33 @@ fn row_for(event: &RecordedEvent) -> anyhow::Result<Option<Row_>> {
     };
     let id = Some(event.aggregate_id.clone());
     Ok(Some(match event.aggregate_type.as_str() {
+        "credit_account" => match event.decode::<CreditEvent>()? {
+            CreditEvent::CreditsPurchased { purchase_id, amount, .. } => row(
+                kinds::PURCHASE_COMPLETED,
+                id,
+                None,
+                None,
+                json!({"purchaseId": purchase_id, "credits": amount}),
+            ),
+            CreditEvent::PurchaseCreditsReversed { purchase_id, amount, cause, .. } => row(
+                kinds::PURCHASE_REFUNDED,
+                id,
+                None,
+                None,
+                json!({"purchaseId": purchase_id, "credits": amount, "cause": cause}),
+            ),
+            _ => return Ok(None),
+        },
+        "purchase" => match event.decode::<PurchaseEvent>()? {
+            PurchaseEvent::PurchaseFailed { user_id, reason, .. } => row(
+                kinds::PURCHASE_FAILED,
+                Some(user_id),
+                None,
+                None,
+                json!({"purchaseId": event.aggregate_id, "reason": reason}),
+            ),
+            _ => return Ok(None),
+        },
         "user" => match event.decode::<UserEvent>()? {
             UserEvent::UserRegistered { .. } => row(kinds::ACCOUNT_CREATED, id, None, None, json!({})),
             UserEvent::UserRoleChanged { role, previous, .. } => {

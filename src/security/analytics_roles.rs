@@ -5,9 +5,10 @@
 //! [`READ_SCHEMA`] and `SELECT` on its tables (the projection positions included, so a job
 //! can read consistently), present and future; nothing in `public` (the log, the outbox,
 //! key material), no write anywhere, no role attributes. A role limited to one app sees
-//! only that app's rows of [`APP_TABLES`] through row-level security; RLS is enabled on
-//! those tables without `FORCE`, so the service (their owner) is never subject to it, and
-//! every other role reads them only through a policy of its own.
+//! only that app's rows of [`APP_TABLES`] and no row of [`UNSCOPED_TABLES`] (purchases
+//! belong to no app), through row-level security; RLS is enabled on those tables without
+//! `FORCE`, so the service (their owner) is never subject to it, and every other role reads
+//! them only through a policy of its own.
 //!
 //! Roles made here carry a comment naming them as such; the commands refuse to change or
 //! drop any other role.
@@ -23,6 +24,20 @@ pub const READ_SCHEMA: &str = "read";
 /// The read-model tables with an `app_id` column, which an app-limited role reads only
 /// its own app's rows of.
 pub const APP_TABLES: [&str; 3] = ["usage_stats", "credit_transactions", "ledger_postings"];
+
+/// The read-model tables that belong to no app (paid purchases and Stripe's events): an
+/// app-limited role reads none of their rows, an unrestricted role all of them.
+pub const UNSCOPED_TABLES: [&str; 2] = ["purchases", "stripe_events"];
+
+/// Every table under a row-level policy, with the rows an app-limited role may read.
+fn policed_tables(app: Option<&str>) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    let app_rows = move || app.map_or_else(|| "true".to_owned(), |app| format!("app_id = '{app}'"));
+    let unscoped_rows = move || if app.is_some() { "false" } else { "true" }.to_owned();
+    APP_TABLES
+        .into_iter()
+        .map(move |table| (table, app_rows()))
+        .chain(UNSCOPED_TABLES.into_iter().map(move |table| (table, unscoped_rows())))
+}
 
 /// The comment that marks a role as an analytics role of this service.
 const MARK: &str = "mana-core-auth analytics role";
@@ -147,11 +162,7 @@ pub async fn create(db: &Db, role: &AnalyticsRole) -> Result<Created, AnalyticsR
     ] {
         run(&mut tx, &sql).await?;
     }
-    let rows = match &role.app {
-        Some(app) => format!("app_id = '{app}'"),
-        None => "true".to_owned(),
-    };
-    for table in APP_TABLES {
+    for (table, rows) in policed_tables(role.app.as_deref()) {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(format!("{read}.{table}"))
             .fetch_one(&mut *tx)
@@ -185,7 +196,7 @@ pub async fn drop_role(db: &Db, name: &str) -> Result<(), AnalyticsRoleError> {
         Some(text) if !text.starts_with(MARK) => return Err(AnalyticsRoleError::NotOurs(name.to_owned())),
         Some(_) => {}
     }
-    for table in APP_TABLES {
+    for (table, _) in policed_tables(None) {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(format!("{READ_SCHEMA}.{table}"))
             .fetch_one(&mut *tx)

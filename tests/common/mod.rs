@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod counter;
+pub mod stripe;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -169,7 +169,9 @@ pub fn transaction_id(event: &CreditEvent) -> Option<&str> {
         CreditEvent::CreditsGranted { transaction_id, .. }
         | CreditEvent::CreditsSpent { transaction_id, .. }
         | CreditEvent::CreditsRefunded { transaction_id, .. }
-        | CreditEvent::CreditsAdjusted { transaction_id, .. } => Some(transaction_id),
+        | CreditEvent::CreditsAdjusted { transaction_id, .. }
+        | CreditEvent::CreditsPurchased { transaction_id, .. }
+        | CreditEvent::PurchaseCreditsReversed { transaction_id, .. } => Some(transaction_id),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The arithmetic the events claim, checked while a replay reads the log: every stream's
 //! sequence is gapless from 1; every native credit event's `before ± amount = after`,
 //! chained from the previous event of its account; the running total spent; no pool below
-//! zero; no refund beyond what its spend has left; and, over the whole log, that the
+//! zero (but a paid pool in debt after a purchase's reversal); no refund beyond what its spend has left; and, over the whole log, that the
 //! balances held equal what was granted, spent, refunded and adjusted.
 //!
 //! History imported from another system (an event whose metadata carries an `import`
@@ -53,6 +53,10 @@ pub struct Totals {
     pub spent: i128,
     pub refunded: i128,
     pub adjusted: i128,
+    /// Paid credits bought.
+    pub purchased: i128,
+    /// Paid credits of purchases taken back (refunds, disputes), less those given again.
+    pub reversed: i128,
     /// The sum of every account's balances (free and paid) after its last event.
     pub held: i128,
     /// The sum of the imported accounts' opening balances.
@@ -111,7 +115,11 @@ impl LedgerChecks {
         totals.opening = state.accounts.values().filter_map(|a| a.imported).map(total).sum();
         let mut findings = state.findings.clone();
         let mut count = state.finding_count;
-        let flowed = totals.opening + totals.granted - totals.spent + totals.refunded + totals.adjusted;
+        let flowed = totals.opening + totals.granted - totals.spent
+            + totals.refunded
+            + totals.adjusted
+            + totals.purchased
+            - totals.reversed;
         if flowed != totals.held {
             count += 1;
             findings.push(Finding {
@@ -119,8 +127,15 @@ impl LedgerChecks {
                 stream: "(whole log)".into(),
                 sequence: 0,
                 problem: format!(
-                    "the balances held ({}) are not opening {} + granted {} - spent {} + refunded {} + adjusted {} = {flowed}",
-                    totals.held, totals.opening, totals.granted, totals.spent, totals.refunded, totals.adjusted
+                    "the balances held ({}) are not opening {} + granted {} - spent {} + refunded {} + adjusted {} + purchased {} - reversed {} = {flowed}",
+                    totals.held,
+                    totals.opening,
+                    totals.granted,
+                    totals.spent,
+                    totals.refunded,
+                    totals.adjusted,
+                    totals.purchased,
+                    totals.reversed
                 ),
             });
         }
@@ -218,7 +233,9 @@ impl State {
             CreditEvent::CreditsGranted { before, after, .. }
             | CreditEvent::CreditsSpent { before, after, .. }
             | CreditEvent::CreditsRefunded { before, after, .. }
-            | CreditEvent::CreditsAdjusted { before, after, .. } => (*before, *after),
+            | CreditEvent::CreditsAdjusted { before, after, .. }
+            | CreditEvent::CreditsPurchased { before, after, .. }
+            | CreditEvent::PurchaseCreditsReversed { before, after, .. } => (*before, *after),
         };
         let account = self.accounts.entry(event.aggregate_id.clone()).or_default();
         if imported {
@@ -251,7 +268,10 @@ impl State {
         }
         let (bf, bp) = pools(before);
         let (af, ap) = pools(after);
-        if af < 0 || ap < 0 {
+        // A paid pool may be in debt only through a purchase's reversal; other events may
+        // leave a debt as it was or lessen it, never deepen it.
+        let reversal = matches!(credit, CreditEvent::PurchaseCreditsReversed { .. });
+        if af < 0 || (ap < 0 && ap < bp && !reversal) {
             problems.push(format!("after {after:?} takes a pool below zero"));
         }
         let mut spent_after = spent_before;
@@ -353,6 +373,24 @@ impl State {
                     ));
                 }
                 self.totals.adjusted += amount;
+            }
+            CreditEvent::CreditsPurchased { transaction_id, amount, .. } => {
+                let amount = i128::from(amount.get());
+                if amount <= 0 || (af, ap) != (bf, bp + amount) {
+                    problems.push(format!(
+                        "purchase {transaction_id}: before + {amount} paid is not after {after:?}"
+                    ));
+                }
+                self.totals.purchased += amount;
+            }
+            CreditEvent::PurchaseCreditsReversed { transaction_id, amount, .. } => {
+                let amount = i128::from(amount.get());
+                if (af, ap) != (bf, bp - amount) {
+                    problems.push(format!(
+                        "purchase reversal {transaction_id}: before - {amount} paid is not after {after:?}"
+                    ));
+                }
+                self.totals.reversed += amount;
             }
         }
         if let Some(account) = self.accounts.get_mut(&event.aggregate_id) {

@@ -107,8 +107,10 @@ impl CreditAccount {
             Some(CreditEvent::CreditsGranted { after, .. }) => *after,
             _ => self.balances,
         };
-        if before.total() < amount {
-            return Err(CreditError::InsufficientCredits { available: before.total() });
+        // A negative paid pool is a debt, not credit: only free credits can be spent then.
+        let available = before.free + before.paid.max(Credits::ZERO);
+        if available < amount {
+            return Err(CreditError::InsufficientCredits { available });
         }
         let from_free = amount.min(before.free);
         let from_paid = amount - from_free;
@@ -168,12 +170,13 @@ impl CreditAccount {
             return Ok(Vec::new());
         }
         let after = self.balances.plus(pool, amount);
-        if after.free < Credits::ZERO || after.paid < Credits::ZERO {
-            let available = match pool {
-                Pool::Free => self.balances.free,
-                Pool::Paid => self.balances.paid,
-            };
-            return Err(CreditError::InsufficientCredits { available });
+        let (held, left) = match pool {
+            Pool::Free => (self.balances.free, after.free),
+            Pool::Paid => (self.balances.paid, after.paid),
+        };
+        // Only a decrease is refused below zero: a paid pool in debt may be raised.
+        if amount < Credits::ZERO && left < Credits::ZERO {
+            return Err(CreditError::InsufficientCredits { available: held.max(Credits::ZERO) });
         }
         Ok(vec![CreditEvent::CreditsAdjusted {
             transaction_id: movement.transaction_id,

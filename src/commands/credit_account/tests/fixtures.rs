@@ -152,7 +152,9 @@ pub(super) fn keyed_event(mut event: CreditEvent, key: &str, fingerprint: &str) 
         | CreditEvent::CreditsSpent { key: k, .. }
         | CreditEvent::CreditsRefunded { key: k, .. }
         | CreditEvent::CreditsAdjusted { key: k, .. } => *k = key_use(key, fingerprint),
-        CreditEvent::CreditAccountOpened { .. } => panic!("an opening has no key"),
+        CreditEvent::CreditAccountOpened { .. }
+        | CreditEvent::CreditsPurchased { .. }
+        | CreditEvent::PurchaseCreditsReversed { .. } => panic!("no key on this event"),
     }
     event
 }
@@ -234,7 +236,10 @@ pub(super) fn keyed(mut command: CreditCommand, key: &str, fingerprint: &str) ->
         | CreditCommand::Grant { key: k, .. }
         | CreditCommand::Adjust { key: k, .. }
         | CreditCommand::Refund { key: k, .. } => *k = key_use(key, fingerprint),
-        CreditCommand::Open { .. } | CreditCommand::Touch { .. } => panic!("not a keyed command"),
+        CreditCommand::Open { .. }
+        | CreditCommand::Touch { .. }
+        | CreditCommand::Purchase { .. }
+        | CreditCommand::ReversePurchase { .. } => panic!("not a keyed command"),
     }
     command
 }

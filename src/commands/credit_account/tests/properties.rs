@@ -1,7 +1,8 @@
 //! Properties of the credit account over random command sequences (proptest): whatever
 //! operators and users ask, in any order and with any retries,
-//! - no pool goes below zero (the account has no debt case: only the ledger's issuing
-//!   accounts go negative, docs/PROJECTIONS.md);
+//! - no pool goes below zero, except the documented debt case: a purchase's paid credits
+//!   taken back (refund, dispute) after they were spent leave the paid pool negative, and
+//!   nothing else makes that debt deeper (spends then take free credits only);
 //! - every event's `before` is the previous event's `after`, its `after` is its `before`
 //!   moved by its amount, and the account's balances are the last `after`;
 //! - the balances are what was granted and adjusted, less what was spent, plus what was
@@ -28,11 +29,37 @@ use crate::events::credits::{Balances, CreditEvent, KeyUse, Pool};
 /// One step of a random history, in small numbers so that refusals and edges happen.
 #[derive(Clone, Debug)]
 enum Step {
-    Touch { day: i64 },
-    Spend { amount: i64, day: i64, key: Option<(u8, u8)> },
-    Grant { paid: bool, amount: i64, key: Option<(u8, u8)> },
-    Adjust { paid: bool, amount: i64, key: Option<(u8, u8)> },
-    Refund { spend: u8, amount: Option<i64>, day: i64, key: Option<(u8, u8)> },
+    Touch {
+        day: i64,
+    },
+    Spend {
+        amount: i64,
+        day: i64,
+        key: Option<(u8, u8)>,
+    },
+    Grant {
+        paid: bool,
+        amount: i64,
+        key: Option<(u8, u8)>,
+    },
+    Adjust {
+        paid: bool,
+        amount: i64,
+        key: Option<(u8, u8)>,
+    },
+    Refund {
+        spend: u8,
+        amount: Option<i64>,
+        day: i64,
+        key: Option<(u8, u8)>,
+    },
+    Purchase {
+        credits: i64,
+    },
+    /// Takes back (positive) or gives again (negative) paid credits of a purchase.
+    Reverse {
+        amount: i64,
+    },
 }
 
 /// A key (one of four) and a fingerprint (one of two): collisions are frequent.
@@ -50,6 +77,10 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(paid, amount, key)| Step::Adjust { paid, amount, key }),
         (0u8..6, proptest::option::of(0i64..40), 0i64..120, key())
             .prop_map(|(spend, amount, day, key)| Step::Refund { spend, amount, day, key }),
+        (1i64..80).prop_map(|credits| Step::Purchase { credits }),
+        (-40i64..80)
+            .prop_filter("reversals are non-zero", |amount| *amount != 0)
+            .prop_map(|amount| Step::Reverse { amount }),
     ]
 }
 
@@ -110,6 +141,24 @@ fn command(step: &Step, n: usize) -> CreditCommand {
             key: key_use(key, &format!("refund{spend}{amount:?}")),
             at: at(day),
         },
+        Step::Purchase { credits } => CreditCommand::Purchase {
+            transaction_id: id,
+            purchase_id: format!("p{n}"),
+            package_id: "pack".into(),
+            credits: c(credits),
+            price_cents: credits,
+            currency: "eur".into(),
+            payment_intent_id: format!("pi{n}"),
+            refund: None,
+            at: at(0),
+        },
+        Step::Reverse { amount } => CreditCommand::ReversePurchase {
+            transaction_id: id,
+            purchase_id: "p0".into(),
+            amount: c(amount),
+            cause: if amount > 0 { "refund" } else { "dispute_reinstated" }.into(),
+            at: at(0),
+        },
     }
 }
 
@@ -130,6 +179,10 @@ fn movement(event: &CreditEvent) -> Option<(Balances, Balances, i64)> {
         | CreditEvent::CreditsAdjusted { before, after, amount, .. } => Some((*before, *after, amount.get())),
         CreditEvent::CreditsSpent { before, after, amount, .. } => Some((*before, *after, -amount.get())),
         CreditEvent::CreditsRefunded { before, after, amount, .. } => Some((*before, *after, amount.get())),
+        CreditEvent::CreditsPurchased { before, after, amount, .. } => Some((*before, *after, amount.get())),
+        CreditEvent::PurchaseCreditsReversed { before, after, amount, .. } => {
+            Some((*before, *after, -amount.get()))
+        }
     }
 }
 
@@ -147,11 +200,16 @@ impl Ledger {
         let Some((before, after, delta)) = movement(event) else { return Ok(()) };
         prop_assert_eq!(before, self.last_after, "before is the previous after: {:?}", event);
         prop_assert_eq!(after.total().get() - before.total().get(), delta, "after moves by the amount");
-        prop_assert!(
-            after.free >= Credits::ZERO && after.paid >= Credits::ZERO,
-            "no pool below zero: {:?}",
-            event
-        );
+        prop_assert!(after.free >= Credits::ZERO, "no free pool below zero: {:?}", event);
+        // The debt case: only a reversal of purchased credits takes the paid pool below
+        // zero; any other event leaves it at zero or above, or no deeper than it was.
+        if !matches!(event, CreditEvent::PurchaseCreditsReversed { .. }) {
+            prop_assert!(
+                after.paid >= Credits::ZERO || after.paid >= before.paid,
+                "the paid pool went deeper below zero: {:?}",
+                event
+            );
+        }
         self.last_after = after;
         self.moved += delta;
         match event {
@@ -203,7 +261,10 @@ proptest! {
                 | CreditCommand::Grant { key, at, .. }
                 | CreditCommand::Adjust { key, at, .. }
                 | CreditCommand::Refund { key, at, .. } => (key.clone(), *at),
-                CreditCommand::Touch { at, .. } | CreditCommand::Open { at, .. } => (None, *at),
+                CreditCommand::Touch { at, .. }
+                | CreditCommand::Open { at, .. }
+                | CreditCommand::Purchase { at, .. }
+                | CreditCommand::ReversePurchase { at, .. } => (None, *at),
             };
             let remembered = key.as_ref().and_then(|k| answered.get(&k.key)).filter(|(_, t)| latest - *t <= KEY_RETENTION).cloned();
             let before = account.clone();
