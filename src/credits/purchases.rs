@@ -189,9 +189,11 @@ impl PurchaseService {
         key: Option<&str>,
         client: &ClientInfo,
     ) -> Result<Started, PaymentFailure> {
-        let stripe = self.stripe.as_ref().ok_or(PaymentFailure::NotConfigured)?;
+        // An unknown package is the caller's mistake (404) whether or not payments are
+        // configured; a known one without Stripe is the server's (503).
         let package =
             self.packages().into_iter().find(|p| p.id == package_id).ok_or(PaymentFailure::NotFound)?;
+        let stripe = self.stripe.as_ref().ok_or(PaymentFailure::NotConfigured)?;
         let now = self.clock.now();
         let purchase_id = key.map_or_else(|| uuid_at(now).to_string(), |k| keyed_purchase_id(user_id, k));
         let key_use = key
