@@ -315,6 +315,8 @@ struct Erase {
 impl Worker for Erase {
     async fn request(&mut self, conn: &mut Connection) -> Outcome {
         let Some(bearer) = self.bearers.pop() else {
+            // Out of users: count the worker's remaining turns as refusals, without spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             return Outcome::Rejected("no user left to erase: raise --erase-per-worker");
         };
         Outcome::of_status(
