@@ -61,6 +61,16 @@ impl DbTx {
             Self::Sqlite(tx) => tx.commit().await,
         }
     }
+
+    /// Rolls the transaction back now. A dropped transaction is rolled back only when its
+    /// connection is next used; until then it keeps its locks (a projection's advisory
+    /// lock: the next batch would find itself not the leader).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.rollback().await,
+            Self::Sqlite(tx) => tx.rollback().await,
+        }
+    }
 }
 
 /// Runs one statement with its bind values on whichever engine a [`DbTx`] (or any

@@ -64,11 +64,12 @@ impl Projector {
             let name = projection.name();
             let own = start(name);
             let first = events.partition_point(|e| e.cursor <= own);
-            if first < events.len() {
-                projection
-                    .apply_batch(&mut tx, &events[first..])
-                    .await
-                    .map_err(|e| GroupError::Projection(name, e))?;
+            if first < events.len()
+                && let Err(error) = projection.apply_batch(&mut tx, &events[first..]).await
+            {
+                // Release the projections' locks now, not when the connection is next used.
+                let _ = tx.rollback().await;
+                return Err(GroupError::Projection(name, error));
             }
             if own < last {
                 moved.push(name);

@@ -252,10 +252,10 @@ impl Projector {
             self.publish(name, checkpoint);
             return Ok(BatchOutcome::CaughtUp(checkpoint));
         };
-        projection
-            .apply_batch(&mut tx, &events)
-            .await
-            .with_context(|| format!("projection {name} failed"))?;
+        if let Err(error) = projection.apply_batch(&mut tx, &events).await {
+            let _ = tx.rollback().await;
+            return Err(error.context(format!("projection {name} failed")));
+        }
         let moved = exec!(
             &mut tx,
             "UPDATE projection_checkpoints SET txid = $2, position = $3, updated_at = $4 \
