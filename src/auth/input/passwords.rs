@@ -171,6 +171,7 @@ mod tests {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeleteAccountBody {
+    #[schema(value_type = String, required = true)]
     password: Option<String>,
 }
 
