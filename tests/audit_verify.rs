@@ -359,9 +359,22 @@ async fn seal_position(db: &TestDb) -> i64 {
     positions(db, "SELECT max(position) FROM events WHERE event_type = 'LogSealed'").await[0]
 }
 
+/// Waits until the whole log is readable: on PostgreSQL an event (a seal) becomes readable
+/// only once no older transaction is open anywhere in the cluster, and other tests' servers
+/// hold some.
+async fn wait_readable(app: &TestApp, engine: Engine) {
+    let store = app.state.store();
+    let readable = common::eventually(std::time::Duration::from_secs(10), || async {
+        matches!((store.head().await, store.committed_head().await), (Ok(a), Ok(b)) if a == b)
+    })
+    .await;
+    assert!(readable, "{engine:?}: the log never became readable up to its last event");
+}
+
 /// Asserts that verification with the seals' keys fails first at `position`, live and in
 /// an export.
 async fn sealed_found_at(app: &TestApp, keys: &AuditKeys, position: i64, what: &str, engine: Engine) {
+    wait_readable(app, engine).await;
     let live = verify_live(app.state.store(), keys.clone(), 7).await.expect("verify");
     let live = live.failure;
     let offline = verify_export(export(app).await.as_bytes(), keys.clone()).expect("verify").failure;
@@ -452,13 +465,7 @@ async fn a_well_formed_event_inserted_before_a_seal_or_a_reordering_is_found_at_
         // at itself: its sealed fields are bound to the stream place they were sealed for
         // and do not open at another, so they fail their commitments.
         let what = "a well-formed event inserted before the seal";
-        // Everything written is readable once no older transaction is open in the cluster.
-        let store = app.state.store();
-        let readable = common::eventually(std::time::Duration::from_secs(5), || async {
-            matches!((store.head().await, store.committed_head().await), (Ok(a), Ok(b)) if a == b)
-        })
-        .await;
-        assert!(readable, "{engine:?}: the log never became readable up to its last event");
+        wait_readable(&app, engine).await;
         let offline = verify_export(export(&app).await.as_bytes(), keys.clone()).expect("verify").failure;
         let offline = offline.unwrap_or_else(|| panic!("{engine:?} export: {what} was not detected"));
         assert_eq!(offline.position, expected, "{engine:?} export: {what}: {offline}");
