@@ -240,61 +240,27 @@ impl EventStore {
     /// Opens the sealed fields of events read from the log ([`sealing`]): erased ones
     /// read as their erased form.
     async fn open_recorded(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
-        let mut wanted = Vec::new();
-        for e in events.iter() {
-            let place = Place {
-                aggregate_type: &e.aggregate_type,
-                aggregate_id: &e.aggregate_id,
-                sequence: e.sequence,
-                event_type: &e.event_type,
-                event_version: &e.event_version,
-            };
-            sealing::subjects(&place, &e.payload, &e.metadata, &mut wanted);
-        }
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let keys = self.inner.keys.existing_many(&wanted).await?;
-        for e in events.iter_mut() {
-            let place = Place {
-                aggregate_type: &e.aggregate_type,
-                aggregate_id: &e.aggregate_id,
-                sequence: e.sequence,
-                event_type: &e.event_type,
-                event_version: &e.event_version,
-            };
-            sealing::open(&place, &mut e.payload, &mut e.metadata, &keys);
-        }
-        Ok(())
+        self.open(events).await
     }
 
     /// [`Self::open_recorded`] for events loaded by an aggregate.
     async fn open_serialized(&self, events: &mut [SerializedEvent]) -> Result<(), StoreError> {
+        self.open(events).await
+    }
+
+    async fn open<E: Sealed>(&self, events: &mut [E]) -> Result<(), StoreError> {
         let mut wanted = Vec::new();
-        let sequence = |s: usize| i64::try_from(s).unwrap_or(i64::MAX);
-        for e in events.iter() {
-            let place = Place {
-                aggregate_type: &e.aggregate_type,
-                aggregate_id: &e.aggregate_id,
-                sequence: sequence(e.sequence),
-                event_type: &e.event_type,
-                event_version: &e.event_version,
-            };
-            sealing::subjects(&place, &e.payload, &e.metadata, &mut wanted);
+        for event in events.iter_mut() {
+            let (place, payload, metadata) = event.parts_mut();
+            sealing::subjects(&place, payload, metadata, &mut wanted);
         }
         if wanted.is_empty() {
             return Ok(());
         }
         let keys = self.inner.keys.existing_many(&wanted).await?;
-        for e in events.iter_mut() {
-            let place = Place {
-                aggregate_type: &e.aggregate_type,
-                aggregate_id: &e.aggregate_id,
-                sequence: sequence(e.sequence),
-                event_type: &e.event_type,
-                event_version: &e.event_version,
-            };
-            sealing::open(&place, &mut e.payload, &mut e.metadata, &keys);
+        for event in events.iter_mut() {
+            let (place, payload, metadata) = event.parts_mut();
+            sealing::open(&place, payload, metadata, &keys);
         }
         Ok(())
     }
@@ -410,4 +376,36 @@ async fn raw_append(
     }?;
     stamper.written(events, &stamps);
     Ok(cursor)
+}
+
+/// A stored event whose sealed fields can be opened in place: its place in the log, and
+/// its payload and metadata.
+trait Sealed {
+    fn parts_mut(&mut self) -> (Place<'_>, &mut serde_json::Value, &mut serde_json::Value);
+}
+
+impl Sealed for RecordedEvent {
+    fn parts_mut(&mut self) -> (Place<'_>, &mut serde_json::Value, &mut serde_json::Value) {
+        let place = Place {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+        };
+        (place, &mut self.payload, &mut self.metadata)
+    }
+}
+
+impl Sealed for SerializedEvent {
+    fn parts_mut(&mut self) -> (Place<'_>, &mut serde_json::Value, &mut serde_json::Value) {
+        let place = Place {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: i64::try_from(self.sequence).unwrap_or(i64::MAX),
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+        };
+        (place, &mut self.payload, &mut self.metadata)
+    }
 }
